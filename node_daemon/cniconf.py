@@ -1,0 +1,82 @@
+"""The CNI network config list this node's runtime reads: rendered from spec.podCIDRs, written atomically.
+
+Until the PodCIDR is known nothing is written: the kubelet then reports "cni config uninitialized"
+(NotReady) instead of the runtime starting pods on a network that cannot route them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+from .model import IPNetwork
+
+
+@dataclass(frozen=True)
+class CniSettings:
+    conf_dir: str = "/etc/cni/net.d"
+    conf_name: str = "10-podwire.conflist"
+    bridge: str = "podwire0"
+    log_file: str = "/var/log/podwire-cni.log"
+    data_dir: str = "/var/lib/cni/networks"
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.conf_dir, self.conf_name)
+
+
+def render(pod_cidrs: tuple[IPNetwork, ...], mtu: int, s: CniSettings) -> str | None:
+    """The conflist text (the lead's contract with the plugin), or None without a podCIDR.
+
+    Ranges and default routes follow the order of spec.podCIDRs: the first is the cluster's
+    primary family, and host-local returns IPs in range order.
+    """
+    if not pod_cidrs:
+        return None
+    conf = {
+        "cniVersion": "1.1.0",
+        "name": "podwire",
+        "plugins": [{
+            "type": "podwire",
+            "bridge": s.bridge,
+            "isGateway": True,
+            "hairpinMode": True,
+            "ipMasq": False,
+            "mtu": mtu,
+            "logFile": s.log_file,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": str(c)}] for c in pod_cidrs],
+                "routes": [{"dst": "0.0.0.0/0" if c.version == 4 else "::/0"} for c in pod_cidrs],
+                "dataDir": s.data_dir,
+            },
+            "capabilities": {"portMappings": True},
+        }],
+    }
+    return json.dumps(conf, indent=2) + "\n"
+
+
+def write_if_changed(path: str, text: str) -> bool:
+    """Atomically replace `path` (temp file in the same directory, fsync, rename). False if unchanged."""
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".podwire-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True

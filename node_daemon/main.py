@@ -1,0 +1,89 @@
+"""`podwire-daemon` / `python3 -m node_daemon`: build the daemon's parts and run until SIGTERM.
+
+Run one per node, inside the node's network namespace (the harness uses
+`nsenter --net=/run/netns/NODE podwire-daemon ...`); the daemon never switches namespaces.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from .config import Config, parse_args
+from .daemon import Daemon, ensure_forwarding
+from .egress import NftRunner
+from .informer import Informer
+from .metrics import DaemonMetrics, serve
+from .netlink import NetlinkDataplane
+from .nodeapi import NodeWriter
+from .proxy_hook import start_proxy
+from .runner import SyncRunner
+
+log = logging.getLogger("node_daemon")
+
+
+def api_client(kubeconfig: str | None):
+    from kubernetes import client, config
+
+    conf = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=conf)
+    else:
+        config.load_incluster_config(client_configuration=conf)
+    return client.ApiClient(conf)
+
+
+def run(cfg: Config, stop: threading.Event) -> None:
+    from kubernetes import client
+    from pyroute2 import IPRoute
+
+    api = api_client(cfg.kubeconfig)
+    core = client.CoreV1Api(api)
+    metrics = DaemonMetrics()
+
+    def api_error(resource, _exc):
+        metrics.api_errors.labels(resource).inc()
+
+    node_listeners = []  # extra consumers of Node events (the proxy)
+
+    def node_event(obj, deleted=False):
+        runner.trigger()
+        for listener in node_listeners:
+            listener(obj, deleted)
+
+    nodes = Informer(core.list_node, name="nodes", on_error=api_error,
+                     on_add=node_event, on_update=lambda _, o: node_event(o),
+                     on_delete=lambda o: node_event(o, True))
+    with IPRoute() as ipr:
+        daemon = Daemon(cfg, nodes=nodes, dataplane=NetlinkDataplane(ipr, cfg.route_protocol),
+                        metrics=metrics, nft=NftRunner(), writer=NodeWriter(core),
+                        forwarding=ensure_forwarding if cfg.ensure_forwarding else None)
+        runner = SyncRunner(daemon.sync, name="node", min_interval=cfg.min_sync_interval,
+                            resync_interval=cfg.resync_interval, ready=nodes.synced.is_set)
+        server = serve(cfg.metrics_address, metrics.registry, lambda: daemon.health(runner.last_success))
+        if not cfg.cluster_cidrs:
+            log.warning("no cluster CIDRs configured: egress masquerade is off")
+        parts = start_proxy(cfg, api, metrics.registry, nodes, node_listeners, api_error)
+        nodes.start()
+        runner.start()
+        log.info("podwire node daemon running for node %s (mode %s)", cfg.node_name, cfg.mode.value)
+        stop.wait()
+        for part in [*parts, runner, nodes]:
+            part.stop()
+        server.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    logging.basicConfig(level=cfg.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        run(cfg, stop)
+    except Exception as e:  # noqa: BLE001 - start-up failure: one line, non-zero exit
+        log.error("fatal: %s: %s", type(e).__name__, e)
+        return 1
+    return 0

@@ -1,0 +1,172 @@
+"""The desired cross-node dataplane: a pure function of (this node, its peers, the underlay, config).
+
+Transports are a small registry chosen per peer and per IP family, not per cluster: a peer on the
+same underlay subnet gets a direct route via its InternalIP (kindnet, flannel host-gw); any other
+peer gets the VXLAN overlay (flannel vxlan). `mode` narrows the choice: direct, vxlan or auto.
+No I/O here: the netlink reconciler applies what this returns.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+from typing import Protocol
+
+from .dataplane import Dataplane, FdbEntry, Neighbour, Route, VxlanDevice
+from .model import IPAddress, IPNetwork, NodeInfo
+
+# Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14); outer IPv6 is 20 bytes longer.
+VXLAN_OVERHEAD = {4: 50, 6: 70}
+
+
+class Mode(str, enum.Enum):
+    AUTO = "auto"
+    DIRECT = "direct"
+    VXLAN = "vxlan"
+
+
+@dataclass(frozen=True)
+class Underlay:
+    """The node's underlay interface as read from the kernel."""
+
+    ifname: str
+    addresses: tuple  # ip_interface objects (address + prefix): what "on-link" is measured against
+    mtu: int
+
+
+@dataclass(frozen=True)
+class VxlanSettings:
+    device: str = "podwire.vxlan"
+    vni: int = 1
+    port: int = 4789
+
+
+@dataclass(frozen=True)
+class Skipped:
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    dataplane: Dataplane
+    pod_mtu: int
+    transports: tuple[tuple[str, int, str], ...]  # (peer, IP family, transport name)
+    skipped: tuple[Skipped, ...]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every transport may use: this node's underlay, and the VXLAN device if there is one."""
+
+    underlay: Underlay
+    vxlan: VxlanDevice | None
+
+
+class Transport(Protocol):
+    name: str
+
+    def entries(self, ctx: Context, peer: NodeInfo, cidr: IPNetwork) -> Dataplane | str:
+        """This peer's entries for one of its podCIDRs, or the reason it cannot be served."""
+
+
+class DirectRoutes:
+    name = "direct"
+
+    def entries(self, ctx, peer, cidr):
+        via = peer.ip_of(cidr.version)
+        if via is None:
+            return f"no IPv{cidr.version} InternalIP for a direct route to {cidr}"
+        if not on_link(via, ctx.underlay):
+            return f"{via} is not on-link on {ctx.underlay.ifname} (mode direct)"
+        return Dataplane(routes=frozenset({Route(cidr, via, ctx.underlay.ifname)}))
+
+
+class VxlanOverlay:
+    name = "vxlan"
+
+    def entries(self, ctx, peer, cidr):
+        if ctx.vxlan is None:
+            return "no VXLAN device (this node has no underlay address of its InternalIP family)"
+        outer = peer.ip_of(ctx.vxlan.local.version)
+        if outer is None:
+            return f"no IPv{ctx.vxlan.local.version} InternalIP to reach its VTEP"
+        if peer.vtep_mac is None:
+            return "no valid podwire.io/vtep-mac annotation yet"
+        vtep = vtep_ip(cidr)
+        return Dataplane(
+            routes=frozenset({Route(cidr, vtep, ctx.vxlan.name, onlink=True)}),
+            fdb=frozenset({FdbEntry(peer.vtep_mac, outer)}),
+            neighbours=frozenset({Neighbour(vtep, peer.vtep_mac)}),
+        )
+
+
+TRANSPORTS: dict[str, Transport] = {t.name: t for t in (DirectRoutes(), VxlanOverlay())}
+
+
+def choose(mode: Mode, peer_on_link: bool) -> str:
+    if mode is Mode.AUTO:
+        return "direct" if peer_on_link else "vxlan"
+    return mode.value
+
+
+def vtep_ip(cidr: IPNetwork) -> IPAddress:
+    """The VTEP address of the node owning `cidr`: the first address of its podCIDR (flannel's scheme).
+
+    Every peer can derive it from spec.podCIDRs alone (no extra annotation); host-local never hands
+    out a subnet's network address and the bridge takes .1, so .0 is free on every node; and traffic
+    the node itself sends over the overlay leaves with a source inside the cluster CIDR, so replies
+    route back through the overlay and egress masquerade leaves it alone.
+    """
+    return cidr.network_address
+
+
+def on_link(ip: IPAddress, underlay: Underlay) -> bool:
+    return any(ip.version == a.version and ip in a.network for a in underlay.addresses)
+
+
+def plan(me: NodeInfo, peers: list[NodeInfo], underlay: Underlay, mode: Mode,
+         vxlan: VxlanSettings, vtep_mac: str) -> Plan:
+    device = _vxlan_device(me, underlay, mode, vxlan, vtep_mac)
+    ctx = Context(underlay, device)
+    routes, fdb, neigh, transports, skipped = set(), set(), set(), [], []
+    for peer in sorted(peers, key=lambda p: p.name):
+        if peer.name == me.name:
+            continue
+        if not peer.pod_cidrs:
+            skipped.append(Skipped(peer.name, "no podCIDR yet"))
+        for cidr in peer.pod_cidrs:
+            via = peer.ip_of(cidr.version)
+            name = choose(mode, via is not None and on_link(via, underlay))
+            got = TRANSPORTS[name].entries(ctx, peer, cidr)
+            if isinstance(got, str):
+                skipped.append(Skipped(peer.name, f"{cidr}: {got}"))
+                continue
+            transports.append((peer.name, cidr.version, name))
+            routes |= got.routes
+            fdb |= got.fdb
+            neigh |= got.neighbours
+    addresses = frozenset(
+        ipaddress.ip_interface(f"{vtep_ip(c)}/{c.max_prefixlen}") for c in me.pod_cidrs
+    ) if device else frozenset()
+    overlay_used = device is not None and (mode is Mode.VXLAN or any(t == "vxlan" for *_, t in transports))
+    pod_mtu = device.mtu if overlay_used else underlay.mtu
+    return Plan(
+        dataplane=Dataplane(vxlan=device, addresses=addresses, routes=frozenset(routes),
+                            fdb=frozenset(fdb), neighbours=frozenset(neigh)),
+        pod_mtu=pod_mtu, transports=tuple(transports), skipped=tuple(skipped))
+
+
+def _vxlan_device(me, underlay, mode, vxlan, mac) -> VxlanDevice | None:
+    """The device exists in modes auto and vxlan, even before any peer needs it: a peer that sees
+    this node as off-link (asymmetric subnets) may encapsulate towards us at any time."""
+    if mode is Mode.DIRECT:
+        return None
+    local = next((ip for ip in me.internal_ips
+                  if any(a.ip == ip for a in underlay.addresses)), None)
+    if local is None:
+        return None
+    return VxlanDevice(name=vxlan.device, vni=vxlan.vni, port=vxlan.port, mac=mac,
+                       mtu=underlay.mtu - VXLAN_OVERHEAD[local.version], local=local,
+                       underlay=underlay.ifname)
