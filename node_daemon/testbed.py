@@ -1,0 +1,144 @@
+"""Nodes and pods as network namespaces, for the daemon's root integration tests and its benchmark.
+
+Never imported by the daemon itself. Everything is done from the caller's namespace with
+`ip -n NS` and `nsenter --net=...` child processes (the caller never switches namespaces), and
+`close()` deletes every namespace it made (their links go with them).
+
+Shape: one "underlay" namespace holds a bridge per subnet and routes between them (a router);
+each node's eth0 is a veth into the bridge of its subnet, with that subnet's .254 as its default
+gateway. Nodes on the same subnet are on-link (L2); nodes on different subnets are routed.
+Each node has a pod bridge `podwire0` (gateway .1 of its PodCIDR) and pods are veth-ended
+namespaces behind it, as the CNI plugin would make them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import subprocess
+from dataclasses import dataclass, field
+
+OUTSIDE_IP = "192.168.50.200"
+
+
+def sh(*argv, check=True, timeout=30) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, argv))}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def nsexec(ns: str, *argv) -> list[str]:
+    return ["nsenter", f"--net=/run/netns/{ns}", *map(str, argv)]
+
+
+@dataclass
+class BedNode:
+    name: str
+    netns: str
+    subnet: int
+    index: int
+    pod_cidr: ipaddress.IPv4Network
+    pods: list = field(default_factory=list)
+
+    @property
+    def ip(self) -> str:
+        return f"192.168.{50 + self.subnet}.{self.index}"
+
+    def api_object(self, mac: str | None = None) -> dict:
+        """The Node as the API would send it (for Daemon tests without an API server)."""
+        return {"metadata": {"name": self.name, "resourceVersion": "1",
+                             "annotations": {"podwire.io/vtep-mac": mac} if mac else {}},
+                "spec": {"podCIDR": str(self.pod_cidr), "podCIDRs": [str(self.pod_cidr)]},
+                "status": {"addresses": [{"type": "InternalIP", "address": self.ip},
+                                         {"type": "Hostname", "address": self.name}]}}
+
+
+class Netbed:
+    def __init__(self, prefix: str = "pwd-", mtu: int = 1500):
+        self.tag = prefix + secrets.token_hex(3)
+        self.mtu = mtu
+        self.namespaces: list[str] = []
+        self.nodes: list[BedNode] = []
+        self.subnets: set[int] = set()
+        self.underlay = self._netns("ul")
+        sh(*nsexec(self.underlay, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+
+    # ---- building ----------------------------------------------------------------------
+    def _netns(self, suffix: str) -> str:
+        name = f"{self.tag}-{suffix}"
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def _subnet(self, s: int) -> None:
+        if s in self.subnets:
+            return
+        ul = self.underlay
+        sh("ip", "-n", ul, "link", "add", f"br{s}", "mtu", self.mtu, "type", "bridge")
+        sh("ip", "-n", ul, "addr", "add", f"192.168.{50 + s}.254/24", "dev", f"br{s}")
+        sh("ip", "-n", ul, "link", "set", f"br{s}", "up")
+        self.subnets.add(s)
+
+    def _plug(self, ns: str, port: str, subnet: int, address: str) -> None:
+        """veth eth0 in `ns` <-> `port` on the underlay bridge of `subnet`; default via .254."""
+        self._subnet(subnet)
+        sh("ip", "-n", self.underlay, "link", "add", port, "mtu", self.mtu, "type", "veth",
+           "peer", "name", "eth0", "mtu", self.mtu, "netns", ns)
+        sh("ip", "-n", self.underlay, "link", "set", port, "master", f"br{subnet}", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "route", "add", "default", "via", f"192.168.{50 + subnet}.254")
+
+    def add_node(self, subnet: int = 0) -> BedNode:
+        i = len(self.nodes) + 1
+        node = BedNode(name=f"node{i}", netns=self._netns(f"n{i}"), subnet=subnet, index=i,
+                        pod_cidr=ipaddress.ip_network(f"10.244.{i}.0/24"))
+        self._plug(node.netns, f"n{i}", subnet, node.ip)
+        sh(*nsexec(node.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+        sh("ip", "-n", node.netns, "link", "add", "podwire0", "type", "bridge")
+        sh("ip", "-n", node.netns, "addr", "add", f"{node.pod_cidr.network_address + 1}/24", "dev", "podwire0")
+        sh("ip", "-n", node.netns, "link", "set", "podwire0", "up")
+        self.nodes.append(node)
+        return node
+
+    def add_pod(self, node: BedNode, mtu: int | None = None) -> tuple[str, str]:
+        """A pod namespace behind the node's bridge; returns (netns, IP)."""
+        k = len(node.pods) + 1
+        ns = self._netns(f"n{node.index}p{k}")
+        ip = str(node.pod_cidr.network_address + 10 + k)
+        host = f"vp{k}"
+        mtu = mtu or self.mtu
+        sh("ip", "-n", node.netns, "link", "add", host, "mtu", mtu, "type", "veth",
+           "peer", "name", "eth0", "mtu", mtu, "netns", ns)
+        sh("ip", "-n", node.netns, "link", "set", host, "master", "podwire0", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "route", "add", "default", "via", str(node.pod_cidr.network_address + 1))
+        node.pods.append((ns, ip))
+        return ns, ip
+
+    def add_outside(self) -> str:
+        """A host on subnet 0 outside the cluster: no route to any PodCIDR."""
+        ns = self._netns("out")
+        self._plug(ns, "out", 0, OUTSIDE_IP)
+        sh("ip", "-n", ns, "route", "del", "default")
+        return ns
+
+    # ---- probing -----------------------------------------------------------------------
+    @staticmethod
+    def ping(ns: str, dst: str, size: int | None = None, df: bool = False, count: int = 1) -> bool:
+        argv = ["ping", "-c", count, "-W", 1, "-i", "0.2"]
+        if df:
+            argv += ["-M", "do"]
+        if size is not None:
+            argv += ["-s", size]
+        return sh(*nsexec(ns, *argv, dst), check=False).returncode == 0
+
+    def close(self) -> None:
+        for ns in reversed(self.namespaces):
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
+                sh("kill", "-9", pid, check=False)
+            sh("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()
