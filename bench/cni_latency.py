@@ -1,0 +1,119 @@
+"""CNI ADD/DEL latency: the frozen podwire against the reference bridge + host-local, same run.
+
+Both plugins run from this process, which sits inside a throwaway node namespace, alternating
+iteration by iteration so machine noise hits both alike. Then a burst of N concurrent ADDs (kubelet's
+default max pods is 110) for each. Prints p50/p95 and the ratios podwire / reference.
+
+    python3 bench/cni_latency.py [--iterations 60] [--burst 110] [--binary dist/podwire/podwire]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from netkit import netns  # noqa: E402
+
+REF_DIR = "/usr/lib/cni"
+
+
+def ip_netns(*args: str) -> None:
+    subprocess.run(["ip", "netns", *args], check=True)
+
+
+def configs(tmp: str) -> dict:
+    common = {"cniVersion": "1.0.0", "isGateway": True, "hairpinMode": True, "ipMasq": False, "mtu": 1500}
+    return {
+        "podwire": {**common, "name": "bench-pw", "type": "podwire", "bridge": "pwbench0",
+                    "logFile": f"{tmp}/pw.log", "stateDir": f"{tmp}/pw-state",
+                    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.200.0.0/16"}]],
+                             "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"{tmp}/pw-ipam"}},
+        "reference": {**common, "name": "bench-ref", "type": "bridge", "bridge": "refbench0",
+                      "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.201.0.0/16"}]],
+                               "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"{tmp}/ref-ipam"}},
+    }
+
+
+def run(binary: str, command: str, conf: dict, cid: str, pod_ns: str) -> float:
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod_ns}",
+           "CNI_IFNAME": "eth0", "CNI_PATH": REF_DIR, "PATH": os.environ.get("PATH", "")}
+    start = time.perf_counter()
+    proc = subprocess.run([binary], input=json.dumps(conf).encode(), env=env, capture_output=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{binary} {command} failed: {proc.stdout.decode()} {proc.stderr.decode()}")
+    return elapsed
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iterations", type=int, default=60)
+    ap.add_argument("--burst", type=int, default=110)
+    ap.add_argument("--binary", default="dist/podwire/podwire")
+    args = ap.parse_args()
+    binaries = {"podwire": os.path.abspath(args.binary), "reference": f"{REF_DIR}/bridge"}
+    tag = uuid.uuid4().hex[:6]
+    node = f"pwb-node-{tag}"
+    pods = [f"pwb-{tag}-{i}" for i in range(max(args.burst, 2))]
+    tmp = tempfile.mkdtemp(prefix="pwbench-")
+    confs = configs(tmp)
+    made = []
+    try:
+        ip_netns("add", node)
+        made.append(node)
+        for p in pods:
+            ip_netns("add", p)
+            made.append(p)
+        netns.setns(netns.open_netns(f"/run/netns/{node}"))  # this bench process now lives on the "node"
+
+        lat = {k: {"ADD": [], "DEL": []} for k in binaries}
+        for i in range(args.iterations):
+            for name, binary in binaries.items():  # alternate: same noise for both
+                cid = f"{name}-{i}"
+                lat[name]["ADD"].append(run(binary, "ADD", confs[name], cid, pods[0]))
+                lat[name]["DEL"].append(run(binary, "DEL", confs[name], cid, pods[0]))
+
+        burst = {}
+        for name, binary in binaries.items():
+            start = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=len(pods)) as ex:
+                list(ex.map(lambda p: run(binary, "ADD", confs[name], f"burst-{p}", p), pods[: args.burst]))
+            burst[name] = time.perf_counter() - start
+            with ThreadPoolExecutor(max_workers=16) as ex:
+                list(ex.map(lambda p: run(binary, "DEL", confs[name], f"burst-{p}", p), pods[: args.burst]))
+
+        print(f"CNI latency, {args.iterations} iterations, burst of {args.burst} concurrent ADDs")
+        print(f"{'':10} {'ADD p50':>9} {'ADD p95':>9} {'DEL p50':>9} {'DEL p95':>9} {'burst':>9}")
+        for name in binaries:
+            a, d = lat[name]["ADD"], lat[name]["DEL"]
+            print(f"{name:10} {pct(a, .5):8.1f}ms {pct(a, .95):8.1f}ms {pct(d, .5):8.1f}ms {pct(d, .95):8.1f}ms "
+                  f"{burst[name] * 1000:8.0f}ms")
+        pw, ref = lat["podwire"], lat["reference"]
+        print(f"ratio podwire/reference: ADD p50 {pct(pw['ADD'], .5) / pct(ref['ADD'], .5):.2f}x, "
+              f"ADD p95 {pct(pw['ADD'], .95) / pct(ref['ADD'], .95):.2f}x, "
+              f"DEL p50 {pct(pw['DEL'], .5) / pct(ref['DEL'], .5):.2f}x, "
+              f"burst {burst['podwire'] / burst['reference']:.2f}x")
+        return 0
+    finally:
+        for p in made:
+            subprocess.run(["ip", "netns", "del", p], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from cni_plugin.main import main
+
+main()

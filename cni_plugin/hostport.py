@@ -1,0 +1,191 @@
+"""hostPort (the portMappings capability) and ipMasq, in podwire's own nftables table.
+
+Layout (table inet podwire-cni, IPv4 and IPv6 at once):
+  map hostports   proto . port -> goto <pod chain>       one lookup per packet, any number of pods
+  chain hp-<pod>  the pod's DNAT rules (optionally only for one hostIP)
+  set masq4/6     pod addresses whose egress is masqueraded (ipMasq)
+Traffic that enters from the pod bridge and is DNATed back onto it (a pod reaching a hostPort, its own
+included) is masqueraded: without br_netfilter the reply would skip the host and never be un-NATed.
+
+What was programmed for each attachment is kept in <stateDir>/hostport/<name>.json, so DEL and GC
+remove exactly that without listing the kernel's ruleset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cni_plugin.errors import HOSTPORT_CONFLICT, CNIError
+
+TABLE = "podwire-cni"
+MARK = "0x00002000"
+
+
+def _family(ip: str) -> str:
+    return "ip6" if ":" in ip else "ip"
+
+
+def base_ruleset(bridge: str) -> str:
+    """Idempotent: re-creates the base chains' rules every time, keeps maps, sets and pod chains."""
+    return f"""
+add table inet {TABLE}
+add map inet {TABLE} hostports {{ type inet_proto . inet_service : verdict; }}
+add set inet {TABLE} masq4 {{ type ipv4_addr; }}
+add set inet {TABLE} masq6 {{ type ipv6_addr; }}
+add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat; }}
+add chain inet {TABLE} output {{ type nat hook output priority -100; }}
+add chain inet {TABLE} postrouting {{ type nat hook postrouting priority srcnat; }}
+flush chain inet {TABLE} prerouting
+flush chain inet {TABLE} output
+flush chain inet {TABLE} postrouting
+add rule inet {TABLE} prerouting fib daddr type local meta l4proto . th dport vmap @hostports
+add rule inet {TABLE} output ip daddr 127.0.0.0/8 return
+add rule inet {TABLE} output ip6 daddr ::1 return
+add rule inet {TABLE} output fib daddr type local meta l4proto . th dport vmap @hostports
+add rule inet {TABLE} postrouting meta mark & {MARK} == {MARK} masquerade
+add rule inet {TABLE} postrouting ip saddr @masq4 oifname != "{bridge}" fib daddr type != local masquerade
+add rule inet {TABLE} postrouting ip6 saddr @masq6 oifname != "{bridge}" fib daddr type != local masquerade
+"""
+
+
+def chain_name(host_if: str) -> str:
+    return "hp-" + host_if
+
+
+def render_add(state: dict, bridge: str) -> str:
+    """nft text that programs one attachment (`state` as returned by `plan_state`)."""
+    chain = state["chain"]
+    lines = [base_ruleset(bridge)]
+    if state["elements"]:
+        lines.append(f"add chain inet {TABLE} {chain}")
+        lines.append(f"flush chain inet {TABLE} {chain}")
+        for m in state["mappings"]:
+            for pod_ip in state["pod_ips"]:
+                fam = _family(pod_ip)
+                if m["hostIP"] and _family(m["hostIP"]) != fam:
+                    continue
+                match = f"{fam} daddr {m['hostIP']} " if m["hostIP"] else f"meta nfproto {'ipv6' if fam == 'ip6' else 'ipv4'} "
+                target = f"[{pod_ip}]:{m['containerPort']}" if fam == "ip6" else f"{pod_ip}:{m['containerPort']}"
+                lines.append(
+                    f'add rule inet {TABLE} {chain} {match}meta l4proto {m["protocol"]} th dport {m["hostPort"]} '
+                    f'iifname "{bridge}" meta mark set mark | {MARK}'
+                )
+                lines.append(
+                    f"add rule inet {TABLE} {chain} {match}meta l4proto {m['protocol']} th dport {m['hostPort']} "
+                    f"dnat {fam} to {target}"
+                )
+        # `create` fails when another pod holds the port: a conflict must fail this ADD, not steal it
+        for el in state["elements"]:
+            lines.append(f"create element inet {TABLE} hostports {{ {el} : goto {chain} }}")
+    for ip in state["masq"]:
+        lines.append(f"add element inet {TABLE} masq{'6' if ':' in ip else '4'} {{ {ip} }}")
+    return "\n".join(lines) + "\n"
+
+
+def render_delete(state: dict) -> list[str]:
+    """Statements removing one attachment; run together first, then one by one if any is gone."""
+    out = [f"delete element inet {TABLE} hostports {{ {el} }}" for el in state["elements"]]
+    if state["elements"]:
+        out.append(f"delete chain inet {TABLE} {state['chain']}")
+    out += [f"delete element inet {TABLE} masq{'6' if ':' in ip else '4'} {{ {ip} }}" for ip in state["masq"]]
+    return out
+
+
+def plan_state(container_id: str, ifname: str, host_if: str, mappings, pod_ips, ip_masq: bool) -> dict:
+    pod_ips = [ip.split("/")[0] for ip in pod_ips]
+    elements = sorted({f"{m.protocol} . {m.host_port}" for m in mappings})
+    return {
+        "containerID": container_id,
+        "ifname": ifname,
+        "chain": chain_name(host_if),
+        "elements": elements,
+        "mappings": [
+            {"hostPort": m.host_port, "containerPort": m.container_port, "protocol": m.protocol, "hostIP": m.host_ip}
+            for m in mappings
+        ],
+        "pod_ips": pod_ips,
+        "masq": pod_ips if ip_masq else [],
+    }
+
+
+def _state_path(state_dir: str, host_if: str) -> str:
+    return os.path.join(state_dir, "hostport", host_if + ".json")
+
+
+def program(conf, container_id: str, ifname: str, host_if: str, pod_ips, undo) -> None:
+    if not conf.port_mappings and not conf.ip_masq:
+        return
+    from netkit import nft
+
+    state = plan_state(container_id, ifname, host_if, conf.port_mappings, pod_ips, conf.ip_masq)
+    path = _state_path(conf.state_dir, host_if)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # state first: if we die after nft, DEL/GC still know what to remove
+    with open(path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(path + ".tmp", path)
+    try:
+        nft.apply(render_add(state, conf.bridge))
+    except nft.NftError as e:
+        # the transaction is atomic: nothing of it is in the kernel, and the elements it names may
+        # belong to another pod, so only our state file goes
+        os.unlink(path)
+        if "File exists" in e.stderr:
+            ports = ", ".join(state["elements"])
+            raise CNIError(HOSTPORT_CONFLICT, f"hostPort already in use on this node ({ports})", e.stderr.strip()) from None
+        raise CNIError(5, "cannot program hostPort rules", e.stderr.strip()) from None
+    undo.callback(remove, conf.state_dir, host_if)
+
+
+def remove(state_dir: str, host_if: str) -> None:
+    path = _state_path(state_dir, host_if)
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        return
+    except ValueError:
+        os.unlink(path)  # a torn file from a crash: nothing we can trust in it
+        return
+    _delete_rules(state)
+    os.unlink(path)
+
+
+def _delete_rules(state: dict) -> None:
+    from netkit import nft
+
+    statements = render_delete(state)
+    if not statements:
+        return
+    try:
+        nft.apply("\n".join(statements) + "\n")
+    except nft.NftError:
+        for s in statements:  # some were gone already (reboot, manual flush): remove the rest
+            try:
+                nft.apply(s + "\n")
+            except nft.NftError:
+                pass
+
+
+def gc(state_dir: str, valid: set) -> list[str]:
+    """Remove every attachment's rules not in `valid` {(containerID, ifname)}; go on past errors."""
+    directory = os.path.join(state_dir, "hostport")
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    freed = []
+    for name in sorted(names):
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(directory, name)) as f:
+                state = json.load(f)
+            if (state["containerID"], state["ifname"]) in valid:
+                continue
+            remove(state_dir, name[: -len(".json")])
+            freed.append(name[: -len(".json")])
+        except (OSError, ValueError, KeyError):
+            continue
+    return freed

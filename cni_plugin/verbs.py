@@ -1,0 +1,135 @@
+"""One function per CNI verb: parse -> allocate -> plan -> apply -> result."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from cni_plugin import dataplane, hostport
+from cni_plugin.config import SUPPORTED_VERSIONS, NetConf
+from cni_plugin.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV, CNIError
+from cni_plugin.plan import host_veth_name, plan_pod
+from cni_plugin.result import Result
+from ipam import allocator
+from ipam.config import IPAMConfig
+from ipam.store import DiskStore
+
+
+class Env:
+    """The CNI_* environment, checked per verb."""
+
+    def __init__(self, environ):
+        self.command = environ.get("CNI_COMMAND", "")
+        self.container_id = environ.get("CNI_CONTAINERID", "")
+        self.netns = environ.get("CNI_NETNS", "")
+        self.ifname = environ.get("CNI_IFNAME", "")
+        self.path = environ.get("CNI_PATH", "")
+        self.args = environ.get("CNI_ARGS", "")
+
+    def need(self, *names: str) -> None:
+        for name in names:
+            if not getattr(self, name):
+                raise CNIError(INVALID_ENV, f"required environment variable CNI_{name.upper().replace('_', '')} is not set")
+        if self.ifname and (len(self.ifname) > 15 or "/" in self.ifname or self.ifname in (".", "..")):
+            raise CNIError(INVALID_ENV, f"CNI_IFNAME {self.ifname!r} is not a valid interface name")
+
+    def pod_args(self) -> dict:
+        out = {}
+        for pair in self.args.split(";"):
+            if "=" in pair:
+                k, v = pair.split("=", 1)
+                out[k] = v
+        return out
+
+
+def _ipam(conf: NetConf) -> tuple[IPAMConfig, DiskStore]:
+    if conf.ipam.get("type") != "host-local":
+        raise CNIError(INVALID_CONFIG, f"invalid network config: unsupported IPAM type {conf.ipam.get('type')!r} (podwire has host-local built in)")
+    cfg = IPAMConfig.from_json(conf.ipam, conf.name)
+    return cfg, DiskStore(cfg.data_dir, conf.name)
+
+
+def add(conf: NetConf, env: Env, log) -> dict:
+    env.need("container_id", "netns", "ifname")
+    cfg, store = _ipam(conf)
+    netns_fd = dataplane.open_pod_netns(env.netns)
+    try:
+        with contextlib.ExitStack() as undo:
+            pod = undo.enter_context(dataplane.pod_socket(netns_fd))
+            # before allocating: IPAM answers a repeated ADD with the same addresses, and our undo
+            # would then release the live pod's allocation
+            dataplane.assert_absent(pod, env.ifname, env.netns)
+            allocations = allocator.allocate(cfg, store, env.container_id, env.ifname)
+            undo.callback(allocator.release, store, env.container_id, env.ifname)
+            plan = plan_pod(conf, allocations, cfg.routes, env.container_id, env.ifname)
+            interfaces = dataplane.setup(plan, pod, netns_fd, env.netns, undo)
+            hostport.program(conf, env.container_id, env.ifname, plan.host_if, plan.container_addrs, undo)
+            undo.pop_all()  # success: keep everything (the pod socket closes with the process)
+    finally:
+        os.close(netns_fd)
+    log(f"ADD {env.container_id[:12]} {env.ifname} -> {', '.join(plan.container_addrs)} via {plan.host_if}")
+    return Result(interfaces, plan.ips, plan.routes).to_json(conf.cni_version)
+
+
+def delete(conf: NetConf, env: Env, log) -> None:
+    env.need("container_id", "ifname")
+    host_if = host_veth_name(env.container_id, env.ifname)
+    dataplane.teardown(env.ifname, host_if, env.netns or None)
+    hostport.remove(conf.state_dir, host_if)
+    cfg, store = _ipam(conf)
+    freed = allocator.release(store, env.container_id, env.ifname)
+    log(f"DEL {env.container_id[:12]} {env.ifname}: released {freed} address(es)")
+
+
+def check(conf: NetConf, env: Env, log) -> None:
+    if conf.version < (0, 4, 0):
+        raise CNIError(INCOMPATIBLE_VERSION, f"config version {conf.cni_version} does not allow CHECK")
+    env.need("container_id", "netns", "ifname")
+    if conf.prev_result is None:
+        raise CNIError(INVALID_CONFIG, "CHECK needs prevResult in the network config")
+    prev = Result.from_json(conf.prev_result)
+    cfg, store = _ipam(conf)
+    held = {str(ip) for ip in allocator.find(store, env.container_id, env.ifname)}
+    for ip in prev.ips:
+        if ip.address.split("/")[0] not in held:
+            raise CNIError(100, f"IPAM holds no allocation of {ip.address} for this container")
+    netns_fd = dataplane.open_pod_netns(env.netns)
+    try:
+        dataplane.check(host_veth_name(env.container_id, env.ifname), conf.bridge, env.ifname, netns_fd, prev)
+    finally:
+        os.close(netns_fd)
+
+
+def status(conf: NetConf, env: Env, log) -> None:
+    if conf.version < (1, 1, 0):
+        raise CNIError(INCOMPATIBLE_VERSION, f"config version {conf.cni_version} does not allow STATUS")
+    cfg, store = _ipam(conf)
+    allocator.status(cfg, store)
+
+
+def gc(conf: NetConf, env: Env, log) -> None:
+    if conf.version < (1, 1, 0):
+        raise CNIError(INCOMPATIBLE_VERSION, f"config version {conf.cni_version} does not allow GC")
+    raw = conf.raw.get("cni.dev/valid-attachments", conf.raw.get("cni.dev/attachments"))
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise CNIError(INVALID_CONFIG, "invalid network config: cni.dev/valid-attachments must be a list")
+    valid = set()
+    for item in raw:
+        if not isinstance(item, dict) or "containerID" not in item:
+            raise CNIError(INVALID_CONFIG, "invalid network config: each valid attachment needs containerID and ifname")
+        valid.add((item["containerID"], item.get("ifname", "")))
+    cfg, store = _ipam(conf)
+    freed_ips = allocator.gc(store, valid)
+    freed_rules = hostport.gc(conf.state_dir, valid)
+    log(f"GC kept {len(valid)} attachment(s), freed {len(freed_ips)} address(es) and {len(freed_rules)} rule set(s)")
+
+
+def version_answer(raw: dict | None) -> dict:
+    asked = (raw or {}).get("cniVersion")
+    version = asked if asked in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
+    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+VERBS = {"ADD": add, "DEL": delete, "CHECK": check, "STATUS": status, "GC": gc}

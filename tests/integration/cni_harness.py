@@ -1,0 +1,84 @@
+"""Running the podwire CNI executable the way a runtime does, inside namespaces the tests own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+FROZEN = os.path.join(ROOT, "dist", "podwire", "podwire")
+REF_DIR = "/usr/lib/cni"
+
+
+def netns_add(prefix: str = "pwc") -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    return name
+
+
+def netns_del(name: str) -> None:
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def in_ns(ns: str, *cmd: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *cmd], capture_output=True, text=True,
+                          check=check, timeout=timeout, **kw)
+
+
+class CNIResult:
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.rc = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.json = json.loads(proc.stdout) if proc.stdout.strip() else None
+
+    def __repr__(self):
+        return f"CNIResult(rc={self.rc}, stdout={self.stdout!r}, stderr={self.stderr[-500:]!r})"
+
+
+class Plugin:
+    """Invokes one CNI executable (env + config on stdin) from inside a node namespace."""
+
+    def __init__(self, binary: str, node: str):
+        self.binary, self.node = binary, node
+
+    def call(self, command: str, conf: dict | str, container_id: str = "", pod_ns: str | None = None,
+             ifname: str = "eth0", netns_path: str | None = None, env: dict | None = None) -> CNIResult:
+        e = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
+             "CNI_PATH": REF_DIR}
+        if container_id:
+            e["CNI_CONTAINERID"] = container_id
+        if ifname:
+            e["CNI_IFNAME"] = ifname
+        if netns_path or pod_ns:
+            e["CNI_NETNS"] = netns_path or f"/run/netns/{pod_ns}"
+        e.update(env or {})
+        stdin = conf if isinstance(conf, str) else json.dumps(conf)
+        proc = subprocess.run(["nsenter", f"--net=/run/netns/{self.node}", self.binary], input=stdin,
+                              capture_output=True, text=True, env=e, timeout=60)
+        return CNIResult(proc)
+
+    def add(self, conf, cid, pod_ns, **kw) -> CNIResult:
+        return self.call("ADD", conf, cid, pod_ns, **kw)
+
+    def delete(self, conf, cid, pod_ns=None, **kw) -> CNIResult:
+        return self.call("DEL", conf, cid, pod_ns, **kw)
+
+
+def netconf(tmp: str, version: str = "1.1.0", subnet: str = "10.244.7.0/24", **extra) -> dict:
+    ipam = {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": f"{tmp}/ipam"}
+    ipam.update(extra.pop("ipam", {}))
+    conf = {"cniVersion": version, "name": "podnet", "type": "podwire", "bridge": "podwire0",
+            "logFile": f"{tmp}/cni.log", "stateDir": f"{tmp}/state", "ipam": ipam}
+    conf.update(extra)
+    return conf
+
+
+def allocated(tmp: str, network: str = "podnet") -> list[str]:
+    d = os.path.join(tmp, "ipam", network)
+    if not os.path.isdir(d):
+        return []
+    return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith("last_reserved_ip"))

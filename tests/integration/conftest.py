@@ -1,0 +1,49 @@
+"""Fixtures for tests on real namespaces: a node namespace, pod namespaces, the frozen plugin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.integration.cni_harness import FROZEN, ROOT, Plugin, netns_add, netns_del
+
+
+@pytest.fixture(scope="session")
+def frozen_plugin() -> str:
+    """dist/podwire/podwire, (re)built when the sources are newer (make tracks that)."""
+    subprocess.run(["make", "-s", "dist"], cwd=ROOT, check=True, capture_output=True)
+    assert os.access(FROZEN, os.X_OK)
+    return FROZEN
+
+
+@pytest.fixture
+def node():
+    name = netns_add("pwc-node")
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        netns_del(name)
+
+
+@pytest.fixture
+def pods():
+    made = []
+
+    def make() -> str:
+        name = netns_add("pwc-pod")
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            netns_del(name)
+
+
+@pytest.fixture
+def plugin(frozen_plugin, node) -> Plugin:
+    return Plugin(frozen_plugin, node)
