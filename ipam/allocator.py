@@ -81,6 +81,7 @@ def gc(store: Store, valid: set[tuple[str, str]]) -> list[str]:
     A legacy entry (no ifname) survives when its container has any valid attachment.
     Goes on past per-file failures and raises IPAMError(5) naming them at the end.
     """
+    valid = {(cid.strip(), ifname) for cid, ifname in valid}  # stored IDs are trimmed
     valid_ids = {cid for cid, _ in valid}
     with store.lock():
         stale = [

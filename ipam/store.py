@@ -92,25 +92,27 @@ class Store:
     def writable(self) -> bool:
         raise NotImplementedError
 
-    def _acquire(self) -> None:
+    def _acquire(self) -> object:
+        """Take the lock; returns the token _release needs."""
         raise NotImplementedError
 
-    def _release(self) -> None:
+    def _release(self, token: object) -> None:
         raise NotImplementedError
 
 
 class _Locked:
-    __slots__ = ("store",)
+    # The token lives here, not on the store, so threads may share one store.
+    __slots__ = ("store", "token")
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
     def __enter__(self) -> Store:
-        self.store._acquire()
+        self.token = self.store._acquire()
         return self.store
 
     def __exit__(self, *exc) -> None:
-        self.store._release()
+        self.store._release(self.token)
 
 
 class DiskStore(Store):
@@ -119,7 +121,6 @@ class DiskStore(Store):
         self.dir = os.path.join(data_dir, network_name)
         self.name = self.dir
         self.lock_timeout = lock_timeout
-        self._lock_fd = -1
 
     @classmethod
     def for_config(cls, config) -> DiskStore:
@@ -140,9 +141,9 @@ class DiskStore(Store):
         except OSError as err:
             raise io_error(f"open lock file {path}", err) from None
 
-    def _acquire(self) -> None:
-        if self._lock_fd >= 0:
-            raise RuntimeError(f"{self.dir}: lock is not re-entrant")
+    def _acquire(self) -> int:
+        # Every acquisition opens its own descriptor: flock excludes open file
+        # descriptions, so threads and processes all wait for each other.
         fd = self._open_lock_file()
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.0005
@@ -163,12 +164,10 @@ class DiskStore(Store):
             except OSError as err:
                 os.close(fd)
                 raise io_error(f"lock {self._path(LOCK_FILE)}", err) from None
-        self._lock_fd = fd
+        return fd
 
-    def _release(self) -> None:
-        fd, self._lock_fd = self._lock_fd, -1
-        if fd >= 0:
-            os.close(fd)  # closing the only descriptor drops the flock
+    def _release(self, token: object) -> None:
+        os.close(token)  # closing the only descriptor drops the flock
 
     def entries(self) -> list[Entry]:
         try:
@@ -273,7 +272,7 @@ class MemoryStore(Store):
         self.held = True
         self.acquisitions += 1
 
-    def _release(self) -> None:
+    def _release(self, token: object) -> None:
         self.held = False
 
     def _check(self) -> None:

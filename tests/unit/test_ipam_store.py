@@ -153,11 +153,36 @@ def test_lock_is_released_after_an_error(tmp_path):
     assert allocator.release(store, "a", "eth0") == 1  # would time out if the lock were still held
 
 
-def test_lock_is_not_reentrant(tmp_path):
-    store = DiskStore(str(tmp_path), "net")
+def test_threads_sharing_one_store_exclude_each_other(tmp_path):
+    import threading
+
+    c = cfg(tmp_path, "10.0.0.0/24")
+    store = DiskStore.for_config(c)
+    got, errors = [], []
+
+    def worker(n):
+        try:
+            for i in range(20):
+                got.append(allocator.allocate(c, store, f"t{n}-{i}", "eth0")[0].address)
+        except Exception as err:  # surfaced by the assert below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(got) == len(set(got)) == 80
+
+
+def test_nested_lock_times_out_instead_of_corrupting(tmp_path):
+    store = DiskStore(str(tmp_path), "net", lock_timeout=0.1)
     with store.lock():
-        with pytest.raises(RuntimeError):
-            store.lock().__enter__()
+        with pytest.raises(IPAMError) as info:
+            with store.lock():
+                pass
+        assert info.value.code == TRY_AGAIN
 
 
 def test_io_errors_are_code_5_and_status_says_not_writable(tmp_path):
