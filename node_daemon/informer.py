@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
 import threading
 from typing import Callable, Iterable, Iterator
 
@@ -107,11 +108,13 @@ class Informer:
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()
-        resp = self._resp
-        if resp is not None:
+        # Wake a watch blocked in recv(): shutting the socket down does; resp.close() from
+        # another thread would block on the reader's buffer lock instead.
+        sock = getattr(getattr(self._resp, "connection", None), "sock", None)
+        if sock is not None:
             try:
-                resp.close()  # unblocks a read in progress
-            except Exception:  # noqa: BLE001 - best effort during shutdown
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
                 pass
         if self._thread:
             self._thread.join(timeout)

@@ -6,6 +6,7 @@ Run one per node, inside the node's network namespace (the harness uses
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -69,6 +70,7 @@ def run(cfg: Config, stop: threading.Event) -> None:
         runner.start()
         log.info("podwire node daemon running for node %s (mode %s)", cfg.node_name, cfg.mode.value)
         stop.wait()
+        log.info("stopping")
         for part in [*parts, runner, nodes]:
             part.stop()
         server.shutdown()
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
