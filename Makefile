@@ -14,7 +14,7 @@ test: dist
 	$(PYTHON) -m pytest
 
 demo: dist
-	$(PYTHON) -m e2e.demo_one_node
+	$(PYTHON) scripts/demo_one_node.py
 
 bench: dist
 	$(PYTHON) bench/cni_latency.py

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything podwire's build and tests need on a bare Debian 12 machine (idempotent, as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  make iproute2 nftables iputils-ping conntrack kmod procps psmisc util-linux  # dataplane and namespaces
+  containerd runc containernetworking-plugins busybox-static                 # real CNI client, reference plugins
+  iperf3 socat netcat-openbsd curl tcpdump ethtool hyperfine strace          # traffic, benchmarks, debugging
+  openssl etcd-server mmdebstrap                                             # e2e harness
+)
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+$PYTHON -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+
+# cnitool: libcni's own command-line client, an independent CNI runtime for the chaining tests.
+CACHE=${PODWIRE_CACHE:-/var/cache/podwire}
+if [ ! -x "$CACHE/tools/bin/cnitool" ]; then
+  mkdir -p "$CACHE/tools/bin"
+  GOBIN="$CACHE/tools/bin" GOMODCACHE="$CACHE/gomodcache" GOCACHE="$CACHE/gocache" GOFLAGS=-mod=mod \
+    go install github.com/containernetworking/cni/cnitool@v1.3.0
+fi
