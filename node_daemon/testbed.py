@@ -39,30 +39,45 @@ class BedNode:
     subnet: int
     index: int
     pod_cidr: ipaddress.IPv4Network
+    pod_cidr6: ipaddress.IPv6Network | None = None
     pods: list = field(default_factory=list)
+    pods6: list = field(default_factory=list)
 
     @property
     def ip(self) -> str:
         return f"192.168.{50 + self.subnet}.{self.index}"
 
+    @property
+    def ip6(self) -> str | None:
+        return f"fd00:{50 + self.subnet}::{self.index}" if self.pod_cidr6 else None
+
     def api_object(self, mac: str | None = None) -> dict:
         """The Node as the API would send it (for Daemon tests without an API server)."""
+        cidrs = [str(c) for c in (self.pod_cidr, self.pod_cidr6) if c]
+        ips = [{"type": "InternalIP", "address": ip} for ip in (self.ip, self.ip6) if ip]
         return {"metadata": {"name": self.name, "resourceVersion": "1",
                              "annotations": {"podwire.io/vtep-mac": mac} if mac else {}},
-                "spec": {"podCIDR": str(self.pod_cidr), "podCIDRs": [str(self.pod_cidr)]},
-                "status": {"addresses": [{"type": "InternalIP", "address": self.ip},
-                                         {"type": "Hostname", "address": self.name}]}}
+                "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
+                "status": {"addresses": [*ips, {"type": "Hostname", "address": self.name}]}}
 
 
 class Netbed:
-    def __init__(self, prefix: str = "pwd-", mtu: int = 1500):
+    def __init__(self, prefix: str = "pwd-", mtu: int = 1500, dual_stack: bool = False):
         self.tag = prefix + secrets.token_hex(3)
-        self.mtu = mtu
+        self.mtu, self.dual_stack = mtu, dual_stack
         self.namespaces: list[str] = []
         self.nodes: list[BedNode] = []
         self.subnets: set[int] = set()
         self.underlay = self._netns("ul")
-        sh(*nsexec(self.underlay, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+        self._forwarding(self.underlay)
+
+    def _forwarding(self, ns: str) -> None:
+        sh(*nsexec(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+        if self.dual_stack:
+            sh(*nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"))
+
+    def _addr(self, ns: str, cidr: str, dev: str) -> None:
+        sh("ip", "-n", ns, "addr", "add", cidr, "dev", dev, *(["nodad"] if ":" in cidr else []))
 
     # ---- building ----------------------------------------------------------------------
     def _netns(self, suffix: str) -> str:
@@ -70,6 +85,9 @@ class Netbed:
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
+        if self.dual_stack:  # no duplicate address detection: links are usable at once
+            for scope in ("all", "default"):
+                sh(*nsexec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0"))
         return name
 
     def _subnet(self, s: int) -> None:
@@ -77,34 +95,42 @@ class Netbed:
             return
         ul = self.underlay
         sh("ip", "-n", ul, "link", "add", f"br{s}", "mtu", self.mtu, "type", "bridge")
-        sh("ip", "-n", ul, "addr", "add", f"192.168.{50 + s}.254/24", "dev", f"br{s}")
+        self._addr(ul, f"192.168.{50 + s}.254/24", f"br{s}")
+        if self.dual_stack:
+            self._addr(ul, f"fd00:{50 + s}::fe/64", f"br{s}")
         sh("ip", "-n", ul, "link", "set", f"br{s}", "up")
         self.subnets.add(s)
 
-    def _plug(self, ns: str, port: str, subnet: int, address: str) -> None:
+    def _plug(self, ns: str, port: str, subnet: int, address: str, address6: str | None = None) -> None:
         """veth eth0 in `ns` <-> `port` on the underlay bridge of `subnet`; default via .254."""
         self._subnet(subnet)
         sh("ip", "-n", self.underlay, "link", "add", port, "mtu", self.mtu, "type", "veth",
            "peer", "name", "eth0", "mtu", self.mtu, "netns", ns)
         sh("ip", "-n", self.underlay, "link", "set", port, "master", f"br{subnet}", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+        self._addr(ns, f"{address}/24", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "route", "add", "default", "via", f"192.168.{50 + subnet}.254")
+        if address6:
+            self._addr(ns, f"{address6}/64", "eth0")
+            sh("ip", "-n", ns, "-6", "route", "add", "default", "via", f"fd00:{50 + subnet}::fe")
 
     def add_node(self, subnet: int = 0) -> BedNode:
         i = len(self.nodes) + 1
         node = BedNode(name=f"node{i}", netns=self._netns(f"n{i}"), subnet=subnet, index=i,
-                        pod_cidr=ipaddress.ip_network(f"10.244.{i}.0/24"))
-        self._plug(node.netns, f"n{i}", subnet, node.ip)
-        sh(*nsexec(node.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+                        pod_cidr=ipaddress.ip_network(f"10.244.{i}.0/24"),
+                        pod_cidr6=ipaddress.ip_network(f"fd10:244:{i}::/64") if self.dual_stack else None)
+        self._plug(node.netns, f"n{i}", subnet, node.ip, node.ip6)
+        self._forwarding(node.netns)
         sh("ip", "-n", node.netns, "link", "add", "podwire0", "type", "bridge")
-        sh("ip", "-n", node.netns, "addr", "add", f"{node.pod_cidr.network_address + 1}/24", "dev", "podwire0")
+        self._addr(node.netns, f"{node.pod_cidr.network_address + 1}/24", "podwire0")
+        if node.pod_cidr6:
+            self._addr(node.netns, f"{node.pod_cidr6.network_address + 1}/64", "podwire0")
         sh("ip", "-n", node.netns, "link", "set", "podwire0", "up")
         self.nodes.append(node)
         return node
 
     def add_pod(self, node: BedNode, mtu: int | None = None) -> tuple[str, str]:
-        """A pod namespace behind the node's bridge; returns (netns, IP)."""
+        """A pod namespace behind the node's bridge; returns (netns, IPv4); IPv6 in node.pods6."""
         k = len(node.pods) + 1
         ns = self._netns(f"n{node.index}p{k}")
         ip = str(node.pod_cidr.network_address + 10 + k)
@@ -113,9 +139,14 @@ class Netbed:
         sh("ip", "-n", node.netns, "link", "add", host, "mtu", mtu, "type", "veth",
            "peer", "name", "eth0", "mtu", mtu, "netns", ns)
         sh("ip", "-n", node.netns, "link", "set", host, "master", "podwire0", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        self._addr(ns, f"{ip}/24", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "route", "add", "default", "via", str(node.pod_cidr.network_address + 1))
+        if node.pod_cidr6:
+            ip6 = str(node.pod_cidr6.network_address + 10 + k)
+            self._addr(ns, f"{ip6}/64", "eth0")
+            sh("ip", "-n", ns, "-6", "route", "add", "default", "via", str(node.pod_cidr6.network_address + 1))
+            node.pods6.append((ns, ip6))
         node.pods.append((ns, ip))
         return ns, ip
 

@@ -231,3 +231,30 @@ def test_egress_masquerade_to_outside_but_pod_to_pod_and_pod_to_node_keep_source
             s.kill()
             s.wait()
         c.close()
+
+
+def test_dual_stack_direct_and_inner_v6_over_the_v4_overlay(tmp_path):
+    bed = Netbed(dual_stack=True)
+    c = None
+    try:
+        n1, n2, n3 = bed.add_node(subnet=0), bed.add_node(subnet=0), bed.add_node(subnet=1)
+        for n in (n1, n2, n3):
+            bed.add_pod(n)
+        c = Cluster(bed, tmp_path)
+        c.sync()
+        r6 = sh("ip", "-n", n1.netns, "-6", "route", "show", "proto", "212").stdout
+        assert "fd10:244:2::/64 via fd00:50::2 dev eth0" in r6
+        assert "fd10:244:3::/64 via fd10:244:3:: dev podwire.vxlan" in r6
+        addrs = sh("ip", "-n", n1.netns, "addr", "show", "dev", "podwire.vxlan").stdout
+        assert "10.244.1.0/32" in addrs and "fd10:244:1::/128" in addrs
+        pods6 = [p for n in bed.nodes for p in n.pods6]
+        assert all(Netbed.ping(src, dst) for src, src_ip in pods6 for _, dst in pods6 if dst != src_ip)
+        assert all_pods_reach_each_other(bed)
+        # the rendered conflist carries both ranges, IPv4 first as in spec.podCIDRs
+        conf = c.daemons["node1"].cfg.cni.path
+        assert '"subnet": "fd10:244:1::/64"' in open(conf).read()
+        assert c.daemons["node1"].dataplane.apply(c.daemons["node1"]._last_desired, "podwire.vxlan").empty
+    finally:
+        if c:
+            c.close()
+        bed.close()
