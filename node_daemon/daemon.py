@@ -29,6 +29,7 @@ class Daemon:
         self.metrics, self.nft, self.writer, self.forwarding = metrics, nft, writer, forwarding
         self.vtep_mac = vtep_mac_for(cfg.node_name)
         self.programmed = False  # this node's routes are in the kernel (last sync succeeded)
+        self.state = "starting"  # one line for /healthz
         self._last_desired: Dataplane | None = None
         self._egress_text: str | None = None
         self._egress_at = float("-inf")
@@ -52,12 +53,13 @@ class Daemon:
         me = infos.get(cfg.node_name)
         own = self.nodes.get(cfg.node_name)
         if me is None or own is None:
-            self._report("self", f"waiting for a usable Node {cfg.node_name}", logging.WARNING)
+            self._waiting(f"waiting for a usable Node {cfg.node_name}")
             return
-        self._write_api(annotation_patch(own, self.vtep_mac), status=False)
+        # API writes never hold the dataplane back: a failure is raised after the kernel work
+        failures = [self._write_api(annotation_patch(own, self.vtep_mac), status=False)]
         if not me.pod_cidrs:
-            self._report("self", f"Node {cfg.node_name} has no podCIDR yet; no CNI config written")
-            return
+            self._waiting(f"Node {cfg.node_name} has no podCIDR yet; no CNI config written")
+            return self._raise_first(failures)
         self._report("self", f"Node {cfg.node_name}: podCIDRs {[str(c) for c in me.pod_cidrs]}")
         if self.forwarding:
             self.forwarding({c.version for c in me.pod_cidrs})
@@ -68,11 +70,10 @@ class Daemon:
         self._report("skipped", sorted(f"{s.node}: {s.reason}" for s in p.skipped), logging.WARNING)
         self._report("transports", sorted(p.transports))
 
-        failure = None
         try:
             changes = self.dataplane.apply(p.dataplane, cfg.vxlan.device)
         except DataplaneError as e:
-            failure = e
+            failures.append(e)
         else:
             drift = count_drift(changes, self._last_desired, p.dataplane)
             self._last_desired = p.dataplane
@@ -86,10 +87,21 @@ class Daemon:
             log.info("wrote %s (pod MTU %d)", cfg.cni.path, p.pod_mtu)
         self._sync_egress(infos)
         self._update_gauges(p, infos)
-        if failure:
-            raise failure
-        self.programmed = True
-        self._write_api(condition_patch(own), status=True)
+        if not any(isinstance(f, DataplaneError) for f in failures):
+            self.programmed = True
+            self.state = f"programmed: {len(p.transports)} peer podCIDRs, {len(p.skipped)} skipped"
+            failures.append(self._write_api(condition_patch(own), status=True))
+        self._raise_first(failures)
+
+    def _waiting(self, why: str) -> None:
+        self.state = why
+        self._report("self", why, logging.WARNING)
+
+    @staticmethod
+    def _raise_first(failures) -> None:
+        for f in failures:
+            if f is not None:
+                raise f
 
     def _parse_nodes(self) -> dict[str, NodeInfo]:
         infos, bad = {}, []
@@ -126,14 +138,16 @@ class Daemon:
         self.metrics.routes.set(len(p.dataplane.routes))
         self.metrics.pod_mtu.set(p.pod_mtu)
 
-    def _write_api(self, body: dict | None, status: bool) -> None:
+    def _write_api(self, body: dict | None, status: bool) -> Exception | None:
+        """Patch our Node; returns the error instead of raising it."""
         if body is None or self.writer is None:
-            return
+            return None
         try:
             (self.writer.patch_status if status else self.writer.patch)(self.cfg.node_name, body)
-        except Exception:
+        except Exception as e:  # noqa: BLE001 - any API/transport error
             self.metrics.api_errors.labels("nodes-write").inc()
-            raise
+            return e
+        return None
 
     def _report(self, topic: str, value, level=logging.INFO) -> None:
         """Log a fact when it changes, not on every sync (no log floods from a resync loop)."""
@@ -148,12 +162,14 @@ class Daemon:
 
     # ---- health ----------------------------------------------------------------------
     def health(self, last_success: float | None) -> tuple[bool, str]:
-        if not self.programmed or last_success is None:
-            return False, "not yet programmed"
+        """Healthy while the sync loop keeps completing (waiting for a podCIDR included: a
+        liveness probe must not restart a daemon that is only waiting); the text says what it does."""
+        if last_success is None:
+            return False, f"no successful sync yet ({self.state})"
         age = time.monotonic() - last_success
         if age > 3 * self.cfg.resync_interval:
-            return False, f"last successful sync {age:.0f}s ago"
-        return True, "ok"
+            return False, f"last successful sync {age:.0f}s ago ({self.state})"
+        return True, self.state
 
 
 def ensure_forwarding(versions: set[int]) -> None:

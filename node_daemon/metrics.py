@@ -7,6 +7,7 @@ metrics appear on the same /metrics.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -64,7 +65,10 @@ def serve(address: str, registry: CollectorRegistry, healthy: Callable[[], tuple
         def log_message(self, *args):  # quiet: scrapes are frequent
             pass
 
-    server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)
+    host = host.strip("[]") or "0.0.0.0"
+    server_cls = type("Server", (ThreadingHTTPServer,),
+                      {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
+    server = server_cls((host, int(port)), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("serving /metrics and /healthz on %s", address)

@@ -2,6 +2,7 @@
 
 import ipaddress as ipa
 import json
+import time
 
 import pytest
 
@@ -113,10 +114,28 @@ def test_own_node_missing_is_not_an_error(tmp_path):
     assert not conf.exists() and not rec.patches
 
 
-def test_health(tmp_path):
-    d, *_ = make(tmp_path, Cache())
+def test_health_follows_the_sync_loop_and_says_what_it_waits_for(tmp_path):
+    d, *_ = make(tmp_path, Cache(node("n1", "192.168.1.1")))
     assert d.health(None)[0] is False
-    d.programmed = True
-    import time
-    assert d.health(time.monotonic())[0] is True
+    d.sync()
+    ok, text = d.health(time.monotonic())
+    assert ok and "no podCIDR" in text
     assert d.health(time.monotonic() - 1000)[0] is False
+
+
+class FailingWriter(Recorder):
+    def patch(self, name, body):
+        raise ConnectionError("API down")
+
+    patch_status = patch
+
+
+def test_api_write_failure_does_not_hold_the_dataplane_back(tmp_path):
+    cache = Cache(node("n1", "192.168.1.1", ["10.244.1.0/24"]))
+    rec = FailingWriter()
+    c = Config(node_name="n1", cni=CniSettings(conf_dir=str(tmp_path)))
+    d = Daemon(c, nodes=cache, dataplane=FakeDataplane(), metrics=DaemonMetrics(), writer=rec)
+    with pytest.raises(ConnectionError):
+        d.sync()
+    assert d.dataplane.applied and (tmp_path / "10-podwire.conflist").exists() and d.programmed
+    assert d.metrics.api_errors.labels("nodes-write")._value.get() == 2
