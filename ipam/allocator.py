@@ -16,7 +16,8 @@ open(O_EXCL) per taken address, so a nearly full /16 stays fast.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+
+from netkit.record import Record
 
 from ipam.config import IPAMConfig, RangeSet, range_set_str
 from ipam.errors import (
@@ -29,8 +30,7 @@ from ipam.errors import (
 from ipam.store import Store
 
 
-@dataclass(frozen=True)
-class Allocation:
+class Allocation(Record):
     """The address handed out from range set `range_set`, and that range's gateway."""
 
     address: ipaddress.IPv4Interface | ipaddress.IPv6Interface  # the IP with its subnet's prefix

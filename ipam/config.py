@@ -1,4 +1,4 @@
-"""The host-local `ipam` section, parsed and validated once into frozen dataclasses.
+"""The host-local `ipam` section, parsed and validated once into frozen records.
 
 from_json is the only place strings become ipaddress objects; the allocator never
 sees an unchecked value. Rules and defaults follow the reference host-local plugin
@@ -7,15 +7,16 @@ host-local silently accepts nonsense (a gateway outside its subnet, rangeStart
 without a subnet, a range without a single usable address) we refuse with code 7
 and name the field.
 
-No `typing` import: it costs milliseconds at start-up (annotations stay strings).
-Every dataclass has a docstring: otherwise dataclasses calls inspect.signature to
-make one, at import time.
+Start-up cost decides the building blocks: netkit.record.Record instead of
+dataclasses (which pulls in inspect and exec()s code per class) and no `typing`
+(annotations stay strings).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+
+from netkit.record import Record
 
 from ipam.errors import INVALID_CONFIG, UNSUPPORTED_FIELD, IPAMError
 
@@ -23,8 +24,7 @@ DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 TYPE = "host-local"
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(Record):
     """One allocation range: rangeStart..rangeEnd (inclusive) inside subnet."""
 
     subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -71,16 +71,14 @@ def range_set_str(range_set: RangeSet) -> str:
     return ",".join(str(r) for r in range_set)
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(Record):
     """A route the IPAM result asks the plugin to add (gw None: via the interface)."""
 
     dst: ipaddress.IPv4Network | ipaddress.IPv6Network
     gw: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
 
-@dataclass(frozen=True)
-class IPAMConfig:
+class IPAMConfig(Record):
     """The validated `ipam` section; ranges holds one RangeSet per address handed out."""
 
     type: str
