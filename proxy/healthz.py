@@ -1,0 +1,138 @@
+"""Health endpoints with kube-proxy's semantics.
+
+* `ProxyHealth` (:10256 /healthz and /livez): unhealthy (503) when an update was queued
+  and no sync finished within `timeout`. /healthz is also 503 while the node is being
+  deleted (load balancers should drain it); /livez ignores that (do not restart us for it).
+* `ServiceHealthServers`: one listener per healthCheckNodePort of an eTP=Local Service,
+  answering `{"service":{...},"localEndpoints":N,"serviceProxyHealthy":bool}`, 200 when
+  N > 0, else 503, so external load balancers send traffic only to nodes with endpoints.
+Small `http.server` threads: a few requests per second from probes, no framework needed.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from proxy.plan import HealthCheck
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z") if ts else ""
+
+
+class ProxyHealth:
+    def __init__(self, timeout: float = 60.0, clock: Callable[[], float] = time.time):
+        self.timeout, self.clock = timeout, clock
+        self._lock = threading.Lock()
+        self.oldest_pending = 0.0  # when the oldest not-yet-synced update was queued
+        self.last_updated = 0.0
+        self.node_eligible = True
+
+    def queued_update(self) -> None:
+        with self._lock:
+            if not self.oldest_pending:
+                self.oldest_pending = self.clock()
+
+    def updated(self) -> None:
+        with self._lock:
+            self.oldest_pending = 0.0
+            self.last_updated = self.clock()
+
+    def healthy(self) -> bool:
+        with self._lock:
+            return not self.oldest_pending or self.clock() - self.oldest_pending < self.timeout
+
+    def report(self, livez: bool) -> tuple[int, dict]:
+        ok = self.healthy() and (livez or self.node_eligible)
+        body = {"lastUpdated": _iso(self.last_updated), "currentTime": _iso(self.clock())}
+        if not livez:
+            body["nodeEligible"] = self.node_eligible
+        return (200 if ok else 503), body
+
+
+def _json_handler(answer: Callable[[str], tuple[int, dict] | None]):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            res = answer(self.path.split("?")[0])
+            if res is None:
+                self.send_error(404)
+                return
+            code, body = res
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):  # probes every few seconds: keep the log quiet
+            pass
+    return Handler
+
+
+class _Server:
+    def __init__(self, addr: str, port: int, answer):
+        self.httpd = ThreadingHTTPServer((addr, port), _json_handler(answer))
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class HealthzServer(_Server):
+    def __init__(self, health: ProxyHealth, addr: str = "0.0.0.0", port: int = 10256, metrics=None):
+        def answer(path: str):
+            if path not in ("/healthz", "/livez"):
+                return None
+            code, body = health.report(livez=path == "/livez")
+            if metrics is not None:
+                (metrics.livez if path == "/livez" else metrics.healthz).labels(str(code)).inc()
+            return code, body
+        super().__init__(addr, port, answer)
+
+
+class ServiceHealthServers:
+    """Keeps one listener per healthCheckNodePort; `update` reconciles the set."""
+
+    def __init__(self, addr: str = "", proxy_healthy: Callable[[], bool] = lambda: True):
+        self.addr, self.proxy_healthy = addr, proxy_healthy
+        self._checks: dict[int, HealthCheck] = {}
+        self._servers: dict[int, _Server] = {}
+        self.errors: dict[int, str] = {}
+
+    def update(self, checks: dict[int, HealthCheck]) -> None:
+        self._checks = dict(checks)  # read by the handler threads; replaced, never mutated
+        for port in list(self._servers):
+            if port not in checks:
+                self._servers.pop(port).close()
+        for port in checks:
+            if port not in self._servers:
+                try:
+                    self._servers[port] = _Server(self.addr, port, lambda path, p=port: self._answer(p))
+                    self.errors.pop(port, None)
+                except OSError as e:  # port taken: report, retry on the next update
+                    self.errors[port] = str(e)
+
+    def _answer(self, port: int):
+        hc = self._checks.get(port)
+        if hc is None:
+            return None
+        body = {"service": {"namespace": hc.namespace, "name": hc.name},
+                "localEndpoints": hc.local_endpoints,
+                "serviceProxyHealthy": self.proxy_healthy()}
+        return (200 if hc.local_endpoints > 0 else 503), body
+
+    def close(self) -> None:
+        self.update({})

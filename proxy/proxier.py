@@ -1,0 +1,177 @@
+"""The proxy's state holder, driven by the node daemon's watch loop.
+
+The daemon calls on_service / on_slice / on_node with API dicts as they arrive, then
+sync() when its rate limiter says so. Events only mark Services dirty; sync() plans
+the dirty ones (Planner reuses everything else), applies one transaction per family,
+cleans stale UDP conntrack entries, and records metrics and health. A failed sync
+leaves everything dirty for the next one, which is then a full sync.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from proxy import conntrack
+from proxy.from_api import Skip, node_from_api, service_from_api, slice_from_api
+from proxy.healthz import ProxyHealth, ServiceHealthServers
+from proxy.metrics import FAMILY_LABEL, Metrics
+from proxy.model import EndpointSlice, NodeInfo, ProxyConfig, Service
+from proxy.plan import FAMILIES, DesiredState, Planner, health_checks
+from proxy.sync import Runner, TableSyncer
+
+log = logging.getLogger("podwire.proxy")
+
+
+def _key(obj: Any) -> tuple[str, str] | None:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict) or not meta.get("name"):
+        return None
+    return (meta.get("namespace") or "", meta["name"])
+
+
+class Proxier:
+    def __init__(self, node_name: str, config: ProxyConfig, runners: dict[int, Runner],
+                 conntrack_runner: conntrack.ConntrackRunner | None = None,
+                 metrics: Metrics | None = None, health: ProxyHealth | None = None,
+                 service_health: ServiceHealthServers | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.config = config
+        self.node = NodeInfo(node_name)
+        self.families = tuple(f for f in FAMILIES if f in runners)
+        self.syncers = {f: TableSyncer(runners[f]) for f in self.families}
+        self.planners = {f: Planner(f) for f in self.families}
+        self.conntrack = conntrack_runner
+        self.metrics = metrics or Metrics()
+        self.health = health or ProxyHealth()
+        self.service_health = service_health
+        self.clock = clock
+        self.services: dict[tuple[str, str], Service] = {}
+        self.slices: dict[tuple[str, str], EndpointSlice] = {}
+        self.slices_by_svc: dict[tuple[str, str], dict[tuple[str, str], EndpointSlice]] = {}
+        self.dirty: set[tuple[str, str]] = set()
+        self.all_dirty = True  # until the first successful sync
+        self.skipped: dict[tuple[str, str, str], str] = {}  # (kind, ns, name) -> reason
+        self.pending_triggers: list[tuple[float, int]] = []  # (slice trigger time, family)
+        self.last_states: dict[int, DesiredState] = {}
+
+    # ---- events --------------------------------------------------------------------------
+    def _queued(self) -> None:
+        self.health.queued_update()
+        self.metrics.last_queued.set(self.clock())
+
+    def on_service(self, obj: dict, deleted: bool = False) -> None:
+        key = _key(obj)
+        if key is None:
+            log.warning("Service without metadata.name ignored")
+            return
+        svc = None
+        if not deleted:
+            try:
+                svc = service_from_api(obj)
+                self.skipped.pop(("Service", *key), None)
+            except Skip as e:
+                self.skipped[("Service", *key)] = e.reason
+                log.info("no rules for %s", e)
+        if svc is None:
+            if self.services.pop(key, None) is None and key not in self.dirty:
+                return
+        elif self.services.get(key) == svc:
+            return  # a status or annotation change the dataplane does not see
+        else:
+            self.services[key] = svc
+        self.dirty.add(key)
+        self._queued()
+
+    def on_slice(self, obj: dict, deleted: bool = False) -> None:
+        key = _key(obj)
+        if key is None:
+            log.warning("EndpointSlice without metadata.name ignored")
+            return
+        old = self.slices.pop(key, None)
+        if old is not None:
+            self.slices_by_svc.get(old.service_key, {}).pop(key, None)
+            self.dirty.add(old.service_key)
+        if not deleted:
+            try:
+                sl = slice_from_api(obj)
+                self.skipped.pop(("EndpointSlice", *key), None)
+            except Skip as e:
+                self.skipped[("EndpointSlice", *key)] = e.reason
+                log.info("no rules for %s", e)
+                sl = None
+            if sl is not None:
+                self.slices[key] = sl
+                self.slices_by_svc.setdefault(sl.service_key, {})[key] = sl
+                self.dirty.add(sl.service_key)
+                if sl.trigger_time is not None:
+                    self.pending_triggers.append((sl.trigger_time, sl.address_family))
+        self._queued()
+
+    def on_node(self, obj: dict, deleted: bool = False) -> None:
+        try:
+            node = node_from_api(obj)
+        except Skip as e:
+            log.warning("node ignored: %s", e)
+            return
+        if node.name != self.node.name:
+            return
+        if deleted:
+            self.health.node_eligible = False
+            return
+        if node != self.node:
+            self.node = node  # zone labels change topology for every Service: plan all
+            self.all_dirty = True
+            self._queued()
+
+    # ---- sync ----------------------------------------------------------------------------
+    def _slices_view(self) -> dict[tuple[str, str], list[EndpointSlice]]:
+        return {k: [v[n] for n in sorted(v)] for k, v in self.slices_by_svc.items() if v}
+
+    def sync(self) -> bool:
+        """Program the dataplane; True on success. Never raises for a failed apply."""
+        dirty = None if self.all_dirty else set(self.dirty)
+        if dirty is not None:
+            slices = {k: [self.slices_by_svc[k][n] for n in sorted(self.slices_by_svc[k])]
+                      for k in dirty if self.slices_by_svc.get(k)}
+        else:
+            slices = self._slices_view()
+        ok = True
+        flushes = []
+        for fam in self.families:
+            start = time.monotonic()
+            state = self.planners[fam].plan(self.services, slices, self.node, self.config, dirty=dirty)
+            old = self.syncers[fam].applied
+            try:
+                res = self.syncers[fam].sync(state)
+            except Exception as e:  # the next sync will be a full one (TableSyncer forgot)
+                log.error("sync of %s failed: %s", FAMILY_LABEL[fam], e)
+                self.metrics.sync_failures.inc()
+                self.planners[fam] = Planner(fam)  # its incremental history no longer matches
+                ok = False
+                continue
+            self.last_states[fam] = state
+            flushes += conntrack.stale_flows(old, state)
+            if res.changed:
+                self.metrics.observe_sync(fam, time.monotonic() - start, res.full)
+        if self.conntrack and flushes:  # after the rules changed, or new flows re-create entries
+            for err in self.conntrack.delete(flushes):
+                log.warning("conntrack cleanup: %s", err)
+                self.metrics.conntrack_failures.inc()
+        if not ok:
+            self.all_dirty = True
+            return False
+        now = self.clock()
+        for t, fam in self.pending_triggers:
+            if fam in self.families:
+                self.metrics.programming.labels(FAMILY_LABEL[fam]).observe(max(0.0, now - t))
+        self.pending_triggers.clear()
+        self.dirty.clear()
+        self.all_dirty = False
+        self.metrics.last_sync.set(now)
+        self.health.updated()
+        if self.service_health is not None:
+            with_hc = [s for s in self.services.values() if s.health_check_node_port and s.external_local]
+            self.service_health.update(health_checks(
+                with_hc, [sl for s in with_hc for sl in self.slices_by_svc.get(s.key, {}).values()], self.node))
+        return True
