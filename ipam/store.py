@@ -183,8 +183,7 @@ class DiskStore(Store):
                 except ValueError:
                     continue
                 try:
-                    with open(item.path, "rb") as f:
-                        data = f.read()
+                    data = _read_small(item.path)
                 except OSError:
                     continue  # as host-local: an unreadable file is not an allocation we can match
                 out.append(parse_owner(ip, data.decode("utf-8", "replace")))
@@ -220,8 +219,8 @@ class DiskStore(Store):
 
     def last_reserved(self, range_set: int):
         try:
-            with open(self._path(LAST_RESERVED_PREFIX + str(range_set)), "rb") as f:
-                return ipaddress.ip_address(f.read().decode("ascii", "replace").strip())
+            data = _read_small(self._path(LAST_RESERVED_PREFIX + str(range_set)))
+            return ipaddress.ip_address(data.decode("ascii", "replace").strip())
         except (OSError, ValueError):
             return None  # we only lose round-robin once, as host-local
 
@@ -237,6 +236,19 @@ class DiskStore(Store):
 
     def writable(self) -> bool:
         return os.access(self.dir, os.W_OK)
+
+
+def _read_small(path: str) -> bytes:
+    """A whole small file. os.read, not open(): allocate reads every file of the
+    network, and the buffered file object costs twice the syscalls' time."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 4096)]
+        while len(chunks[-1]) == 4096:  # a short read of a regular file is its end
+            chunks.append(os.read(fd, 4096))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
