@@ -96,7 +96,7 @@ class IPAMConfig(Record):
         typ = _opt_str(ipam_dict, "type", "ipam")
         if typ != TYPE:
             raise _invalid("ipam.type", f"must be {TYPE!r}, got {typ!r}")
-        if "resolvConf" in ipam_dict:
+        if ipam_dict.get("resolvConf"):  # "" or null: no resolv.conf, which is what we do
             raise IPAMError(
                 UNSUPPORTED_FIELD,
                 f"ipam.resolvConf is not supported (value {ipam_dict['resolvConf']!r})",

@@ -191,3 +191,8 @@ def test_resolvconf_is_unsupported_code_2():
         code=UNSUPPORTED_FIELD,
     )
     assert "resolvConf" in msg and "/etc/resolv.conf" in msg
+
+
+@pytest.mark.parametrize("value", ["", None])
+def test_empty_resolvconf_is_accepted(value):
+    assert parse({"ranges": [[{"subnet": "10.0.0.0/24"}]], "resolvConf": value}).ranges
