@@ -28,23 +28,23 @@ class ProxyHealth:
     def __init__(self, timeout: float = 60.0, clock: Callable[[], float] = time.time):
         self.timeout, self.clock = timeout, clock
         self._lock = threading.Lock()
-        self.oldest_pending = 0.0  # when the oldest not-yet-synced update was queued
+        self.oldest_pending: float | None = None  # when the oldest unsynced update was queued
         self.last_updated = 0.0
         self.node_eligible = True
 
     def queued_update(self) -> None:
         with self._lock:
-            if not self.oldest_pending:
+            if self.oldest_pending is None:
                 self.oldest_pending = self.clock()
 
     def updated(self) -> None:
         with self._lock:
-            self.oldest_pending = 0.0
+            self.oldest_pending = None
             self.last_updated = self.clock()
 
     def healthy(self) -> bool:
         with self._lock:
-            return not self.oldest_pending or self.clock() - self.oldest_pending < self.timeout
+            return self.oldest_pending is None or self.clock() - self.oldest_pending < self.timeout
 
     def report(self, livez: bool) -> tuple[int, dict]:
         ok = self.healthy() and (livez or self.node_eligible)
