@@ -68,7 +68,7 @@ class Daemon:
         peers = [n for name, n in infos.items() if name != cfg.node_name]
         p = plan(me, peers, underlay, cfg.mode, cfg.vxlan, self.vtep_mac)
         self._report("skipped", sorted(f"{s.node}: {s.reason}" for s in p.skipped), logging.WARNING)
-        self._report("transports", sorted(p.transports))
+        self._report("transports", [f"peer {peer} IPv{v}: {t}" for peer, v, t in sorted(p.transports)])
 
         try:
             changes = self.dataplane.apply(p.dataplane, cfg.vxlan.device)

@@ -1,0 +1,170 @@
+"""The daemon against the real Kubernetes API server of the e2e harness (`e2e/`).
+
+A routed cluster of three registered Nodes (node1 and node3 share a subnet, node2 is behind the
+router; podCIDRs from the real controller-manager); one `python3 -m node_daemon` per node
+namespace, each with its own client certificate bound only to the daemon's ClusterRole
+(RBAC_RULES: what the DaemonSet's manifest must grant). Pods are namespaces behind a bridge in
+each node, as the CNI plugin would make them.
+
+The cluster is this module's own (a distinct name from e2e's session cluster, which may be up
+in the same pytest session) and is torn down after the module.
+"""
+
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+cluster_mod = pytest.importorskip("e2e.cluster", reason="the e2e harness is not in this checkout")
+
+from node_daemon.testbed import nsexec, sh  # noqa: E402
+
+pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from e2e import build
+
+    if build.missing():
+        pytest.skip("Kubernetes binaries not built (python3 -m e2e.build)")
+    c = cluster_mod.Cluster(f"d{os.getpid() % 100000}", "routed", 3)
+    c.up()
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+def core(c):
+    from kubernetes import client
+
+    return client.CoreV1Api(c.api_client())
+
+
+# What the daemon's DaemonSet needs (manifests/ should grant exactly this; nodes may not list
+# other Nodes with their own system:node credentials since the Node authorizer's selectors).
+RBAC_RULES = [
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+]
+
+
+def grant_daemon_role(c, group):
+    from kubernetes import client
+
+    rbac = client.RbacAuthorizationV1Api(c.api_client())
+    rbac.create_cluster_role({"metadata": {"name": "podwire-daemon"}, "rules": RBAC_RULES})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": "podwire-daemon"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "podwire-daemon"},
+        "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]})
+
+
+def pod_in(node, tag):
+    """A pod namespace (ours: pwd-*) behind the node's podwire0 bridge; returns (netns, IP)."""
+    cidr = node.pod_cidr
+    gw, ip = cidr.network_address + 1, cidr.network_address + 10
+    ns = f"pwd-{tag}-{node.name}"
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", node.netns, "link", "add", "podwire0", "type", "bridge")
+    sh("ip", "-n", node.netns, "addr", "add", f"{gw}/{cidr.prefixlen}", "dev", "podwire0")
+    sh("ip", "-n", node.netns, "link", "set", "podwire0", "up")
+    sh("ip", "-n", node.netns, "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", ns)
+    sh("ip", "-n", node.netns, "link", "set", "vpod", "master", "podwire0", "up")
+    sh("ip", "-n", ns, "addr", "add", f"{ip}/{cidr.prefixlen}", "dev", "eth0")
+    sh("ip", "-n", ns, "link", "set", "eth0", "up")
+    sh("ip", "-n", ns, "route", "add", "default", "via", str(gw))
+    return ns, str(ip)
+
+
+def ping(ns, ip):
+    return sh(*nsexec(ns, "ping", "-c", "1", "-W", "1", ip), check=False).returncode == 0
+
+
+def eventually(fn, timeout=30.0, what=""):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_daemons_program_the_cluster_from_the_real_api(cluster, tmp_path):
+    tag = secrets.token_hex(2)
+    n1, n2, n3 = cluster.nodes
+    assert n1.plan.subnet == n3.plan.subnet != n2.plan.subnet
+    pods, procs = {}, {}
+    api = core(cluster)
+    grant_daemon_role(cluster, "podwire:daemons")
+    try:
+        for n in (n1, n2, n3):
+            pods[n.name] = pod_in(n, tag)
+            # its own identity, with only the daemon's ClusterRole (as a DaemonSet's account would)
+            kubeconfig = cluster.control_plane.kubeconfig_for(
+                f"pwd-{n.name}", f"podwire-daemon:{n.name}", orgs=("podwire:daemons",))
+            procs[n.name] = subprocess.Popen(
+                nsexec(n.netns, sys.executable, "-m", "node_daemon", "--node-name", n.name,
+                       "--kubeconfig", kubeconfig, "--cni-conf-dir", tmp_path / n.name,
+                       "--cluster-cidr", "10.244.0.0/16", "--metrics-address", "127.0.0.1:19465",
+                       "--resync-interval", "10"),
+                cwd=ROOT, stdout=open(tmp_path / f"{n.name}.log", "w"), stderr=subprocess.STDOUT)
+
+        def condition_ok(name):
+            node = api.read_node(name)
+            return any(c.type == "NetworkUnavailable" and c.status == "False" and c.reason == "PodwireRoutesCreated"
+                       for c in node.status.conditions or [])
+
+        for n in (n1, n2, n3):
+            eventually(lambda: condition_ok(n.name), what=f"{n.name} NetworkUnavailable=False")
+            mac = api.read_node(n.name).metadata.annotations.get("podwire.io/vtep-mac")
+            assert mac and len(mac) == 17
+        routes1 = lambda: sh("ip", "-n", n1.netns, "route", "show", "proto", "212").stdout  # noqa: E731
+        # a peer's route appears once its daemon published its VTEP MAC (a watch event away)
+        eventually(lambda: f"{n3.pod_cidr} via {n3.ip} dev eth0" in routes1(), what="direct route")
+        eventually(lambda: f"{n2.pod_cidr} via {n2.pod_cidr.network_address} dev podwire.vxlan" in routes1(),
+                   what="overlay route")
+        for a in (n1, n2, n3):
+            for b in (n1, n2, n3):
+                if a is not b:
+                    assert eventually(lambda: ping(pods[a.name][0], pods[b.name][1]),
+                                      what=f"pod on {a.name} -> pod on {b.name}")
+        conf = json.loads((tmp_path / "node1" / "10-podwire.conflist").read_text())
+        assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": str(n1.pod_cidr)}]]
+        assert conf["plugins"][0]["mtu"] == 1450  # node1 needs the overlay for node2
+
+        # Node node2 deleted from the API: node1 and node3 drop its route at once (watch event)
+        saved = api.read_node(n2.name)
+        api.delete_node(n2.name)
+        eventually(lambda: str(n2.pod_cidr) not in routes1(), what="route to the deleted node removed")
+        # ... and it comes back (re-registered, like a kubelet would): a podCIDR again, routes again
+        cluster_mod.register_node(cluster.api_client(), n2)
+        new_cidr = ipaddress.ip_network(eventually(lambda: api.read_node(n2.name).spec.pod_cidr, what="podCIDR"))
+        eventually(lambda: f"{new_cidr} via" in routes1(), what="route to the re-registered node")
+        assert saved.metadata.uid != api.read_node(n2.name).metadata.uid
+
+        metrics = sh(*nsexec(n1.netns, "curl", "-s", "127.0.0.1:19465/metrics")).stdout
+        assert 'podwire_peers{transport="direct"} 1.0' in metrics
+        for name, p in procs.items():
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(timeout=20) == 0, (tmp_path / f"{name}.log").read_text()
+            log = (tmp_path / f"{name}.log").read_text()
+            assert "Traceback" not in log, log
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for ns, _ in pods.values():
+            sh("ip", "netns", "del", ns, check=False)
