@@ -6,7 +6,8 @@ packet through the hooks in netfilter's order, and returns every possible outcom
 `numgen random` forks the walk, so a Service with two endpoints yields two DNAT outcomes.
 
 Hooks modelled (first packet of a connection, so nat chains run):
-  from the network: prerouting (filter -110, nat -100) -> input | forward -> postrouting
+  from the network: prerouting (filter -110, nat -100, filter -90) -> [forward] -> postrouting
+                    (or input, when the address is local: no postrouting)
   from the node:    output (filter -110, nat -100, filter -90) -> postrouting
 """
 from __future__ import annotations
@@ -86,18 +87,15 @@ class Evaluator:
         """All outcomes for a new connection. origin: "network" (arrives on an interface:
         another host or a local pod) or "node" (sent by a process on the node itself)."""
         pkt = _Pkt(src, dst, proto, dport)
-        hooks = (["filter-prerouting", "nat-prerouting"] if origin == "network"
+        hooks = (["filter-prerouting", "nat-prerouting", "filter-prerouting-post-dnat"] if origin == "network"
                  else ["filter-output", "nat-output", "filter-output-post-dnat"])
         results = self._hooks(pkt, hooks)
         final = set()
         for p, verdict in results:
-            if verdict == "accept" and origin == "network":
-                after = "filter-input" if self._is_local(p.dst) else "filter-forward"
-                res2 = self._hooks(p, [after] + ([] if after == "filter-input" else ["nat-postrouting"]))
-            elif verdict == "accept":
-                res2 = self._hooks(p, ["nat-postrouting"])
+            if verdict == "accept" and not (origin == "network" and self._is_local(p.dst)):
+                res2 = self._hooks(p, ["nat-postrouting"])  # forwarded or sent: postrouting
             else:
-                res2 = [(p, verdict)]
+                res2 = [(p, verdict)]  # delivered locally (input) or already decided
             for p2, v2 in res2:
                 final.add(Outcome(v2, p2.dnat, p2.masq, p2.reject_with, p2.updates))
         return final

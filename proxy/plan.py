@@ -155,12 +155,13 @@ def skeleton(family: int, config: ProxyConfig) -> Table:
     # Firewall (loadBalancerSourceRanges) runs before DNAT, on the original daddr.
     add(Chain("filter-prerouting", ("ct state new jump firewall-check",), Hook("filter", "prerouting", -110)))
     add(Chain("filter-output", ("ct state new jump firewall-check",), Hook("filter", "output", -110)))
-    # Rejects run after DNAT: a new flow still addressed to a Service was not DNATed.
-    add(Chain("filter-input", ("ct state new jump endpoints-check",), Hook("filter", "input", 0)))
-    add(Chain("filter-forward", ("ct state new jump endpoints-check",), Hook("filter", "forward", 0)))
-    add(Chain("filter-output-post-dnat", ("ct state new jump endpoints-check",), Hook("filter", "output", -90)))
     add(Chain("nat-prerouting", ("jump services",), Hook("nat", "prerouting", -100)))
     add(Chain("nat-output", ("jump services",), Hook("nat", "output", -100)))
+    # Rejects run right after DNAT (-90): a new flow still addressed to a Service was not
+    # DNATed. Still in prerouting, so the refusal needs no route to the Service address.
+    add(Chain("filter-prerouting-post-dnat", ("ct state new jump endpoints-check",),
+              Hook("filter", "prerouting", -90)))
+    add(Chain("filter-output-post-dnat", ("ct state new jump endpoints-check",), Hook("filter", "output", -90)))
     # Hairpin (a pod reaching itself through a Service: after DNAT saddr == daddr) is one set
     # lookup here instead of a rule per endpoint, so endpoints need no chain of their own.
     add(Chain("nat-postrouting", (f"ct status dnat {p} saddr . {p} daddr @{HAIRPIN} jump {MARK_MASQ}",

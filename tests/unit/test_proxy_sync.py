@@ -14,11 +14,10 @@ delete table ip podwire-proxy
 add table ip podwire-proxy
 add chain ip podwire-proxy filter-prerouting { type filter hook prerouting priority -110 ; }
 add chain ip podwire-proxy filter-output { type filter hook output priority -110 ; }
-add chain ip podwire-proxy filter-input { type filter hook input priority 0 ; }
-add chain ip podwire-proxy filter-forward { type filter hook forward priority 0 ; }
-add chain ip podwire-proxy filter-output-post-dnat { type filter hook output priority -90 ; }
 add chain ip podwire-proxy nat-prerouting { type nat hook prerouting priority -100 ; }
 add chain ip podwire-proxy nat-output { type nat hook output priority -100 ; }
+add chain ip podwire-proxy filter-prerouting-post-dnat { type filter hook prerouting priority -90 ; }
+add chain ip podwire-proxy filter-output-post-dnat { type filter hook output priority -90 ; }
 add chain ip podwire-proxy nat-postrouting { type nat hook postrouting priority 100 ; }
 add chain ip podwire-proxy endpoints-check
 add chain ip podwire-proxy ext-SUSTUHLJ-default/web/tcp/http
@@ -37,11 +36,10 @@ add map ip podwire-proxy service-ips { type ipv4_addr . inet_proto . inet_servic
 add map ip podwire-proxy service-nodeports { type inet_proto . inet_service : verdict ; }
 add rule ip podwire-proxy filter-prerouting ct state new jump firewall-check
 add rule ip podwire-proxy filter-output ct state new jump firewall-check
-add rule ip podwire-proxy filter-input ct state new jump endpoints-check
-add rule ip podwire-proxy filter-forward ct state new jump endpoints-check
-add rule ip podwire-proxy filter-output-post-dnat ct state new jump endpoints-check
 add rule ip podwire-proxy nat-prerouting jump services
 add rule ip podwire-proxy nat-output jump services
+add rule ip podwire-proxy filter-prerouting-post-dnat ct state new jump endpoints-check
+add rule ip podwire-proxy filter-output-post-dnat ct state new jump endpoints-check
 add rule ip podwire-proxy nat-postrouting ct status dnat ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade
 add rule ip podwire-proxy nat-postrouting jump masquerading
 add rule ip podwire-proxy endpoints-check ct status dnat return

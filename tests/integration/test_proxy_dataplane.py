@@ -1,0 +1,244 @@
+"""The proxy against the real kernel: Proxier -> nft -> packets, inside namespaces we make.
+
+    client (10.0.1.2) --veth-- node (10.0.1.1 | 10.0.2.1) --veth-- server (10.0.2.2-.4)
+
+The node namespace gets the ruleset; "pods" (10.0.2.0/24, the cluster CIDR here) listen in
+the server namespace and answer with the address they were reached on. The client sits
+outside the cluster CIDR. Everything is torn down also when a test fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from proxy.conntrack import ConntrackRunner
+from proxy.model import ProxyConfig
+from proxy.proxier import Proxier
+from proxy.sync import NftRunner
+from tests.unit.test_proxy_plan import ep, port, slc, svc
+
+pytestmark = [pytest.mark.root]
+
+SERVER = r"""
+import socket, sys, threading
+ip, port = sys.argv[1], int(sys.argv[2])
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(64)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, port))
+def tcp():
+    while True:
+        c, _ = t.accept(); c.sendall(ip.encode()); c.close()
+threading.Thread(target=tcp, daemon=True).start()
+print("ready", flush=True)
+while True:
+    d, a = u.recvfrom(100); u.sendto(ip.encode(), a)
+"""
+
+CLIENT = r"""
+import json, socket, sys, time
+proto, dst, port, n, sport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+out = []
+for i in range(n):
+    t0 = time.monotonic()
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((dst, port), timeout=3)
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", sport)); s.settimeout(2); s.connect((dst, port)); s.send(b"x")
+        data = s.recv(100); s.close()
+        out.append(["ok", data.decode(), time.monotonic() - t0])
+    except ConnectionRefusedError:
+        out.append(["refused", "", time.monotonic() - t0])
+    except (socket.timeout, TimeoutError):
+        out.append(["timeout", "", time.monotonic() - t0])
+    except OSError as e:
+        out.append([type(e).__name__, str(e), time.monotonic() - t0])
+print(json.dumps(out))
+"""
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+@dataclass
+class Topo:
+    client: str
+    node: str
+    server: str
+    procs: list
+
+    def path(self, ns: str) -> str:
+        return f"/run/netns/{ns}"
+
+    def serve(self, ip: str, port: int) -> None:
+        p = subprocess.Popen(["ip", "netns", "exec", self.server, sys.executable, "-c", SERVER, ip, str(port)],
+                             stdout=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        assert p.stdout.readline().strip() == "ready"
+
+    def client_run(self, proto: str, dst: str, dport: int, n: int = 1, sport: int = 0) -> list:
+        out = subprocess.run(["ip", "netns", "exec", self.client, sys.executable, "-c", CLIENT,
+                              proto, dst, str(dport), str(n), str(sport)],
+                             check=True, capture_output=True, text=True, timeout=60).stdout
+        return json.loads(out)
+
+    def proxier(self, conntrack: bool = True) -> Proxier:
+        return Proxier("node-a", ProxyConfig(cluster_cidrs=(ipaddress.ip_network("10.0.2.0/24"),)),
+                       {4: NftRunner(self.path(self.node))},
+                       conntrack_runner=ConntrackRunner(self.path(self.node)) if conntrack else None)
+
+
+@contextlib.contextmanager
+def topology():
+    sfx = uuid.uuid4().hex[:6]
+    t = Topo(f"pwp-c-{sfx}", f"pwp-n-{sfx}", f"pwp-s-{sfx}", [])
+    made = []
+    try:
+        for ns in (t.client, t.node, t.server):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+        sh("ip", "-n", t.node, "link", "add", "toc", "type", "veth", "peer", "name", "eth0", "netns", t.client)
+        sh("ip", "-n", t.node, "link", "add", "tos", "type", "veth", "peer", "name", "eth0", "netns", t.server)
+        for ns, dev, addrs in ((t.node, "toc", ["10.0.1.1/24"]), (t.node, "tos", ["10.0.2.1/24"]),
+                               (t.client, "eth0", ["10.0.1.2/24"]),
+                               (t.server, "eth0", ["10.0.2.2/24", "10.0.2.3/24", "10.0.2.4/24"])):
+            for a in addrs:
+                sh("ip", "-n", ns, "addr", "add", a, "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", t.client, "route", "add", "default", "via", "10.0.1.1")
+        sh("ip", "-n", t.server, "route", "add", "default", "via", "10.0.2.1")
+        sh("ip", "netns", "exec", t.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        yield t
+    finally:
+        for p in t.procs:
+            p.kill()
+            p.wait()
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.fixture
+def topo():
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    with topology() as t:
+        yield t
+
+
+WEB = svc("web", cip="10.96.0.10", type_="NodePort",
+          ports=[port("http", "TCP", 80, "http", 30080), port("dns", "UDP", 53, "dns", 30053)])
+WEB_PORTS = [{"name": "http", "protocol": "TCP", "port": 8080}, {"name": "dns", "protocol": "UDP", "port": 8080}]
+
+
+def web_slice(*ips):
+    return slc("web", [ep(ip) for ip in ips], ports=WEB_PORTS, name="web-x")
+
+
+def answers(results) -> set[str]:
+    assert all(r[0] == "ok" for r in results), results
+    return {r[1] for r in results}
+
+
+def test_clusterip_and_nodeport_tcp_udp_then_partial_sync(topo):
+    for ip in ("10.0.2.2", "10.0.2.3"):
+        topo.serve(ip, 8080)
+    px = topo.proxier()
+    px.on_service(WEB)
+    px.on_service(svc("broken", cip="not-an-ip"))  # skipped, does not break the transaction
+    px.on_slice(web_slice("10.0.2.2", "10.0.2.3"))
+    assert px.sync()
+    assert ("Service", "default", "broken") in px.skipped
+    assert answers(topo.client_run("tcp", "10.96.0.10", 80, n=16)) == {"10.0.2.2", "10.0.2.3"}
+    assert answers(topo.client_run("tcp", "10.0.1.1", 30080, n=16)) == {"10.0.2.2", "10.0.2.3"}
+    assert answers(topo.client_run("udp", "10.96.0.10", 53, n=3)) <= {"10.0.2.2", "10.0.2.3"}
+    assert answers(topo.client_run("udp", "10.0.1.1", 30053, n=3)) <= {"10.0.2.2", "10.0.2.3"}
+    # a port the Service does not have is refused, not left to time out
+    assert topo.client_run("tcp", "10.96.0.10", 81)[0][0] == "refused"
+
+    px.on_slice(web_slice("10.0.2.3"))  # partial sync: one endpoint gone
+    assert px.sync()
+    assert px.syncers[4].applied is px.last_states[4]
+    assert answers(topo.client_run("tcp", "10.96.0.10", 80, n=8)) == {"10.0.2.3"}
+    assert answers(topo.client_run("tcp", "10.0.1.1", 30080, n=8)) == {"10.0.2.3"}
+
+
+def test_service_without_endpoints_refuses_at_once(topo):
+    px = topo.proxier()
+    px.on_service(WEB)
+    assert px.sync()
+    for proto, dst, dport in (("tcp", "10.96.0.10", 80), ("tcp", "10.0.1.1", 30080), ("udp", "10.96.0.10", 53)):
+        (status, _, took), = topo.client_run(proto, dst, dport)
+        assert status == "refused" and took < 1.0, (proto, dst, dport, status, took)
+
+
+def test_client_ip_affinity_sticks(topo):
+    for ip in ("10.0.2.2", "10.0.2.3", "10.0.2.4"):
+        topo.serve(ip, 8080)
+    px = topo.proxier()
+    px.on_service(svc("web", cip="10.96.0.10", sessionAffinity="ClientIP",
+                      sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}}))
+    px.on_slice(slc("web", [ep("10.0.2.2"), ep("10.0.2.3"), ep("10.0.2.4")], name="web-x"))
+    assert px.sync()
+    assert len(answers(topo.client_run("tcp", "10.96.0.10", 80, n=12))) == 1
+
+
+def test_udp_conntrack_cleanup_when_an_endpoint_is_replaced(topo):
+    for ip in ("10.0.2.2", "10.0.2.3", "10.0.2.4"):
+        topo.serve(ip, 8080)
+    px = topo.proxier(conntrack=False)
+    px.on_service(WEB)
+    px.on_slice(web_slice("10.0.2.2"))
+    assert px.sync()
+    assert answers(topo.client_run("udp", "10.96.0.10", 53, sport=40000)) == {"10.0.2.2"}
+    # Control: without cleanup the old conntrack entry keeps the flow on the removed endpoint.
+    px.on_slice(web_slice("10.0.2.3"))
+    assert px.sync()
+    assert answers(topo.client_run("udp", "10.96.0.10", 53, sport=40000)) == {"10.0.2.2"}
+    # With cleanup, a flow follows the replacement on its very next datagram.
+    px.conntrack = ConntrackRunner(topo.path(topo.node))
+    assert answers(topo.client_run("udp", "10.96.0.10", 53, sport=40001)) == {"10.0.2.3"}
+    px.on_slice(web_slice("10.0.2.4"))
+    assert px.sync()
+    assert answers(topo.client_run("udp", "10.96.0.10", 53, sport=40001)) == {"10.0.2.4"}
+    # the unrelated (stale on purpose) flow of the control part was not touched: no flush-all
+    assert answers(topo.client_run("udp", "10.96.0.10", 53, sport=40000)) == {"10.0.2.2"}
+
+
+def test_udp_client_refused_then_served_when_a_service_gets_its_first_endpoint(topo):
+    topo.serve("10.0.2.2", 8080)
+    px = topo.proxier()
+    px.on_service(WEB)
+    assert px.sync()
+    assert topo.client_run("udp", "10.96.0.10", 53, sport=40002)[0][0] == "refused"
+    px.on_slice(web_slice("10.0.2.2"))
+    assert px.sync()
+    assert answers(topo.client_run("udp", "10.96.0.10", 53, sport=40002)) == {"10.0.2.2"}
+
+
+def test_failed_partial_sync_is_followed_by_a_full_one(topo):
+    topo.serve("10.0.2.2", 8080)
+    topo.serve("10.0.2.3", 8080)
+    px = topo.proxier()
+    px.on_service(WEB)
+    px.on_slice(web_slice("10.0.2.2"))
+    assert px.sync()
+    # Someone deletes our table behind our back: the partial sync fails, the next is full.
+    sh("ip", "netns", "exec", topo.node, "nft", "delete", "table", "ip", "podwire-proxy")
+    px.on_slice(web_slice("10.0.2.2", "10.0.2.3"))
+    assert not px.sync()
+    assert px.sync()
+    assert px.metrics.sync_failures._value.get() == 1
+    assert answers(topo.client_run("tcp", "10.96.0.10", 80, n=16)) == {"10.0.2.2", "10.0.2.3"}
+    tables = sh("ip", "netns", "exec", topo.node, "nft", "list", "tables")
+    assert "table ip podwire-proxy" in tables
