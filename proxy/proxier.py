@@ -125,6 +125,14 @@ class Proxier:
             self._queued()
 
     # ---- sync ----------------------------------------------------------------------------
+    def request_full_sync(self) -> None:
+        """Make the next sync rewrite whole tables (the daemon's periodic resync: repairs
+        anything changed behind our back without ever listing the kernel's tables)."""
+        for syncer in self.syncers.values():
+            syncer.applied = None
+        self.all_dirty = True
+        self._queued()
+
     def _slices_view(self) -> dict[tuple[str, str], list[EndpointSlice]]:
         return {k: [v[n] for n in sorted(v)] for k, v in self.slices_by_svc.items() if v}
 

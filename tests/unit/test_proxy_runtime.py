@@ -195,3 +195,18 @@ def test_proxier_feeds_service_health_checks():
     p.on_slice(slc(endpoints=[ep("10.244.1.5", "n1"), ep("10.244.2.5", "n2"), ep("10.244.1.6", "n1", ready=False)]))
     assert p.sync()
     assert rec.checks == {31000: HealthCheck("default", "web", 1)}
+
+
+def test_type_change_to_external_name_and_back():
+    p, runners, ct = make_proxier()
+    p.on_service(svc())
+    p.on_slice(slc(endpoints=[ep("10.244.1.5")]))
+    assert p.sync()
+    p.on_service(svc(type_="ExternalName", externalName="example.com"))
+    assert p.sync()
+    assert "delete element ip podwire-proxy service-ips { 10.96.0.10 . tcp . 80 }" in runners[4].texts[-1]
+    assert p.skipped[("Service", "default", "web")] == "type ExternalName (DNS only)"
+    p.on_service(svc())
+    assert p.sync()
+    assert "add element ip podwire-proxy service-ips { 10.96.0.10 . tcp . 80 : goto svc-" in runners[4].texts[-1]
+    assert ("Service", "default", "web") not in p.skipped
