@@ -10,9 +10,9 @@ IO_FAILURE = 5
 INVALID_CONFIG = 7
 TRY_AGAIN = 11
 STATUS_UNAVAILABLE = 50  # STATUS: ADD cannot be served (store not writable)
-# STATUS: a range set has no free address. The spec's text fits 50 better ("cannot
-# service ADD"); 51 is the value podwire's plugin interface asked for.
-STATUS_EXHAUSTED = 51
+# STATUS: a range set has no free address: ADD cannot be served, existing pods are fine (51 would
+# say they may lose connectivity).
+STATUS_EXHAUSTED = 50
 POOL_EXHAUSTED = 110  # plugin specific (100+): ADD found no free address
 
 

@@ -28,3 +28,15 @@ if [ ! -x "$CACHE/tools/bin/cnitool" ]; then
   GOBIN="$CACHE/tools/bin" GOMODCACHE="$CACHE/gomodcache" GOCACHE="$CACHE/gocache" GOFLAGS=-mod=mod \
     go install github.com/containernetworking/cni/cnitool@v1.3.0
 fi
+
+# containerd 2.2 (containerd, ctr, shim): Debian's 1.6.20 vendors a libcni that rejects CNI 1.1.0 results.
+CTRD="$CACHE/tools/containerd-v2.2.1/bin"
+if [ ! -x "$CTRD/containerd-shim-runc-v2" ]; then
+  mkdir -p "$CTRD"
+  for cmd in containerd ctr containerd-shim-runc-v2; do
+    GOBIN="$CTRD" GOMODCACHE="$CACHE/gomodcache" GOCACHE="$CACHE/gocache" GOFLAGS=-mod=mod CGO_ENABLED=0 \
+      go install -tags "no_btrfs no_devmapper no_zfs" \
+      -ldflags "-X github.com/containerd/containerd/v2/version.Version=v2.2.1" \
+      "github.com/containerd/containerd/v2/cmd/$cmd@v2.2.1"
+  done
+fi

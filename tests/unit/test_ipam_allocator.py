@@ -284,7 +284,7 @@ def test_find_returns_what_the_attachment_holds(store):
     assert allocator.find(store, "nobody", "eth0") == ()
 
 
-def test_status_ok_then_exhausted_51_then_unwritable_50(store):
+def test_status_ok_then_exhausted_50_then_unwritable_50(store):
     cfg = config([v4("10.0.0.0/24")], [{"subnet": "fd00::/126"}])
     allocator.status(cfg, store)
     add(cfg, store, "a")
@@ -294,7 +294,7 @@ def test_status_ok_then_exhausted_51_then_unwritable_50(store):
     add(cfg, store, "b")
     with pytest.raises(IPAMError) as info:
         allocator.status(cfg, store)
-    assert info.value.code == STATUS_EXHAUSTED == 51
+    assert info.value.code == STATUS_EXHAUSTED == 50
     assert info.value.msg == "range set 1 exhausted: no free address in range fd00::1-fd00::3"
     allocator.release(store, "b", "eth0")
     store.is_writable = False
