@@ -1,10 +1,15 @@
 """Services + EndpointSlices + this node -> the desired nftables table of one IP family.
 
-Pure: no I/O, no clock. The layout follows kube-proxy's nftables mode (one table per
-family, verdict-map dispatch on `daddr . l4proto . dport`, one chain per service port and
-per endpoint, `numgen random` endpoint choice) so per-packet cost is constant in the number
-of Services, and every name is derived from stable keys so a diff between two plans touches
-only what changed.
+Pure: no I/O, no clock. The layout follows kube-proxy's nftables mode: one table per
+family, verdict-map dispatch on `daddr . l4proto . dport` (per-packet cost constant in the
+number of Services), one chain per service port and policy, `numgen random` endpoint
+choice. Every name derives from stable keys, so a diff between two plans touches only what
+changed. Two measured departures, both to keep syncs fast at 10k+ Services:
+  * endpoint chains exist only where a rule per endpoint is needed (ClientIP affinity, or
+    more than VMAP_MIN_ENDPOINTS endpoints); otherwise the service chain DNATs directly.
+    Each chain costs on every later sync: nft lists all chains before an `add rule`.
+  * hairpin masquerade is one postrouting lookup in a set of `ip . ip` pairs instead of a
+    rule per endpoint chain.
 
 NodePorts match `fib daddr type local` minus loopback rather than a set of node addresses:
 it follows address changes with no resync (a DHCP renew, a new secondary IP) and needs no
