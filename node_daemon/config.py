@@ -39,6 +39,7 @@ class Config:
     egress: bool = True
     ensure_forwarding: bool = True  # sysctls of the daemon's own netns only
     proxy_enabled: bool = False
+    proxy_healthz_address: str = "0.0.0.0:10256"  # kube-proxy's port, served by the proxy
     log_level: str = "INFO"
 
 

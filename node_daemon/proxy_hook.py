@@ -5,11 +5,11 @@ proxy shares the daemon's process, API client, Node informer and metrics registr
 more informers of its own (Services, EndpointSlices with kube-proxy's selector) and its own sync
 runner, so a slow ruleset sync never delays routes and vice versa.
 
-Contract expected from proxy.proxier (built by the proxy engineer):
-    Proxier(node_name=str, registry=prometheus_client.CollectorRegistry)
-    .on_service(obj: dict, deleted: bool)   .on_slice(obj: dict, deleted: bool)
-    .on_node(obj: dict, deleted: bool)      .sync()   (full reconcile; raises on failure)
-All objects are the API's plain JSON dicts; callbacks run on informer threads and must be cheap.
+Used from proxy/ (its API as of this writing; `build_proxier` is the only place to adapt):
+    Proxier(node_name, ProxyConfig, {family: nft runner}, conntrack_runner=, metrics=, health=,
+            service_health=)
+    .on_service(obj, deleted)  .on_slice(obj, deleted)  .on_node(obj, deleted)  (plain API dicts;
+    called on informer threads, must be cheap)   .sync() -> bool (full reconcile, never raises)
 """
 
 from __future__ import annotations
@@ -31,13 +31,16 @@ def start_proxy(cfg, api_client, registry, nodes: Informer, node_listeners: list
     if not cfg.proxy_enabled:
         return []
     try:
-        mod = importlib.import_module("proxy.proxier")
-    except ImportError as e:
-        log.error("proxy enabled but proxy.proxier is not available (%s); running without it", e)
+        importlib.import_module("proxy.proxier")
+        proxier, servers = build_proxier(cfg, registry)
+    except (ImportError, TypeError, AttributeError, OSError) as e:
+        log.error("proxy enabled but proxy.proxier cannot be started (%s); running without it", e)
         return []
     from kubernetes import client
 
-    proxier = mod.Proxier(node_name=cfg.node_name, registry=registry)
+    def sync():
+        if proxier.sync() is False:  # the proxier reports failure instead of raising
+            raise RuntimeError("service proxy sync failed")
     core, discovery = client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client)
     services = Informer(core.list_service_for_all_namespaces, name="services",
                         label_selector=SERVICE_SELECTOR, on_error=on_error,
@@ -49,7 +52,7 @@ def start_proxy(cfg, api_client, registry, nodes: Informer, node_listeners: list
                       on_add=lambda o: _fwd(proxier.on_slice, o, False),
                       on_update=lambda _, o: _fwd(proxier.on_slice, o, False),
                       on_delete=lambda o: _fwd(proxier.on_slice, o, True))
-    runner = SyncRunner(proxier.sync, name="proxy", min_interval=cfg.min_sync_interval,
+    runner = SyncRunner(sync, name="proxy", min_interval=cfg.min_sync_interval,
                         resync_interval=cfg.resync_interval,
                         ready=lambda: all(i.synced.is_set() for i in (services, slices, nodes)))
 
@@ -61,4 +64,32 @@ def start_proxy(cfg, api_client, registry, nodes: Informer, node_listeners: list
     for part in (services, slices, runner):
         part.start()
     log.info("service proxy started")
-    return [services, slices, runner]
+    return [services, slices, runner, *servers]
+
+
+class _Closing:
+    def __init__(self, server):
+        self.server = server
+
+    def stop(self):
+        self.server.close()
+
+
+def build_proxier(cfg, registry):
+    """The proxy's parts, configured from the daemon's config. Returns (proxier, [stoppables])."""
+    from proxy.conntrack import ConntrackRunner
+    from proxy.healthz import HealthzServer, ProxyHealth, ServiceHealthServers
+    from proxy.metrics import Metrics
+    from proxy.model import ProxyConfig
+    from proxy.proxier import Proxier
+    from proxy.sync import NftRunner
+
+    families = sorted({c.version for c in cfg.cluster_cidrs}) or [4]
+    health, metrics = ProxyHealth(), Metrics(registry)
+    proxier = Proxier(cfg.node_name, ProxyConfig(cluster_cidrs=tuple(cfg.cluster_cidrs)),
+                      {f: NftRunner() for f in families}, conntrack_runner=ConntrackRunner(),
+                      metrics=metrics, health=health,
+                      service_health=ServiceHealthServers(proxy_healthy=health.healthy))
+    host, _, port = cfg.proxy_healthz_address.rpartition(":")
+    healthz = HealthzServer(health, addr=host.strip("[]") or "0.0.0.0", port=int(port), metrics=metrics)
+    return proxier, [_Closing(healthz)]

@@ -40,6 +40,8 @@ def cluster():
     c = cluster_mod.Cluster(f"d{os.getpid() % 100000}", "routed", 3)
     c.up()
     try:
+        grant_daemon_role(c, "podwire:daemons")
+        grant_proxy_role(c, "podwire:daemons")
         yield c
     finally:
         c.down()
@@ -70,17 +72,18 @@ def grant_daemon_role(c, group):
         "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]})
 
 
-def pod_in(node, tag):
+def pod_in(node, tag, index=10):
     """A pod namespace (ours: pwd-*) behind the node's podwire0 bridge; returns (netns, IP)."""
     cidr = node.pod_cidr
-    gw, ip = cidr.network_address + 1, cidr.network_address + 10
+    gw, ip = cidr.network_address + 1, cidr.network_address + index
     ns = f"pwd-{tag}-{node.name}"
     sh("ip", "netns", "add", ns)
-    sh("ip", "-n", node.netns, "link", "add", "podwire0", "type", "bridge")
-    sh("ip", "-n", node.netns, "addr", "add", f"{gw}/{cidr.prefixlen}", "dev", "podwire0")
-    sh("ip", "-n", node.netns, "link", "set", "podwire0", "up")
-    sh("ip", "-n", node.netns, "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", ns)
-    sh("ip", "-n", node.netns, "link", "set", "vpod", "master", "podwire0", "up")
+    if sh("ip", "-n", node.netns, "link", "show", "podwire0", check=False).returncode != 0:
+        sh("ip", "-n", node.netns, "link", "add", "podwire0", "type", "bridge")
+        sh("ip", "-n", node.netns, "link", "set", "podwire0", "up")
+    sh("ip", "-n", node.netns, "addr", "replace", f"{gw}/{cidr.prefixlen}", "dev", "podwire0")
+    sh("ip", "-n", node.netns, "link", "add", f"v{tag}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+    sh("ip", "-n", node.netns, "link", "set", f"v{tag}", "master", "podwire0", "up")
     sh("ip", "-n", ns, "addr", "add", f"{ip}/{cidr.prefixlen}", "dev", "eth0")
     sh("ip", "-n", ns, "link", "set", "eth0", "up")
     sh("ip", "-n", ns, "route", "add", "default", "via", str(gw))
@@ -101,25 +104,46 @@ def eventually(fn, timeout=30.0, what=""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def start_daemons(cluster, tmp_path, *extra):
+    procs = {}
+    for n in cluster.nodes:
+        # its own identity, with only the daemon's ClusterRole (as a DaemonSet's account would)
+        kubeconfig = cluster.control_plane.kubeconfig_for(
+            f"pwd-{n.name}", f"podwire-daemon:{n.name}", orgs=("podwire:daemons",))
+        procs[n.name] = subprocess.Popen(
+            nsexec(n.netns, sys.executable, "-m", "node_daemon", "--node-name", n.name,
+                   "--kubeconfig", kubeconfig, "--cni-conf-dir", tmp_path / n.name,
+                   "--cluster-cidr", "10.244.0.0/16", "--metrics-address", "127.0.0.1:19465",
+                   "--resync-interval", "10", *extra),
+            cwd=ROOT, stdout=open(tmp_path / f"{n.name}.log", "w"), stderr=subprocess.STDOUT)
+    return procs
+
+
+def stop_daemons(procs, tmp_path):
+    for name, p in procs.items():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for name, p in procs.items():
+        try:
+            code = p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            code = "killed"
+        log = (tmp_path / f"{name}.log").read_text()
+        assert code == 0 and "Traceback" not in log, log
+
+
 def test_daemons_program_the_cluster_from_the_real_api(cluster, tmp_path):
     tag = secrets.token_hex(2)
     n1, n2, n3 = cluster.nodes
     assert n1.plan.subnet == n3.plan.subnet != n2.plan.subnet
     pods, procs = {}, {}
     api = core(cluster)
-    grant_daemon_role(cluster, "podwire:daemons")
     try:
         for n in (n1, n2, n3):
             pods[n.name] = pod_in(n, tag)
-            # its own identity, with only the daemon's ClusterRole (as a DaemonSet's account would)
-            kubeconfig = cluster.control_plane.kubeconfig_for(
-                f"pwd-{n.name}", f"podwire-daemon:{n.name}", orgs=("podwire:daemons",))
-            procs[n.name] = subprocess.Popen(
-                nsexec(n.netns, sys.executable, "-m", "node_daemon", "--node-name", n.name,
-                       "--kubeconfig", kubeconfig, "--cni-conf-dir", tmp_path / n.name,
-                       "--cluster-cidr", "10.244.0.0/16", "--metrics-address", "127.0.0.1:19465",
-                       "--resync-interval", "10"),
-                cwd=ROOT, stdout=open(tmp_path / f"{n.name}.log", "w"), stderr=subprocess.STDOUT)
+        procs = start_daemons(cluster, tmp_path)
 
         def condition_ok(name):
             node = api.read_node(name)
@@ -152,15 +176,12 @@ def test_daemons_program_the_cluster_from_the_real_api(cluster, tmp_path):
         cluster_mod.register_node(cluster.api_client(), n2)
         new_cidr = ipaddress.ip_network(eventually(lambda: api.read_node(n2.name).spec.pod_cidr, what="podCIDR"))
         eventually(lambda: f"{new_cidr} via" in routes1(), what="route to the re-registered node")
+        n2.pod_cidr = new_cidr  # the harness' view, for the next test
         assert saved.metadata.uid != api.read_node(n2.name).metadata.uid
 
         metrics = sh(*nsexec(n1.netns, "curl", "-s", "127.0.0.1:19465/metrics")).stdout
         assert 'podwire_peers{transport="direct"} 1.0' in metrics
-        for name, p in procs.items():
-            p.send_signal(signal.SIGTERM)
-            assert p.wait(timeout=20) == 0, (tmp_path / f"{name}.log").read_text()
-            log = (tmp_path / f"{name}.log").read_text()
-            assert "Traceback" not in log, log
+        stop_daemons(procs, tmp_path)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -168,3 +189,64 @@ def test_daemons_program_the_cluster_from_the_real_api(cluster, tmp_path):
                 p.wait()
         for ns, _ in pods.values():
             sh("ip", "netns", "del", ns, check=False)
+
+
+def test_proxy_hook_serves_a_cluster_ip_across_nodes(cluster, tmp_path):
+    """`--proxy`: the daemon feeds the proxy's Proxier from its own watches (proxy_hook)."""
+    pytest.importorskip("proxy.proxier", reason="the service proxy is not in this checkout")
+    from kubernetes import client
+
+    tag = secrets.token_hex(2)
+    n1, n2, _ = cluster.nodes
+    api = core(cluster)
+    procs, server = {}, None
+    (client_ns, _), (server_ns, server_ip) = pod_in(n1, tag, 20), pod_in(n2, tag, 20)
+    try:
+        server = subprocess.Popen(nsexec(server_ns, "socat", "TCP-LISTEN:8080,fork,reuseaddr",
+                                         "SYSTEM:echo hello-from-$SOCAT_SOCKADDR"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        svc = api.create_namespaced_service("default", {
+            "metadata": {"name": f"echo-{tag}"},
+            "spec": {"ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
+        client.DiscoveryV1Api(cluster.api_client()).create_namespaced_endpoint_slice("default", {
+            "metadata": {"name": f"echo-{tag}-1", "labels": {"kubernetes.io/service-name": f"echo-{tag}"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [server_ip], "conditions": {"ready": True}}],
+            "ports": [{"port": 8080, "protocol": "TCP", "name": ""}]})
+        procs = start_daemons(cluster, tmp_path, "--proxy")
+        vip = svc.spec.cluster_ip
+
+        def answer():
+            return sh(*nsexec(client_ns, "socat", "-T", "2", "-", f"TCP:{vip}:80,connect-timeout=2"),
+                      check=False).stdout.strip()
+
+        try:
+            got = eventually(answer, what=f"ClusterIP {vip} from a pod on node1")
+        except AssertionError:
+            raise AssertionError(sh(*nsexec(n1.netns, "nft", "list", "ruleset")).stdout[-3000:]) from None
+        assert got == f"hello-from-{server_ip}"
+        stop_daemons(procs, tmp_path)
+    finally:
+        if server:
+            server.kill()
+            server.wait()
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for ns in (client_ns, server_ns):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def grant_proxy_role(c, group):
+    """What the proxy adds to the daemon's ClusterRole: read Services and EndpointSlices."""
+    from kubernetes import client
+
+    rbac = client.RbacAuthorizationV1Api(c.api_client())
+    rbac.create_cluster_role({"metadata": {"name": "podwire-proxy"}, "rules": [
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]})
+    rbac.create_cluster_role_binding({
+        "metadata": {"name": "podwire-proxy"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "podwire-proxy"},
+        "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]})
