@@ -277,7 +277,9 @@ def node_from_api(obj: Any) -> NodeInfo:
                 addrs.append(ipaddress.ip_address(a.get("address", "")))
             except ValueError:
                 continue  # a hostname or junk: not an address we can use
-    return NodeInfo(name, tuple(addrs), tuple(sorted((str(k), str(v)) for k, v in labels.items())))
+    # Only topology labels matter to the planner; other label churn must not replan everything.
+    topo = tuple(sorted((str(k), str(v)) for k, v in labels.items() if str(k).startswith("topology.kubernetes.io/")))
+    return NodeInfo(name, tuple(addrs), topo)
 
 
 def convert_all(objs: Iterable[Any], convert) -> tuple[list, list[Skip]]:

@@ -30,8 +30,9 @@ pytestmark = [pytest.mark.root]
 SERVER = r"""
 import socket, sys, threading
 ip, port = sys.argv[1], int(sys.argv[2])
-t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(64)
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, port))
+fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+t = socket.socket(fam); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind((ip, port)); t.listen(64)
+u = socket.socket(fam, socket.SOCK_DGRAM); u.bind((ip, port))
 def tcp():
     while True:
         c, _ = t.accept(); c.sendall(ip.encode()); c.close()
@@ -51,9 +52,10 @@ for i in range(n):
         if proto == "tcp":
             s = socket.create_connection((dst, port), timeout=3)
         else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            v6 = ":" in dst
+            s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("0.0.0.0", sport)); s.settimeout(2); s.connect((dst, port)); s.send(b"x")
+            s.bind(("::" if v6 else "0.0.0.0", sport)); s.settimeout(2); s.connect((dst, port)); s.send(b"x")
         data = s.recv(100); s.close()
         out.append(["ok", data.decode(), time.monotonic() - t0])
     except ConnectionRefusedError:
@@ -93,8 +95,9 @@ class Topo:
         return json.loads(out)
 
     def proxier(self, conntrack: bool = True) -> Proxier:
-        return Proxier("node-a", ProxyConfig(cluster_cidrs=(ipaddress.ip_network("10.0.2.0/24"),)),
-                       {4: NftRunner(self.path(self.node))},
+        return Proxier("node-a", ProxyConfig(cluster_cidrs=(ipaddress.ip_network("10.0.2.0/24"),
+                                                            ipaddress.ip_network("fd00:2::/64"))),
+                       {4: NftRunner(self.path(self.node)), 6: NftRunner(self.path(self.node))},
                        conntrack_runner=ConntrackRunner(self.path(self.node)) if conntrack else None)
 
 
@@ -109,16 +112,20 @@ def topology():
             made.append(ns)
         sh("ip", "-n", t.node, "link", "add", "toc", "type", "veth", "peer", "name", "eth0", "netns", t.client)
         sh("ip", "-n", t.node, "link", "add", "tos", "type", "veth", "peer", "name", "eth0", "netns", t.server)
-        for ns, dev, addrs in ((t.node, "toc", ["10.0.1.1/24"]), (t.node, "tos", ["10.0.2.1/24"]),
-                               (t.client, "eth0", ["10.0.1.2/24"]),
-                               (t.server, "eth0", ["10.0.2.2/24", "10.0.2.3/24", "10.0.2.4/24"])):
+        for ns, dev, addrs in ((t.node, "toc", ["10.0.1.1/24", "fd00:1::1/64"]),
+                               (t.node, "tos", ["10.0.2.1/24", "fd00:2::1/64"]),
+                               (t.client, "eth0", ["10.0.1.2/24", "fd00:1::2/64"]),
+                               (t.server, "eth0", ["10.0.2.2/24", "10.0.2.3/24", "10.0.2.4/24", "fd00:2::2/64"])):
             for a in addrs:
-                sh("ip", "-n", ns, "addr", "add", a, "dev", dev)
+                sh("ip", "-n", ns, "addr", "add", a, "dev", dev, *(["nodad"] if ":" in a else []))
             sh("ip", "-n", ns, "link", "set", dev, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "-n", t.client, "route", "add", "default", "via", "10.0.1.1")
         sh("ip", "-n", t.server, "route", "add", "default", "via", "10.0.2.1")
-        sh("ip", "netns", "exec", t.node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh("ip", "-n", t.client, "-6", "route", "add", "default", "via", "fd00:1::1")
+        sh("ip", "-n", t.server, "-6", "route", "add", "default", "via", "fd00:2::1")
+        sh("ip", "netns", "exec", t.node, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+           "net.ipv6.conf.all.forwarding=1")
         yield t
     finally:
         for p in t.procs:
@@ -258,3 +265,19 @@ def test_periodic_full_resync_repairs_a_tampered_table(topo):
     px.request_full_sync()
     assert px.sync()
     assert answers(topo.client_run("tcp", "10.96.0.10", 80)) == {"10.0.2.2"}
+
+
+def test_dual_stack_clusterip_and_nodeport_over_ipv6(topo):
+    topo.serve("10.0.2.2", 8080)
+    topo.serve("fd00:2::2", 8080)
+    px = topo.proxier()
+    px.on_service(svc("web", cip=["10.96.0.10", "fd00:96::10"], type_="NodePort", ipFamilies=["IPv4", "IPv6"],
+                      ports=[port("http", "TCP", 80, "http", 30080), port("dns", "UDP", 53, "dns", 30053)]))
+    px.on_slice(web_slice("10.0.2.2"))
+    px.on_slice(slc("web", [ep("fd00:2::2")], ports=WEB_PORTS, name="web-6", family="IPv6"))
+    assert px.sync()
+    assert answers(topo.client_run("tcp", "fd00:96::10", 80, n=3)) == {"fd00:2::2"}
+    assert answers(topo.client_run("udp", "fd00:96::10", 53)) == {"fd00:2::2"}
+    assert answers(topo.client_run("tcp", "fd00:1::1", 30080)) == {"fd00:2::2"}
+    assert answers(topo.client_run("tcp", "10.96.0.10", 80)) == {"10.0.2.2"}
+    assert topo.client_run("tcp", "fd00:96::10", 81)[0][0] == "refused"
