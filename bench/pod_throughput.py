@@ -55,14 +55,15 @@ def iperf(server_ns: str, client_ns: str, ip: str, seconds: int, port: int = 520
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(50):
+            time.sleep(0.2)  # let the server listen
             out = sh(*nsexec(client_ns, "iperf3", "-c", ip, "-p", port, "-t", seconds, "-J"),
                      check=False, timeout=seconds + 30)
-            if out.returncode == 0:
+            try:
                 return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
-            if "refused" not in out.stdout:
-                break
-            time.sleep(0.1)  # server not listening yet
-        raise RuntimeError(f"iperf3 to {ip} failed: {out.stdout[-300:]} {out.stderr[-300:]}")
+            except (ValueError, KeyError):
+                if "refused" not in out.stdout:
+                    break
+        raise RuntimeError(f"iperf3 to {ip} failed: {out.stdout[-500:]} {out.stderr[-300:]}")
     finally:
         srv.kill()
         srv.wait()
