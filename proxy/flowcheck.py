@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from proxy.nft import Table
 
-_VERDICT_END = {"accept", "drop", "reject"}
 
 
 @dataclass(frozen=True)

@@ -96,10 +96,6 @@ class DesiredState:
             return self.changed
         return self.fragments.keys() | old.fragments.keys()
 
-    @property
-    def ports(self) -> dict[str, PortPlan]:
-        return {k: v for f in self.fragments.values() for k, v in f.ports.items()}
-
     def elements(self) -> dict[str, dict[str, str]]:
         if self._elements is None:
             self._elements = self._merge()

@@ -17,7 +17,8 @@ from proxy.from_api import Skip, node_from_api, service_from_api, slice_from_api
 from proxy.healthz import ProxyHealth, ServiceHealthServers
 from proxy.metrics import FAMILY_LABEL, Metrics
 from proxy.model import EndpointSlice, NodeInfo, ProxyConfig, Service
-from proxy.plan import FAMILIES, DesiredState, Planner, health_checks
+from proxy.nft import render_delete
+from proxy.plan import FAMILIES, NFT_FAMILY, DesiredState, Planner, health_checks
 from proxy.sync import Runner, TableSyncer
 
 log = logging.getLogger("podwire.proxy")
@@ -125,6 +126,13 @@ class Proxier:
             self._queued()
 
     # ---- sync ----------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Delete our tables (proxy disabled or uninstalled); they are all we own."""
+        for fam, syncer in self.syncers.items():
+            syncer.runner.apply(render_delete(NFT_FAMILY[fam], self.config.table_name))
+            syncer.applied = None
+        self.all_dirty = True
+
     def request_full_sync(self) -> None:
         """Make the next sync rewrite whole tables (the daemon's periodic resync: repairs
         anything changed behind our back without ever listing the kernel's tables)."""

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from proxy import nft
-from proxy.nft import Map
 from proxy.plan import DesiredState, Fragment
 
 
@@ -81,7 +80,7 @@ def render_diff(old: DesiredState, new: DesiredState) -> str | None:
     for name in sorted(dels):
         out.extend(nft.element_lines(t, name, dels[name], verb="delete"))
     for name in sorted(adds):
-        items = list(adds[name]) if name in nb.sets else nft.map_items(Map(name, "", adds[name]))
+        items = list(adds[name]) if name in nb.sets else [f"{k} : {v}" for k, v in adds[name].items()]
         out.extend(nft.element_lines(t, name, items))
     out += [f"delete chain {t.ref} {n}" for n in sorted(removed)]
     out += [f"delete set {t.ref} {n}" for n in sorted(removed_sets)]
@@ -136,9 +135,3 @@ class TableSyncer:
             raise
         self.applied = new
         return SyncResult(full, True, len(text))
-
-    def delete(self) -> None:
-        t = (self.applied.base if self.applied else None)
-        if t is not None:
-            self.runner.apply(nft.render_delete(t.family, t.name))
-        self.applied = None

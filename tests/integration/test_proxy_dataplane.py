@@ -265,6 +265,9 @@ def test_periodic_full_resync_repairs_a_tampered_table(topo):
     px.request_full_sync()
     assert px.sync()
     assert answers(topo.client_run("tcp", "10.96.0.10", 80)) == {"10.0.2.2"}
+    px.cleanup()
+    px.cleanup()  # idempotent: nothing left is fine
+    assert "podwire-proxy" not in sh("ip", "netns", "exec", topo.node, "nft", "list", "tables")
 
 
 def test_dual_stack_clusterip_and_nodeport_over_ipv6(topo):
