@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 
+from netkit.netns import write_sysctl
+
 from . import cniconf, egress
 from .config import Config
 from .dataplane import Dataplane, count_drift
@@ -174,10 +176,5 @@ class Daemon:
 
 def ensure_forwarding(versions: set[int]) -> None:
     """Enable IP forwarding in the daemon's own network namespace (/proc/sys/net is per netns)."""
-    paths = {4: "/proc/sys/net/ipv4/ip_forward", 6: "/proc/sys/net/ipv6/conf/all/forwarding"}
     for v in versions:
-        with open(paths[v], "r+") as f:
-            if f.read().strip() != "1":
-                f.seek(0)
-                f.write("1")
-                log.info("enabled IPv%d forwarding", v)
+        write_sysctl("net/ipv4/ip_forward" if v == 4 else "net/ipv6/conf/all/forwarding", "1")

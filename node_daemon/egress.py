@@ -10,8 +10,9 @@ InternalIP is in a set that is exempt too (flannel masquerades the latter; we do
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
+
+from netkit import nft
 
 from .model import IPAddress, IPNetwork
 
@@ -58,11 +59,13 @@ def render(cluster_cidrs: list[IPNetwork], node_ips: list[IPAddress]) -> str:
 
 @dataclass
 class NftRunner:
-    """Runs `nft -f -`. argv is configurable so tests can prefix `nsenter --net=...`."""
+    """Applies a transaction with the project's one nft edge; `netns_path` lets tests aim at a
+    node namespace (the daemon itself runs inside its node's namespace and leaves it None)."""
 
-    argv: tuple[str, ...] = ("nft",)
+    netns_path: str | None = None
 
     def apply(self, text: str) -> None:
-        proc = subprocess.run([*self.argv, "-f", "-"], input=text, capture_output=True, text=True, timeout=30)
-        if proc.returncode != 0:
-            raise EgressError(f"nft -f failed ({proc.returncode}): {proc.stderr.strip()}")
+        try:
+            nft.apply(text, self.netns_path)
+        except nft.NftError as e:
+            raise EgressError(f"nft -f failed: {e}") from None

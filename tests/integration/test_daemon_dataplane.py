@@ -52,7 +52,7 @@ class Cluster:
             cfg = Config(node_name=node.name, mode=mode, cluster_cidrs=(CLUSTER,) if egress else (),
                          cni=CniSettings(conf_dir=str(tmp_path / node.name)), min_sync_interval=0)
             d = Daemon(cfg, nodes=self.cache, dataplane=NetlinkDataplane(ipr), metrics=DaemonMetrics(),
-                       nft=NftRunner(argv=tuple(nsexec(node.netns, "nft"))))
+                       nft=NftRunner(netns_path=f"/run/netns/{node.netns}"))
             self.daemons[node.name] = d
             # each daemon publishes its VTEP MAC on its Node (what NodeWriter does via the API)
             self.cache.objs[node.name] = node.api_object(mac=d.vtep_mac)
