@@ -10,12 +10,14 @@ render + nft apply, i.e. what the Proxier does on an event).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import os
 import subprocess
 import sys
 import time
 import uuid
+import zlib
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -42,17 +44,25 @@ def objects(n: int):
     return services, slices
 
 
-def run(size: int, netns: str) -> None:
+def run(size: int, netns: str, shards: int = 1) -> None:
+    """shards > 1 is an experiment, not the proxy's layout: Services spread over that many
+    tables (each a full copy of the skeleton), to measure how the kernel's per-table
+    validation scales. Its full sync is one transaction per table, not one in all."""
     services, slices = objects(size)
-    planner, syncer = Planner(4), TableSyncer(NftRunner(f"/run/netns/{netns}"))
+    cfgs = [CONFIG] if shards == 1 else [
+        dataclasses.replace(CONFIG, table_name=f"podwire-proxy-s{i}") for i in range(shards)]
+    planners = [Planner(4) for _ in cfgs]
+    syncers = [TableSyncer(NftRunner(f"/run/netns/{netns}")) for _ in cfgs]
     by_key = {s.key: s for s in services}
+    part = [{k: v for k, v in by_key.items() if zlib.crc32(repr(k).encode()) % shards == i} for i in range(shards)]
     t0 = time.perf_counter()
-    state = planner.plan(services, slices, NODE, CONFIG)
+    states = [pl.plan(part[i], slices, NODE, cfgs[i]) for i, pl in enumerate(planners)]
     t1 = time.perf_counter()
-    res = syncer.sync(state)
+    size_b = sum(sy.sync(st).text_bytes for sy, st in zip(syncers, states))
     t2 = time.perf_counter()
-    print(f"{size:>6} services full sync: plan {t1 - t0:6.2f}s  render+apply {t2 - t1:6.2f}s  "
-          f"total {t2 - t0:6.2f}s  ({res.text_bytes / 1e6:.1f} MB of nft text)", flush=True)
+    tag = f"{size:>6} services" + (f" in {shards} tables" if shards > 1 else "")
+    print(f"{tag} full sync: plan {t1 - t0:6.2f}s  render+apply {t2 - t1:6.2f}s  "
+          f"total {t2 - t0:6.2f}s  ({size_b / 1e6:.1f} MB of nft text)", flush=True)
 
     # One change: the middle Service's second endpoint is replaced.
     for round_ in range(3):
@@ -61,18 +71,19 @@ def run(size: int, netns: str) -> None:
         old = slices[(ns, name)][0]
         new_ep = Endpoint((ipaddress.ip_address(int(ipaddress.ip_address("10.64.0.0")) + round_),), node_name="node-1")
         slices[(ns, name)] = [EndpointSlice(ns, old.name, name, 4, (old.endpoints[0], new_ep), old.ports)]
+        sh = zlib.crc32(repr((ns, name)).encode()) % shards
         t0 = time.perf_counter()
-        state = planner.plan(by_key, slices, NODE, CONFIG, dirty={(ns, name)})  # as the Proxier does
+        state = planners[sh].plan(part[sh], slices, NODE, cfgs[sh], dirty={(ns, name)})  # as the Proxier does
         t1 = time.perf_counter()
-        res = syncer.sync(state)
+        res = syncers[sh].sync(state)
         t2 = time.perf_counter()
         assert not res.full and res.changed
-        print(f"{size:>6} services one change:  plan {(t1 - t0) * 1e3:6.1f}ms  diff+apply "
+        print(f"{tag} one change:  plan {(t1 - t0) * 1e3:6.1f}ms  diff+apply "
               f"{(t2 - t1) * 1e3:6.1f}ms  total {(t2 - t0) * 1e3:6.1f}ms  ({res.text_bytes} B)", flush=True)
-    floor(size, syncer.runner)
+    floor(tag, syncers[sh].runner, cfgs[sh].table_name)
 
 
-def floor(size: int, runner: NftRunner) -> None:
+def floor(tag: str, runner: NftRunner, table: str) -> None:
     """What any one-rule transaction costs on this table: nft lists every chain first, and
     the kernel re-validates every chain reachable from a base chain when a rule is added.
     The gap between this and the partial sync above is ours (planning, diff, rendering)."""
@@ -80,16 +91,17 @@ def floor(size: int, runner: NftRunner) -> None:
     for i in range(3):
         name = f"bench-floor-{i}"
         t0 = time.perf_counter()
-        runner.apply(f"add chain ip podwire-proxy {name}\n"
-                     f"add rule ip podwire-proxy {name} meta l4proto tcp dnat to 10.0.0.1:80\n")
+        runner.apply(f"add chain ip {table} {name}\n"
+                     f"add rule ip {table} {name} meta l4proto tcp dnat to 10.0.0.1:80\n")
         best = min(best, time.perf_counter() - t0)
-        runner.apply(f"delete chain ip podwire-proxy {name}\n")
-    print(f"{size:>6} services nft floor (one `add rule`, best of 3): {best * 1e3:6.1f}ms", flush=True)
+        runner.apply(f"delete chain ip {table} {name}\n")
+    print(f"{tag} nft floor (one `add rule`, best of 3): {best * 1e3:6.1f}ms", flush=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000,30000")
+    ap.add_argument("--shards", type=int, default=1, help="experiment: spread Services over N tables")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (creates a network namespace)", file=sys.stderr)
@@ -98,7 +110,7 @@ def main() -> int:
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:
         for size in (int(s) for s in args.sizes.split(",")):
-            run(size, netns)
+            run(size, netns, args.shards)
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
     return 0
