@@ -33,3 +33,11 @@ def test_unknown_file_key(tmp_path):
     f.write_text(json.dumps({"node_name": "x", "colour": "blue"}))
     with pytest.raises(SystemExit):
         parse_args(["--config", str(f)])
+
+
+def test_yaml_config(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("node_name: y1\nmode: vxlan\nvxlan:\n  vni: 7\ncluster_cidrs: [10.244.0.0/16, 'fd10::/56']\n")
+    c = parse_args(["--config", str(f)])
+    assert (c.node_name, c.mode, c.vxlan.vni) == ("y1", Mode.VXLAN, 7)
+    assert [n.version for n in c.cluster_cidrs] == [4, 6]
