@@ -5,6 +5,8 @@ sync() when its rate limiter says so. Events only mark Services dirty; sync() pl
 the dirty ones (Planner reuses everything else), applies one transaction per family,
 cleans stale UDP conntrack entries, and records metrics and health. A failed sync
 leaves everything dirty for the next one, which is then a full sync.
+Not thread-safe: call it from one loop. The HTTP threads only read ProxyHealth (locked)
+and ServiceHealthServers' check table (replaced whole, never mutated).
 """
 from __future__ import annotations
 
