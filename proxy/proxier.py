@@ -5,12 +5,14 @@ sync() when its rate limiter says so. Events only mark Services dirty; sync() pl
 the dirty ones (Planner reuses everything else), applies one transaction per family,
 cleans stale UDP conntrack entries, and records metrics and health. A failed sync
 leaves everything dirty for the next one, which is then a full sync.
-Not thread-safe: call it from one loop. The HTTP threads only read ProxyHealth (locked)
-and ServiceHealthServers' check table (replaced whole, never mutated).
+Thread-safe: event handlers may run on informer threads while sync() runs on another;
+sync() plans from a snapshot taken under the lock, so events that arrive meanwhile stay
+dirty for the next sync instead of being lost.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -57,6 +59,8 @@ class Proxier:
         self.skipped: dict[tuple[str, str, str], str] = {}  # (kind, ns, name) -> reason
         self.pending_triggers: list[tuple[float, int]] = []  # (slice trigger time, family)
         self.last_states: dict[int, DesiredState] = {}
+        self._lock = threading.RLock()  # the object store and dirty marks
+        self._sync_lock = threading.Lock()  # one sync at a time
 
     # ---- events --------------------------------------------------------------------------
     def _queued(self) -> None:
@@ -64,6 +68,18 @@ class Proxier:
         self.metrics.last_queued.set(self.clock())
 
     def on_service(self, obj: dict, deleted: bool = False) -> None:
+        with self._lock:
+            self._on_service(obj, deleted)
+
+    def on_slice(self, obj: dict, deleted: bool = False) -> None:
+        with self._lock:
+            self._on_slice(obj, deleted)
+
+    def on_node(self, obj: dict, deleted: bool = False) -> None:
+        with self._lock:
+            self._on_node(obj, deleted)
+
+    def _on_service(self, obj: dict, deleted: bool) -> None:
         key = _key(obj)
         if key is None:
             log.warning("Service without metadata.name ignored")
@@ -86,7 +102,7 @@ class Proxier:
         self.dirty.add(key)
         self._queued()
 
-    def on_slice(self, obj: dict, deleted: bool = False) -> None:
+    def _on_slice(self, obj: dict, deleted: bool) -> None:
         key = _key(obj)
         if key is None:
             log.warning("EndpointSlice without metadata.name ignored")
@@ -111,7 +127,7 @@ class Proxier:
                     self.pending_triggers.append((sl.trigger_time, sl.address_family))
         self._queued()
 
-    def on_node(self, obj: dict, deleted: bool = False) -> None:
+    def _on_node(self, obj: dict, deleted: bool) -> None:
         try:
             node = node_from_api(obj)
         except Skip as e:
@@ -130,66 +146,73 @@ class Proxier:
     # ---- sync ----------------------------------------------------------------------------
     def cleanup(self) -> None:
         """Delete our tables (proxy disabled or uninstalled); they are all we own."""
-        for fam, syncer in self.syncers.items():
-            syncer.runner.apply(render_delete(NFT_FAMILY[fam], self.config.table_name))
-            syncer.applied = None
-        self.all_dirty = True
+        with self._sync_lock, self._lock:
+            for fam, syncer in self.syncers.items():
+                syncer.runner.apply(render_delete(NFT_FAMILY[fam], self.config.table_name))
+                syncer.applied = None
+            self.all_dirty = True
 
     def request_full_sync(self) -> None:
         """Make the next sync rewrite whole tables (the daemon's periodic resync: repairs
         anything changed behind our back without ever listing the kernel's tables)."""
-        for syncer in self.syncers.values():
-            syncer.applied = None
-        self.all_dirty = True
-        self._queued()
+        with self._sync_lock, self._lock:
+            for syncer in self.syncers.values():
+                syncer.applied = None
+            self.all_dirty = True
+            self._queued()
 
-    def _slices_view(self) -> dict[tuple[str, str], list[EndpointSlice]]:
-        return {k: [v[n] for n in sorted(v)] for k, v in self.slices_by_svc.items() if v}
+    def _snapshot(self):
+        """Under the lock: what to plan, and the dirty marks taken over by this sync."""
+        dirty = None if self.all_dirty else set(self.dirty)
+        keys = self.slices_by_svc.keys() if dirty is None else dirty
+        slices = {k: [self.slices_by_svc[k][n] for n in sorted(self.slices_by_svc[k])]
+                  for k in keys if self.slices_by_svc.get(k)}
+        with_hc = [s for s in self.services.values() if s.health_check_node_port and s.external_local]
+        hc_slices = [sl for s in with_hc for sl in self.slices_by_svc.get(s.key, {}).values()]
+        triggers, self.pending_triggers = self.pending_triggers, []
+        self.dirty, self.all_dirty = set(), False
+        return dirty, dict(self.services), slices, self.node, triggers, (with_hc, hc_slices)
 
     def sync(self) -> bool:
         """Program the dataplane; True on success. Never raises for a failed apply."""
-        dirty = None if self.all_dirty else set(self.dirty)
-        if dirty is not None:
-            slices = {k: [self.slices_by_svc[k][n] for n in sorted(self.slices_by_svc[k])]
-                      for k in dirty if self.slices_by_svc.get(k)}
-        else:
-            slices = self._slices_view()
-        ok = True
-        flushes = []
-        for fam in self.families:
-            start = time.monotonic()
-            state = self.planners[fam].plan(self.services, slices, self.node, self.config, dirty=dirty)
-            old = self.syncers[fam].applied
-            try:
-                res = self.syncers[fam].sync(state)
-            except Exception as e:  # the next sync will be a full one (TableSyncer forgot)
-                log.error("sync of %s failed: %s", FAMILY_LABEL[fam], e)
-                self.metrics.sync_failures.inc()
-                self.planners[fam] = Planner(fam)  # its incremental history no longer matches
-                ok = False
-                continue
-            self.last_states[fam] = state
-            flushes += conntrack.stale_flows(old, state)
-            if res.changed:
-                self.metrics.observe_sync(fam, time.monotonic() - start, res.full)
-        if self.conntrack and flushes:  # after the rules changed, or new flows re-create entries
-            for err in self.conntrack.delete(flushes):
-                log.warning("conntrack cleanup: %s", err)
-                self.metrics.conntrack_failures.inc()
-        if not ok:
-            self.all_dirty = True
-            return False
-        now = self.clock()
-        for t, fam in self.pending_triggers:
-            if fam in self.families:
-                self.metrics.programming.labels(FAMILY_LABEL[fam]).observe(max(0.0, now - t))
-        self.pending_triggers.clear()
-        self.dirty.clear()
-        self.all_dirty = False
-        self.metrics.last_sync.set(now)
-        self.health.updated()
-        if self.service_health is not None:
-            with_hc = [s for s in self.services.values() if s.health_check_node_port and s.external_local]
-            self.service_health.update(health_checks(
-                with_hc, [sl for s in with_hc for sl in self.slices_by_svc.get(s.key, {}).values()], self.node))
-        return True
+        with self._sync_lock:
+            with self._lock:
+                dirty, services, slices, node, triggers, hc = self._snapshot()
+            ok, flushes = True, []
+            for fam in self.families:
+                start = time.monotonic()
+                state = self.planners[fam].plan(services, slices, node, self.config, dirty=dirty)
+                old = self.syncers[fam].applied
+                try:
+                    res = self.syncers[fam].sync(state)
+                except Exception as e:  # the next sync will be a full one (TableSyncer forgot)
+                    log.error("sync of %s failed: %s", FAMILY_LABEL[fam], e)
+                    self.metrics.sync_failures.inc()
+                    self.planners[fam] = Planner(fam)  # its incremental history no longer matches
+                    ok = False
+                    continue
+                self.last_states[fam] = state
+                flushes += conntrack.stale_flows(old, state)
+                if res.changed:
+                    self.metrics.observe_sync(fam, time.monotonic() - start, res.full)
+            if self.conntrack and flushes:  # after the rules changed, or new flows re-create entries
+                for err in self.conntrack.delete(flushes):
+                    log.warning("conntrack cleanup: %s", err)
+                    self.metrics.conntrack_failures.inc()
+            if not ok:
+                with self._lock:
+                    self.all_dirty = True
+                    self.pending_triggers = triggers + self.pending_triggers
+                return False
+            now = self.clock()
+            for t, fam in triggers:
+                if fam in self.families:
+                    self.metrics.programming.labels(FAMILY_LABEL[fam]).observe(max(0.0, now - t))
+            self.metrics.last_sync.set(now)
+            self.health.updated()
+            with self._lock:
+                if self.all_dirty or self.dirty:  # events arrived during this sync
+                    self.health.queued_update()
+            if self.service_health is not None:
+                self.service_health.update(health_checks(hc[0], hc[1], node))
+            return True

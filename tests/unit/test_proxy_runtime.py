@@ -210,3 +210,45 @@ def test_type_change_to_external_name_and_back():
     assert p.sync()
     assert "add element ip podwire-proxy service-ips { 10.96.0.10 . tcp . 80 : goto svc-" in runners[4].texts[-1]
     assert ("Service", "default", "web") not in p.skipped
+
+
+def test_event_during_a_sync_is_not_lost():
+    p, runners, ct = make_proxier()
+    p.on_service(svc())
+    p.on_slice(slc(endpoints=[ep("10.244.1.5")]))
+    arrived = []
+
+    def apply_and_race(text, _orig=runners[4].apply):
+        _orig(text)
+        if not arrived:  # an informer thread delivers an update while nft runs
+            arrived.append(1)
+            p.on_slice(slc(endpoints=[ep("10.244.7.7")]))
+    runners[4].apply = apply_and_race
+    assert p.sync()
+    assert "10.244.7.7" not in runners[4].texts[-1]
+    assert p.health.oldest_pending is not None  # still pending: healthz keeps counting
+    assert p.sync()
+    assert "10.244.7.7" in runners[4].texts[-1]
+
+
+def test_concurrent_events_and_syncs_converge():
+    import threading
+    from proxy.nft import render_full
+    from proxy.plan import plan_family
+    p, runners, ct = make_proxier()
+    for i in range(20):
+        p.on_service(svc(f"s{i}", cip=f"10.96.2.{i}"))
+
+    def pump():
+        for round_ in range(30):
+            for i in range(20):
+                p.on_slice(slc(f"s{i}", [ep(f"10.244.{i}.{round_ + 1}")], name=f"s{i}-x"))
+    t = threading.Thread(target=pump)
+    t.start()
+    while t.is_alive():
+        assert p.sync()
+    t.join()
+    assert p.sync()
+    want = plan_family(p.services.values(), p.slices.values(), p.node, p.config, 4)
+    assert render_full(p.last_states[4].table()) == render_full(want.table())
+    assert all(f"10.244.{i}.30" in render_full(p.last_states[4].table()) for i in range(20))
