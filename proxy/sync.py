@@ -11,18 +11,14 @@ Fragments the planner reused are skipped by identity, so cost follows the change
 """
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from typing import Protocol
 
+from netkit.nft import NftError, apply as nft_apply
 from proxy import nft
+
+__all__ = ["NftError", "NftRunner", "Runner", "SyncResult", "TableSyncer", "element_changes", "render_diff"]
 from proxy.plan import DesiredState, Fragment
-
-
-class NftError(Exception):
-    def __init__(self, stderr: str, text: str):
-        super().__init__(f"nft -f failed: {stderr.strip()[:2000]}")
-        self.stderr, self.text = stderr, text
 
 
 class Runner(Protocol):
@@ -30,16 +26,14 @@ class Runner(Protocol):
 
 
 class NftRunner:
-    """Pipes a transaction to `nft -f -`, optionally inside a netns (tests, benchmarks)."""
+    """Pipes a transaction to `nft -f -` (netkit's edge, shared with the CNI plugin and the
+    daemon), optionally inside a netns for tests and benchmarks."""
 
-    def __init__(self, netns_path: str | None = None, nft_bin: str = "nft", timeout: float = 120):
-        self.argv = ([ "nsenter", f"--net={netns_path}"] if netns_path else []) + [nft_bin, "-f", "-"]
-        self.timeout = timeout
+    def __init__(self, netns_path: str | None = None):
+        self.netns_path = netns_path
 
     def apply(self, text: str) -> None:
-        r = subprocess.run(self.argv, input=text.encode(), capture_output=True, timeout=self.timeout)
-        if r.returncode != 0:
-            raise NftError(r.stderr.decode(errors="replace"), text)
+        nft_apply(text, self.netns_path)
 
 
 def render_diff(old: DesiredState, new: DesiredState) -> str | None:

@@ -76,7 +76,7 @@ class FakeRunner:
     def apply(self, text: str) -> None:
         self.texts.append(text)
         if self.fail_on == len(self.texts):
-            raise NftError("boom", text)
+            raise NftError("boom")
 
 
 def objs(eps_web=None, extra_svcs=()):
