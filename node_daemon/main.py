@@ -16,6 +16,7 @@ from .daemon import Daemon, ensure_forwarding
 from .egress import NftRunner
 from .informer import Informer
 from .metrics import DaemonMetrics, serve
+from .model import routing_view
 from .netlink import NetlinkDataplane
 from .nodeapi import NodeWriter
 from .proxy_hook import start_proxy
@@ -48,13 +49,14 @@ def run(cfg: Config, stop: threading.Event) -> None:
 
     node_listeners = []  # extra consumers of Node events (the proxy)
 
-    def node_event(obj, deleted=False):
-        runner.trigger()
+    def node_event(obj, deleted=False, old=None):
+        if old is None or routing_view(old) != routing_view(obj):
+            runner.trigger()
         for listener in node_listeners:
             listener(obj, deleted)
 
     nodes = Informer(core.list_node, name="nodes", on_error=api_error,
-                     on_add=node_event, on_update=lambda _, o: node_event(o),
+                     on_add=node_event, on_update=lambda old, new: node_event(new, old=old),
                      on_delete=lambda o: node_event(o, True))
     with IPRoute() as ipr:
         daemon = Daemon(cfg, nodes=nodes, dataplane=NetlinkDataplane(ipr, cfg.route_protocol),

@@ -77,3 +77,16 @@ def vtep_mac_for(node_name: str) -> str:
     digest = bytearray(hashlib.sha256(node_name.encode()).digest()[:6])
     digest[0] = (digest[0] & 0xFE) | 0x02  # unicast, locally administered
     return ":".join(f"{b:02x}" for b in digest)
+
+
+def routing_view(obj: dict) -> tuple:
+    """The parts of a Node dict a sync depends on. Node updates that leave this unchanged (status
+    heartbeats, images, most conditions) trigger no sync; the periodic resync covers the rest."""
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    return (
+        tuple(spec.get("podCIDRs") or ()), spec.get("podCIDR"),
+        tuple((a.get("type"), a.get("address")) for a in status.get("addresses") or ()),
+        (meta.get("annotations") or {}).get(VTEP_MAC_ANNOTATION),
+        tuple((c.get("status"), c.get("reason")) for c in status.get("conditions") or ()
+              if c.get("type") == "NetworkUnavailable"),
+    )

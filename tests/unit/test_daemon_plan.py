@@ -5,7 +5,7 @@ import ipaddress as ipa
 import pytest
 
 from node_daemon.dataplane import Dataplane, FdbEntry, Neighbour, Route, count_drift, diff
-from node_daemon.model import BadNode, NodeInfo, node_from_api, vtep_mac_for
+from node_daemon.model import BadNode, NodeInfo, node_from_api, routing_view, vtep_mac_for
 from node_daemon.plan import Mode, Underlay, VxlanSettings, plan
 
 MAC2, MAC3 = "0a:00:00:00:00:02", "0a:00:00:00:00:03"
@@ -150,3 +150,21 @@ def test_vtep_mac_is_stable_unicast_and_local():
     assert mac == vtep_mac_for("node-a") != vtep_mac_for("node-b")
     first = int(mac[:2], 16)
     assert first & 1 == 0 and first & 2 == 2
+
+
+def test_routing_view_ignores_heartbeats_but_not_what_routes_depend_on():
+    import copy
+
+    base = api_node(mac=MAC2)
+    base["status"]["conditions"] = [{"type": "Ready", "status": "True", "lastHeartbeatTime": "t1"}]
+    beat = copy.deepcopy(base)
+    beat["status"]["conditions"][0]["lastHeartbeatTime"] = "t2"
+    beat["metadata"]["resourceVersion"] = "99"
+    assert routing_view(beat) == routing_view(base)
+    for change in (lambda n: n["spec"].update(podCIDRs=["10.244.9.0/24"]),
+                   lambda n: n["status"]["addresses"].append({"type": "InternalIP", "address": "fd00::9"}),
+                   lambda n: n["metadata"]["annotations"].update({"podwire.io/vtep-mac": MAC3}),
+                   lambda n: n["status"]["conditions"].append({"type": "NetworkUnavailable", "status": "True"})):
+        other = copy.deepcopy(base)
+        change(other)
+        assert routing_view(other) != routing_view(base)
