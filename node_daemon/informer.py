@@ -21,11 +21,15 @@ import logging
 import random
 import socket
 import threading
+import time
 from typing import Callable, Iterable, Iterator
 
 from kubernetes.client.exceptions import ApiException
 
 log = logging.getLogger(__name__)
+
+
+MIN_WATCH_SECONDS = 1.0  # a watch closed sooner than this without a single event counts as failed
 
 
 class Gone(Exception):
@@ -74,7 +78,8 @@ class Informer:
                  on_update: Callback | None = None, on_delete: Callback | None = None,
                  on_error: Callable[[str, Exception], None] | None = None,
                  watch_timeout: int = 300, page_size: int = 500, backoff: Backoff | None = None,
-                 wait: Callable[[float], bool] | None = None):
+                 wait: Callable[[float], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.list_fn, self.name = list_fn, name
         self.selectors = {k: v for k, v in (("label_selector", label_selector),
                                             ("field_selector", field_selector)) if v}
@@ -84,6 +89,8 @@ class Informer:
         self.backoff = backoff or Backoff()
         self.stop_event = threading.Event()
         self.wait = wait or self.stop_event.wait  # returns True when stopping
+        self.clock = clock
+        self._watch_started = 0.0
         self.synced = threading.Event()
         self.resource_version: str | None = None
         self._cache: dict[str, dict] = {}
@@ -124,8 +131,10 @@ class Informer:
             try:
                 if self.resource_version is None:
                     self._relist()
-                self._watch()
-                self.backoff.reset()  # a watch that ended normally (server timeout) is healthy
+                if self._watch() > 0 or self.clock() - self._watch_started >= MIN_WATCH_SECONDS:
+                    self.backoff.reset()  # a watch that ended normally (server timeout) is healthy
+                elif self.wait(self.backoff.next()):  # closed at once, empty: do not spin on it
+                    break
             except Gone:
                 log.info("%s: resourceVersion %s expired (410), relisting", self.name, self.resource_version)
                 self.resource_version = None
@@ -188,7 +197,9 @@ class Informer:
                 self._emit(self.on_update, before, obj)
 
     # ---- WATCH -------------------------------------------------------------------------
-    def _watch(self) -> None:
+    def _watch(self) -> int:
+        """Follow one watch until the server ends it; returns the number of lines received."""
+        self._watch_started, received = self.clock(), 0
         try:
             resp = self.list_fn(
                 **self.selectors, watch=True, resource_version=self.resource_version,
@@ -202,11 +213,13 @@ class Informer:
         try:
             for line in iter_lines(resp.stream(amt=None, decode_content=False)):
                 if self.stop_event.is_set():
-                    return
+                    break
+                received += 1
                 self._event(json.loads(line))
         finally:
             self._resp = None
             resp.release_conn()
+        return received
 
     def _event(self, event: dict) -> None:
         kind, obj = event.get("type"), event.get("object") or {}

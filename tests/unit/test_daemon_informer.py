@@ -100,7 +100,7 @@ def test_410_error_event_relists_and_reports_deletions_missed_meanwhile():
         listing([obj("a", 1), obj("b", 2)], rv=10),
         watching({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}),
         listing([obj("a", 1), obj("c", 30)], rv=31),
-        watching(),
+        watching({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "32"}}}),
     )
     inf, events, waits = run(script)
     assert events == [("add", "a"), ("add", "b"), ("delete", "b"), ("add", "c")]
@@ -146,3 +146,10 @@ def test_paged_list_follows_continue_tokens():
 
 def test_iter_lines_joins_split_events_and_skips_blank_lines():
     assert list(iter_lines([b'{"a":', b'1}\n\n{"b"', b':2}\n{"c":3}'])) == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+
+
+def test_watches_closed_at_once_without_events_back_off_instead_of_spinning():
+    script = Script(listing([obj("a", 1)], rv=5), watching(), watching(), watching({"type": "ADDED", "object": obj("b", 6)}))
+    inf, events, waits = run(script, backoff=Backoff(initial=1, cap=8), clock=lambda: 0.0)
+    assert len(waits) == 2 and 0.5 <= waits[0] <= 1 and 1 <= waits[1] <= 2
+    assert ("add", "b") in events
