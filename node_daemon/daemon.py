@@ -30,7 +30,7 @@ class Daemon:
         self.cfg, self.nodes, self.dataplane = cfg, nodes, dataplane
         self.metrics, self.nft, self.writer, self.forwarding = metrics, nft, writer, forwarding
         self.vtep_mac = vtep_mac_for(cfg.node_name)
-        self.programmed = False  # this node's routes are in the kernel (last sync succeeded)
+        self.programmed = False  # the last sync programmed the dataplane completely
         self.state = "starting"  # one line for /healthz
         self._last_desired: Dataplane | None = None
         self._egress_text: str | None = None
@@ -88,9 +88,9 @@ class Daemon:
         if cniconf.write_if_changed(cfg.cni.path, text):
             log.info("wrote %s (pod MTU %d)", cfg.cni.path, p.pod_mtu)
         self._sync_egress(infos)
-        self._update_gauges(p, infos)
-        if not any(isinstance(f, DataplaneError) for f in failures):
-            self.programmed = True
+        self._update_gauges(p)
+        self.programmed = not any(isinstance(f, DataplaneError) for f in failures)
+        if self.programmed:
             self.state = f"programmed: {len(p.transports)} peer podCIDRs, {len(p.skipped)} skipped"
             failures.append(self._write_api(condition_patch(own), status=True))
         self._raise_first(failures)
@@ -130,7 +130,7 @@ class Daemon:
                 log.info("egress masquerade ruleset applied")
             self._egress_text, self._egress_at = text, now
 
-    def _update_gauges(self, p, infos) -> None:
+    def _update_gauges(self, p) -> None:
         by = {"direct": set(), "vxlan": set()}
         for peer, _, transport in p.transports:
             by[transport].add(peer)
