@@ -131,6 +131,7 @@ def plan(me: NodeInfo, peers: list[NodeInfo], underlay: Underlay, mode: Mode,
     device = _vxlan_device(me, underlay, mode, vxlan, vtep_mac)
     ctx = Context(underlay, device)
     routes, fdb, neigh, transports, skipped = set(), set(), set(), [], []
+    overlay_wanted = mode is Mode.VXLAN
     for peer in sorted(peers, key=lambda p: p.name):
         if peer.name == me.name:
             continue
@@ -139,6 +140,7 @@ def plan(me: NodeInfo, peers: list[NodeInfo], underlay: Underlay, mode: Mode,
         for cidr in peer.pod_cidrs:
             via = peer.ip_of(cidr.version)
             name = choose(mode, via is not None and on_link(via, underlay))
+            overlay_wanted |= name == "vxlan"  # even if not servable yet (MAC not published)
             got = TRANSPORTS[name].entries(ctx, peer, cidr)
             if isinstance(got, str):
                 skipped.append(Skipped(peer.name, f"{cidr}: {got}"))
@@ -150,8 +152,7 @@ def plan(me: NodeInfo, peers: list[NodeInfo], underlay: Underlay, mode: Mode,
     addresses = frozenset(
         ipaddress.ip_interface(f"{vtep_ip(c)}/{c.max_prefixlen}") for c in me.pod_cidrs
     ) if device else frozenset()
-    overlay_used = device is not None and (mode is Mode.VXLAN or any(t == "vxlan" for *_, t in transports))
-    pod_mtu = device.mtu if overlay_used else underlay.mtu
+    pod_mtu = device.mtu if device is not None and overlay_wanted else underlay.mtu
     return Plan(
         dataplane=Dataplane(vxlan=device, addresses=addresses, routes=frozenset(routes),
                             fdb=frozenset(fdb), neighbours=frozenset(neigh)),

@@ -72,6 +72,8 @@ def test_peer_without_mac_or_podcidr_is_skipped_others_still_served():
     p = mk([nomac, nocidr, NEAR])
     assert {s.node for s in p.skipped} == {"n4", "n5"}
     assert len(p.dataplane.routes) == 2
+    # n4 needs the overlay as soon as it has a MAC: pods made meanwhile already get the lower MTU
+    assert p.pod_mtu == 1450
 
 
 def test_v6_podcidr_without_v6_internal_ip_goes_over_the_v4_overlay():
