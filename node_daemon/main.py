@@ -9,6 +9,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import signal
+import socket
 import threading
 
 from .config import Config, parse_args
@@ -25,6 +26,19 @@ from .runner import SyncRunner
 log = logging.getLogger("node_daemon")
 
 
+# A watch on a dead connection (API server host gone, silent partition) would otherwise block
+# until the read timeout (minutes): probe idle connections after 30 s and give up on unanswered
+# probes or unacknowledged data after about a minute, so the informer resumes elsewhere.
+KEEPALIVE = [
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),  # urllib3's own default, which a list replaces
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 60_000),
+]
+
+
 def api_client(kubeconfig: str | None):
     from kubernetes import client, config
 
@@ -33,6 +47,7 @@ def api_client(kubeconfig: str | None):
         config.load_kube_config(config_file=kubeconfig, client_configuration=conf)
     else:
         config.load_incluster_config(client_configuration=conf)
+    conf.socket_options = KEEPALIVE
     return client.ApiClient(conf)
 
 

@@ -90,6 +90,11 @@ def pod_in(node, tag, index=10):
     return ns, str(ip)
 
 
+def healthy(node):
+    return sh(*nsexec(node.netns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                      "127.0.0.1:19465/healthz"), check=False).stdout == "200"
+
+
 def ping(ns, ip):
     return sh(*nsexec(ns, "ping", "-c", "1", "-W", "1", ip), check=False).returncode == 0
 
@@ -250,3 +255,36 @@ def grant_proxy_role(c, group):
         "metadata": {"name": "podwire-proxy"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "podwire-proxy"},
         "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]})
+
+
+def test_api_partition_keeps_the_last_good_state_and_catches_up(cluster, tmp_path):
+    """The control plane's link goes down: routes stay, pods keep talking; a Node deleted
+    meanwhile is cleaned up once the API is reachable again. (Deletes node3: runs last.)"""
+    tag = secrets.token_hex(2)
+    n1, n2, n3 = cluster.nodes
+    api = core(cluster)
+    cp = cluster.control_plane.host.netns
+    (p1, _), (_, ip2) = pod_in(n1, tag, 30), pod_in(n2, tag, 30)
+    procs = start_daemons(cluster, tmp_path)
+    routes1 = lambda: sh("ip", "-n", n1.netns, "route", "show", "proto", "212").stdout  # noqa: E731
+    try:
+        # routes from the earlier tests are still in the kernel: wait for this daemon's own sync
+        eventually(lambda: healthy(n1), what="node1 daemon synced")
+        assert str(n3.pod_cidr) in routes1() and str(n2.pod_cidr) in routes1()
+        sh("ip", "-n", cp, "link", "set", "eth0", "down")
+        try:
+            api.delete_node(n3.name)  # through the harness' forwarder: only the nodes are cut off
+            time.sleep(12)  # more than a resync interval
+            assert str(n3.pod_cidr) in routes1() and ping(p1, ip2)
+        finally:
+            sh("ip", "-n", cp, "link", "set", "eth0", "up")
+        eventually(lambda: str(n3.pod_cidr) not in routes1(), timeout=120, what="catch-up after the partition")
+        assert ping(p1, ip2)
+        stop_daemons(procs, tmp_path)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for ns in (p1, f"pwd-{tag}-{n2.name}"):
+            sh("ip", "netns", "del", ns, check=False)
