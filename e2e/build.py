@@ -1,0 +1,325 @@
+"""Build the real Kubernetes components the e2e harness runs, from their Go modules.
+
+Why it is built so: no release binary can be downloaded here, but the Go module proxy is
+reachable. `go install k8s.io/kubernetes/cmd/...@v1.34.N` does not work (k8s.io/kubernetes
+needs its staging modules through replace directives, which Go ignores in a dependency), so
+every upstream source gets a small generated *consumer module* in the cache directory, and
+`go build` runs there. Nothing fetched ever lands in the checkout.
+
+Cache layout (PODWIRE_CACHE, default /var/cache/podwire)::
+
+    k8s/<k8s version>/bin/<binary>          the binaries the harness runs
+    k8s/<k8s version>/bin/.<binary>.stamp   what built it (source, version, package, ldflags)
+    k8s/<k8s version>/src/<source>-<ver>/   generated consumer modules (go.mod, go.sum, main.go)
+    gomodcache/  gocache/                   GOMODCACHE and GOCACHE, shared by all versions
+
+A binary whose stamp matches its target is never rebuilt, so a warm run runs no `go` at all.
+Adding a target (e.g. agnhost, e2e.test) is one line in TARGETS.
+
+    python3 -m e2e.build            build what is missing
+    python3 -m e2e.build --check    exit 1 (and list them) if anything is missing
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Pinned versions. KUBERNETES is the newest 1.34.x patch the module proxy serves here
+# (its @v/list is sparse: it lists v1.34.0-v1.34.4 only; v1.34.11 and v1.34.12 resolve but
+# have no checksum-database entry, so `go` refuses them, and we do not turn verification off).
+KUBERNETES_VERSION = "v1.34.10"
+ETCD_VERSION = "v3.6.16"
+COREDNS_VERSION = "v1.12.4"
+
+GO = os.environ.get("PODWIRE_GO", "go")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PODWIRE_CACHE", "/var/cache/podwire"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One upstream Go module, built through its own generated consumer module."""
+
+    name: str  # short key, used in paths
+    module: str  # the upstream module path
+    version: str
+    ldflags: tuple[str, ...] = ()
+    # Optional package main written into the consumer module (for sources whose
+    # main package lives in a module we cannot require, like etcd's root module).
+    main_go: str = ""
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.name}-{self.version}"
+
+
+def _k8s_ldflags(version: str) -> tuple[str, ...]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = []
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return tuple(flags)
+
+
+KUBERNETES = Source("kubernetes", "k8s.io/kubernetes", KUBERNETES_VERSION, _k8s_ldflags(KUBERNETES_VERSION))
+# etcd's binary is the root module go.etcd.io/etcd/v3, whose go.mod replaces every sibling
+# with a relative path; server/v3 carries the real entry point (etcdmain), so a three-line
+# main over it is the whole binary. The version string is a constant in api/v3/version.
+ETCD = Source(
+    "etcd",
+    "go.etcd.io/etcd/server/v3",
+    ETCD_VERSION,
+    main_go=(
+        "package main\n\n"
+        'import (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
+        "func main() { etcdmain.Main(os.Args) }\n"
+    ),
+)
+COREDNS = Source("coredns", "github.com/coredns/coredns", COREDNS_VERSION)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    binary: str
+    source: Source
+    package: str  # import path of the main package ("." = the consumer module's own main.go)
+    test: bool = False  # build with `go test -c` (e2e.test)
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("kube-apiserver", KUBERNETES, "k8s.io/kubernetes/cmd/kube-apiserver"),
+    Target("kube-controller-manager", KUBERNETES, "k8s.io/kubernetes/cmd/kube-controller-manager"),
+    Target("kube-scheduler", KUBERNETES, "k8s.io/kubernetes/cmd/kube-scheduler"),
+    Target("kubelet", KUBERNETES, "k8s.io/kubernetes/cmd/kubelet"),
+    Target("kube-proxy", KUBERNETES, "k8s.io/kubernetes/cmd/kube-proxy"),
+    Target("kubectl", KUBERNETES, "k8s.io/kubernetes/cmd/kubectl"),
+    Target("etcd", ETCD, "."),
+    Target("coredns", COREDNS, "github.com/coredns/coredns"),
+    # Later issues: Target("agnhost", KUBERNETES, "k8s.io/kubernetes/test/images/agnhost"),
+    #               Target("e2e.test", KUBERNETES, "k8s.io/kubernetes/test/e2e", test=True),
+)
+
+
+# ---------------------------------------------------------------------------------------
+# paths and stamps
+
+
+def version_dir(root: Path | None = None) -> Path:
+    return (root or cache_root()) / "k8s" / KUBERNETES_VERSION
+
+
+def bin_dir(root: Path | None = None) -> Path:
+    return version_dir(root) / "bin"
+
+
+def binary(name: str, root: Path | None = None) -> Path:
+    """Path of a built binary (does not build it)."""
+    return bin_dir(root) / name
+
+
+def _stamp_of(target: Target) -> dict:
+    return {
+        "binary": target.binary,
+        "module": target.source.module,
+        "version": target.source.version,
+        "package": target.package,
+        "test": target.test,
+        "ldflags": list(target.source.ldflags),
+        "main_go": hashlib.sha256(target.source.main_go.encode()).hexdigest()[:16],
+    }
+
+
+def _stamp_path(target: Target, root: Path | None) -> Path:
+    return bin_dir(root) / f".{target.binary}.stamp"
+
+
+def is_fresh(target: Target, root: Path | None = None) -> bool:
+    path, stamp = binary(target.binary, root), _stamp_path(target, root)
+    try:
+        return path.is_file() and os.access(path, os.X_OK) and json.loads(stamp.read_text()) == _stamp_of(target)
+    except (OSError, ValueError):
+        return False
+
+
+def missing(targets=TARGETS, root: Path | None = None) -> list[Target]:
+    return [t for t in targets if not is_fresh(t, root)]
+
+
+# ---------------------------------------------------------------------------------------
+# consumer modules
+
+
+def go_env(root: Path | None = None) -> dict[str, str]:
+    root = root or cache_root()
+    env = dict(os.environ)
+    env.update(
+        GOMODCACHE=str(root / "gomodcache"),
+        GOCACHE=str(root / "gocache"),
+        CGO_ENABLED="0",
+        GOTOOLCHAIN="local",
+        GOFLAGS="-mod=mod -buildvcs=false",
+    )
+    return env
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+    print("+", " ".join(cmd), f"(in {cwd})", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"{' '.join(cmd[:4])} failed with exit code {proc.returncode} (output above)")
+    return proc.stdout
+
+
+def _upstream_gomod(source: Source, env: dict[str, str], cwd: Path) -> str:
+    """The go.mod the proxy serves for source@version (through `go mod download`, so cached)."""
+    out = _run([GO, "mod", "download", "-json", f"{source.module}@{source.version}"], cwd, env)
+    return Path(json.loads(out)["GoMod"]).read_text()
+
+
+_STAGING_RE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/src/", re.M)
+_HEADER_RE = re.compile(r"^(go|godebug)\s+.*$", re.M)
+
+
+def consumer_gomod(source: Source, upstream_gomod: str) -> str:
+    """go.mod of the consumer module: require the source, replace k8s staging modules.
+
+    Pure: the upstream go.mod text in, our go.mod text out. The `go` and `godebug` lines are
+    copied so the binaries run with the GODEBUG defaults upstream builds them with.
+    """
+    lines = [f"module podwire.local/build/{source.name}", ""]
+    lines += [m.group(0) for m in _HEADER_RE.finditer(upstream_gomod)]
+    lines += ["", f"require {source.module} {source.version}", ""]
+    staging = sorted(set(_STAGING_RE.findall(upstream_gomod)))
+    if staging:
+        staging_version = "v0." + source.version.split(".", 1)[1]  # v1.34.12 -> v0.34.12
+        lines.append("replace (")
+        lines += [f"\t{mod} => {mod} {staging_version}" for mod in staging]
+        lines.append(")")
+    return "\n".join(lines) + "\n"
+
+
+def prepare_consumer(source: Source, root: Path | None = None) -> Path:
+    """Write (once) the consumer module for a source; return its directory."""
+    root = root or cache_root()
+    env = go_env(root)
+    mod_dir = version_dir(root) / "src" / source.dirname
+    gomod = mod_dir / "go.mod"
+    if gomod.exists():
+        return mod_dir
+    mod_dir.mkdir(parents=True, exist_ok=True)
+    text = consumer_gomod(source, _upstream_gomod(source, env, mod_dir.parent))
+    if source.main_go:
+        (mod_dir / "main.go").write_text(source.main_go)
+    tmp = gomod.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.rename(gomod)  # go.mod appears only complete; go.sum is filled in by -mod=mod
+    return mod_dir
+
+
+# ---------------------------------------------------------------------------------------
+# building
+
+
+def build_source(source: Source, targets: list[Target], root: Path | None = None) -> None:
+    root = root or cache_root()
+    env = go_env(root)
+    mod_dir = prepare_consumer(source, root)
+    out = bin_dir(root)
+    out.mkdir(parents=True, exist_ok=True)
+    ldflags = " ".join(("-s", "-w") + source.ldflags)
+    plain = [t for t in targets if not t.test]
+    if plain:
+        # One `go build` for all of a source's binaries: shared packages compile once.
+        # With several packages and -o <dir>/, go writes each binary under its own name.
+        tmp_dir = out / f".tmp-{source.name}"
+        tmp_dir.mkdir(exist_ok=True)
+        packages = [t.package for t in plain]
+        _run([GO, "build", "-trimpath", "-ldflags", ldflags, "-o", f"{tmp_dir}/", *packages], mod_dir, env)
+        for t in plain:
+            # go names a binary after the last element of its package (module) path
+            built = tmp_dir / (source.name if t.package == "." else Path(t.package).name)
+            os.replace(built, out / t.binary)
+            _stamp_path(t, root).write_text(json.dumps(_stamp_of(t)))
+        tmp_dir.rmdir()
+    for t in targets:
+        if t.test:
+            tmp = out / f".{t.binary}.tmp"
+            _run([GO, "test", "-c", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), t.package], mod_dir, env)
+            os.replace(tmp, out / t.binary)
+            _stamp_path(t, root).write_text(json.dumps(_stamp_of(t)))
+
+
+def ensure_built(targets=TARGETS, root: Path | None = None) -> Path:
+    """Build whatever is missing; return the bin directory. A warm call runs no `go`."""
+    if not missing(targets, root):
+        return bin_dir(root)
+    # One builder at a time per version (two pytest sessions may start together); the
+    # second one finds everything fresh once it gets the lock.
+    version_dir(root).mkdir(parents=True, exist_ok=True)
+    with open(version_dir(root) / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_missing(targets, root)
+    return bin_dir(root)
+
+
+def _build_missing(targets, root: Path | None) -> None:
+    todo = missing(targets, root)
+    by_source: dict[Source, list[Target]] = {}
+    for t in todo:
+        by_source.setdefault(t.source, []).append(t)
+    for source, ts in by_source.items():
+        started = time.monotonic()
+        names = ", ".join(t.binary for t in ts)
+        print(f"e2e.build: building {names} from {source.module}@{source.version}", file=sys.stderr, flush=True)
+        build_source(source, ts, root)
+        print(f"e2e.build: {source.name} done in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m e2e.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only report missing binaries (exit 1 if any)")
+    parser.add_argument("--print-bin-dir", action="store_true", help="print the bin directory and exit")
+    args = parser.parse_args(argv)
+    if args.print_bin_dir:
+        print(bin_dir())
+        return 0
+    if args.check:
+        todo = missing()
+        for t in todo:
+            print(f"missing: {binary(t.binary)}")
+        if not todo:
+            print(f"all {len(TARGETS)} binaries present in {bin_dir()}")
+        return 1 if todo else 0
+    started = time.monotonic()
+    try:
+        ensure_built()
+    except BuildError as err:
+        print(f"e2e.build: {err}", file=sys.stderr)
+        return 1
+    print(f"e2e.build: all binaries in {bin_dir()} ({time.monotonic() - started:.1f}s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
