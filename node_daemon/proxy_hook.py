@@ -41,6 +41,7 @@ def start_proxy(cfg, api_client, registry, nodes: Informer, node_listeners: list
     def sync():
         if proxier.sync() is False:  # the proxier reports failure instead of raising
             raise RuntimeError("service proxy sync failed")
+
     core, discovery = client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client)
     services = Informer(core.list_service_for_all_namespaces, name="services",
                         label_selector=SERVICE_SELECTOR, on_error=on_error,
