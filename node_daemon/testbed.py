@@ -62,9 +62,11 @@ class BedNode:
 
 
 class Netbed:
-    def __init__(self, prefix: str = "pwd-", mtu: int = 1500, dual_stack: bool = False):
+    def __init__(self, prefix: str = "pwd-", mtu: int = 1500, dual_stack: bool = False,
+                 pod_bridge: bool = True):
+        """pod_bridge=False leaves the pod bridge to the real CNI plugin."""
         self.tag = prefix + secrets.token_hex(3)
-        self.mtu, self.dual_stack = mtu, dual_stack
+        self.mtu, self.dual_stack, self.pod_bridge = mtu, dual_stack, pod_bridge
         self.namespaces: list[str] = []
         self.nodes: list[BedNode] = []
         self.subnets: set[int] = set()
@@ -121,12 +123,14 @@ class Netbed:
                         pod_cidr6=ipaddress.ip_network(f"fd10:244:{i}::/64") if self.dual_stack else None)
         self._plug(node.netns, f"n{i}", subnet, node.ip, node.ip6)
         self._forwarding(node.netns)
+        self.nodes.append(node)
+        if not self.pod_bridge:
+            return node
         sh("ip", "-n", node.netns, "link", "add", "podwire0", "type", "bridge")
         self._addr(node.netns, f"{node.pod_cidr.network_address + 1}/24", "podwire0")
         if node.pod_cidr6:
             self._addr(node.netns, f"{node.pod_cidr6.network_address + 1}/64", "podwire0")
         sh("ip", "-n", node.netns, "link", "set", "podwire0", "up")
-        self.nodes.append(node)
         return node
 
     def add_pod(self, node: BedNode, mtu: int | None = None) -> tuple[str, str]:
@@ -149,6 +153,10 @@ class Netbed:
             node.pods6.append((ns, ip6))
         node.pods.append((ns, ip))
         return ns, ip
+
+    def add_netns(self, suffix: str) -> str:
+        """An empty namespace removed with the bed (e.g. for a pod the CNI plugin wires)."""
+        return self._netns(suffix)
 
     def add_outside(self) -> str:
         """A host on subnet 0 outside the cluster: no route to any PodCIDR."""
