@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 OUTSIDE_IP = "192.168.50.200"
@@ -30,6 +31,17 @@ def sh(*argv, check=True, timeout=30) -> subprocess.CompletedProcess:
 
 def nsexec(ns: str, *argv) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{ns}", *map(str, argv)]
+
+
+def eventually(fn, timeout: float = 30.0, what: str = ""):
+    """fn()'s first truthy value, polling; AssertionError naming `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what or fn}")
 
 
 @dataclass

@@ -23,7 +23,7 @@ import pytest
 
 cluster_mod = pytest.importorskip("e2e.cluster", reason="the e2e harness is not in this checkout")
 
-from node_daemon.testbed import nsexec, sh  # noqa: E402
+from node_daemon.testbed import eventually, nsexec, sh  # noqa: E402
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
@@ -40,8 +40,8 @@ def cluster():
     c = cluster_mod.Cluster(f"d{os.getpid() % 100000}", "routed", 3)
     c.up()
     try:
-        grant_daemon_role(c, "podwire:daemons")
-        grant_proxy_role(c, "podwire:daemons")
+        grant_role(c, "podwire-daemon", RBAC_RULES, "podwire:daemons")
+        grant_role(c, "podwire-proxy", PROXY_RBAC_RULES, "podwire:daemons")
         yield c
     finally:
         c.down()
@@ -59,16 +59,21 @@ RBAC_RULES = [
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
 ]
+# ... and what the proxy adds when it runs inside the daemon
+PROXY_RBAC_RULES = [
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+]
 
 
-def grant_daemon_role(c, group):
+def grant_role(c, name, rules, group):
     from kubernetes import client
 
     rbac = client.RbacAuthorizationV1Api(c.api_client())
-    rbac.create_cluster_role({"metadata": {"name": "podwire-daemon"}, "rules": RBAC_RULES})
+    rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
     rbac.create_cluster_role_binding({
-        "metadata": {"name": "podwire-daemon"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "podwire-daemon"},
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
         "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]})
 
 
@@ -99,14 +104,6 @@ def ping(ns, ip):
     return sh(*nsexec(ns, "ping", "-c", "1", "-W", "1", ip), check=False).returncode == 0
 
 
-def eventually(fn, timeout=30.0, what=""):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_daemons(cluster, tmp_path, *extra):
@@ -241,20 +238,6 @@ def test_proxy_hook_serves_a_cluster_ip_across_nodes(cluster, tmp_path):
                 p.wait()
         for ns in (client_ns, server_ns):
             sh("ip", "netns", "del", ns, check=False)
-
-
-def grant_proxy_role(c, group):
-    """What the proxy adds to the daemon's ClusterRole: read Services and EndpointSlices."""
-    from kubernetes import client
-
-    rbac = client.RbacAuthorizationV1Api(c.api_client())
-    rbac.create_cluster_role({"metadata": {"name": "podwire-proxy"}, "rules": [
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}]})
-    rbac.create_cluster_role_binding({
-        "metadata": {"name": "podwire-proxy"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "podwire-proxy"},
-        "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]})
 
 
 def test_api_partition_keeps_the_last_good_state_and_catches_up(cluster, tmp_path):

@@ -159,7 +159,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
 
 
 # ---- the test --------------------------------------------------------------------------------
-from node_daemon.testbed import Netbed, nsexec, sh  # noqa: E402
+from node_daemon.testbed import Netbed, eventually, nsexec, sh  # noqa: E402
 
 pytestmark = [pytest.mark.root, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
@@ -177,14 +177,6 @@ def api(bed, method, path, body=None):
     return json.loads(out) if out else None
 
 
-def eventually(fn, timeout=20.0, what=""):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what or fn}")
 
 
 def test_daemon_processes_over_http(tmp_path):
