@@ -121,6 +121,14 @@ def start_daemons(cluster, tmp_path, *extra):
     return procs
 
 
+def kill_leftovers(procs):
+    """Daemons a failed test did not stop (only the ones this test started, by their Popen)."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def stop_daemons(procs, tmp_path):
     for name, p in procs.items():
         if p.poll() is None:
@@ -185,10 +193,7 @@ def test_daemons_program_the_cluster_from_the_real_api(cluster, tmp_path):
         assert 'podwire_peers{transport="direct"} 1.0' in metrics
         stop_daemons(procs, tmp_path)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_leftovers(procs)
         for ns, _ in pods.values():
             sh("ip", "netns", "del", ns, check=False)
 
@@ -232,10 +237,7 @@ def test_proxy_hook_serves_a_cluster_ip_across_nodes(cluster, tmp_path):
         if server:
             server.kill()
             server.wait()
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_leftovers(procs)
         for ns in (client_ns, server_ns):
             sh("ip", "netns", "del", ns, check=False)
 
@@ -265,9 +267,6 @@ def test_api_partition_keeps_the_last_good_state_and_catches_up(cluster, tmp_pat
         assert ping(p1, ip2)
         stop_daemons(procs, tmp_path)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_leftovers(procs)
         for ns in (p1, f"pwd-{tag}-{n2.name}"):
             sh("ip", "netns", "del", ns, check=False)
