@@ -44,7 +44,9 @@ def cluster():
         grant_role(c, "podwire-proxy", PROXY_RBAC_RULES, "podwire:daemons")
         yield c
     finally:
-        c.down()
+        errors = c.down()
+        if errors:
+            pytest.fail("cluster teardown: " + "; ".join(errors))
 
 
 def core(c):
