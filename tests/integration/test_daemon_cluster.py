@@ -21,9 +21,9 @@ import time
 
 import pytest
 
-cluster_mod = pytest.importorskip("e2e.cluster", reason="the e2e harness is not in this checkout")
-
-from node_daemon.testbed import eventually, nsexec, sh  # noqa: E402
+from e2e import build
+from e2e import cluster as cluster_mod
+from node_daemon.testbed import eventually, nsexec, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
@@ -33,10 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 @pytest.fixture(scope="module")
 def cluster():
-    from e2e import build
-
-    if build.missing():
-        pytest.skip("Kubernetes binaries not built (python3 -m e2e.build)")
+    build.ensure_built()  # as e2e's own fixture: nothing when warm, tens of minutes when cold
     c = cluster_mod.Cluster(f"d{os.getpid() % 100000}", "routed", 3)
     c.up()
     try:
@@ -202,7 +199,6 @@ def test_daemons_program_the_cluster_from_the_real_api(cluster, tmp_path):
 
 def test_proxy_hook_serves_a_cluster_ip_across_nodes(cluster, tmp_path):
     """`--proxy`: the daemon feeds the proxy's Proxier from its own watches (proxy_hook)."""
-    pytest.importorskip("proxy.proxier", reason="the service proxy is not in this checkout")
     from kubernetes import client
 
     tag = secrets.token_hex(2)
