@@ -13,6 +13,7 @@ network namespace of our own, and `ctr run` gives each container a fresh empty n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -31,6 +32,9 @@ PLUGIN = os.path.join(ROOT, "dist", "podwire", "podwire")
 CONTAINERD_BIN = os.path.join(os.environ.get("PODWIRE_CACHE", "/var/cache/podwire"), "tools", "containerd-v2.2.1",
                               "bin")
 IMAGE = "docker.io/podwire/podwire:pwm-test"
+DEFAULT_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+                "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+                "CAP_KILL", "CAP_AUDIT_WRITE")  # containerd's default set
 DAEMON_SOURCES = ("node_daemon", "proxy", "netkit", "packaging/podwire-daemon.spec", "packaging/daemon_entry.py")
 
 
@@ -103,12 +107,12 @@ class Ctr:
                     check=check)
 
 
-@pytest.fixture
-def containerd(tmp_path, image_tar):
+@contextlib.contextmanager
+def running_containerd(netns: str, root, image_tar: str):
+    """A private containerd in network namespace `netns` with the image imported; yields a Ctr.
+    Everything it made is gone afterwards (tasks, containers, shims, runc state, mounts)."""
     if not os.access(os.path.join(CONTAINERD_BIN, "containerd"), os.X_OK):
         pytest.fail(f"{CONTAINERD_BIN}/containerd missing: run scripts/install-deps.sh")
-    netns = "pwm-" + secrets.token_hex(3)
-    root = tmp_path / "ctrd"
     root.mkdir()
     sock = str(root / "containerd.sock")
     namespace = f"podwire-image-test-{uuid.uuid4().hex[:8]}"
@@ -127,7 +131,6 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
     snapshotter = "native"
 """)
     env = {**os.environ, "PATH": f"{CONTAINERD_BIN}:{os.environ['PATH']}"}
-    subprocess.run(["ip", "netns", "add", netns], check=True)
     log = open(root / "containerd.log", "w")
     proc = None
     ctr = Ctr(sock, namespace, netns, env)
@@ -166,6 +169,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
         shutil.rmtree(f"/run/containerd/runc/{namespace}", ignore_errors=True)
         subprocess.run(["sh", "-c", f"grep ' {root}' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l"],
                        capture_output=True)
+
+
+@pytest.fixture
+def containerd(tmp_path, image_tar):
+    netns = "pwm-" + secrets.token_hex(3)
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        with running_containerd(netns, tmp_path / "ctrd", image_tar) as ctr:
+            yield ctr
+    finally:
         subprocess.run(["ip", "netns", "del", netns], capture_output=True)
 
 
@@ -221,10 +234,13 @@ def test_init_container_installs_a_working_plugin(containerd, tmp_path):
     target = tmp_path / "opt-cni-bin"
     target.mkdir()
     (target / "loopback").write_text("someone else's plugin\n")
-    mount = ("--mount", f"type=bind,src={target},dst=/host/opt/cni/bin,options=rbind:rw")
+    # as in the DaemonSet: no capabilities at all (root writing a root-owned directory needs none)
+    # (ctr has no "drop ALL": every capability of containerd's default set is dropped by name)
+    drop = [x for cap in DEFAULT_CAPS for x in ("--cap-drop", cap)]
+    mount = ("--mount", f"type=bind,src={target},dst=/host/opt/cni/bin,options=rbind:rw", *drop)
     for _ in range(2):  # a restarted init container finds its own install and keeps it
-        r = containerd.run("/opt/podwire/install-cni.sh", opts=mount)
-        assert "podwire CNI plugin" in r.stdout
+        r = containerd.run("sh", "-c", "grep CapEff /proc/self/status && /opt/podwire/install-cni.sh", opts=mount)
+        assert "CapEff:\t0000000000000000" in r.stdout and "podwire CNI plugin" in r.stdout
     link = target / "podwire"
     assert link.is_symlink() and not os.path.isabs(os.readlink(link))
     bundles = [p.name for p in target.iterdir() if p.name.startswith("podwire-")]
