@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,26 +88,31 @@ def main() -> int:
                 lat[name]["ADD"].append(run(binary, "ADD", confs[name], cid, pods[0]))
                 lat[name]["DEL"].append(run(binary, "DEL", confs[name], cid, pods[0]))
 
-        burst = {}
+        burst, cpu = {}, {}
         for name, binary in binaries.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             with ThreadPoolExecutor(max_workers=len(pods)) as ex:
                 list(ex.map(lambda p: run(binary, "ADD", confs[name], f"burst-{p}", p), pods[: args.burst]))
             burst[name] = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # CPU per ADD (user+sys of the plugin processes): what a shared machine's noise cannot inflate
+            cpu[name] = ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) / args.burst
             with ThreadPoolExecutor(max_workers=16) as ex:
                 list(ex.map(lambda p: run(binary, "DEL", confs[name], f"burst-{p}", p), pods[: args.burst]))
 
         print(f"CNI latency, {args.iterations} iterations, burst of {args.burst} concurrent ADDs")
-        print(f"{'':10} {'ADD p50':>9} {'ADD p95':>9} {'DEL p50':>9} {'DEL p95':>9} {'burst':>9}")
+        print(f"{'':10} {'ADD p50':>9} {'ADD p95':>9} {'DEL p50':>9} {'DEL p95':>9} {'burst':>9} {'CPU/ADD':>9}")
         for name in binaries:
             a, d = lat[name]["ADD"], lat[name]["DEL"]
             print(f"{name:10} {pct(a, .5):8.1f}ms {pct(a, .95):8.1f}ms {pct(d, .5):8.1f}ms {pct(d, .95):8.1f}ms "
-                  f"{burst[name] * 1000:8.0f}ms")
+                  f"{burst[name] * 1000:8.0f}ms {cpu[name] * 1000:8.1f}ms")
         pw, ref = lat["podwire"], lat["reference"]
         print(f"ratio podwire/reference: ADD p50 {pct(pw['ADD'], .5) / pct(ref['ADD'], .5):.2f}x, "
               f"ADD p95 {pct(pw['ADD'], .95) / pct(ref['ADD'], .95):.2f}x, "
               f"DEL p50 {pct(pw['DEL'], .5) / pct(ref['DEL'], .5):.2f}x, "
-              f"burst {burst['podwire'] / burst['reference']:.2f}x")
+              f"burst {burst['podwire'] / burst['reference']:.2f}x, CPU per ADD {cpu['podwire'] / cpu['reference']:.2f}x")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} (ratios are same-run; absolute times are noise)")
         return 0
     finally:
         for p in made:

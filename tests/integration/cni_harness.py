@@ -82,3 +82,33 @@ def allocated(tmp: str, network: str = "podnet") -> list[str]:
     if not os.path.isdir(d):
         return []
     return sorted(f for f in os.listdir(d) if f != "lock" and not f.startswith("last_reserved_ip"))
+
+
+def fetch_from_pod_server(pod: str, client_ns: str, address: str, port: int, banner: str) -> str:
+    """Start a one-line TCP server (port 80) in `pod`, connect from `client_ns` to address:port
+    (retrying while rules settle) and return what the client read."""
+    import time
+
+    server = subprocess.Popen(["nsenter", f"--net=/run/netns/{pod}", "busybox", "nc", "-l", "-p", "80", "-e",
+                               "echo", banner], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        got = ""
+        for _ in range(20):
+            got = in_ns(client_ns, "busybox", "nc", "-w", "2", address, str(port), check=False, input="").stdout
+            if banner in got:
+                break
+            time.sleep(0.1)
+        return got
+    finally:
+        server.kill()
+        server.wait()
+
+
+def underlay(node: str, outside: str, link: str, subnet_prefix: str) -> str:
+    """A veth between the node and an outside namespace: node .1, outside .2; returns the node address."""
+    subprocess.run(["ip", "link", "add", link, "netns", node, "type", "veth", "peer", "name", "eth0",
+                    "netns", outside], check=True)
+    for ns, dev, host in ((node, link, 1), (outside, "eth0", 2)):
+        in_ns(ns, "ip", "addr", "add", f"{subnet_prefix}.{host}/24", "dev", dev)
+        in_ns(ns, "ip", "link", "set", dev, "up")
+    return f"{subnet_prefix}.1"

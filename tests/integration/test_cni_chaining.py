@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.cni_harness import REF_DIR, allocated, in_ns
+from tests.integration.cni_harness import REF_DIR, allocated, fetch_from_pod_server, in_ns, underlay
 
 pytestmark = [pytest.mark.root, pytest.mark.frozen]
 
@@ -60,30 +60,14 @@ def test_podwire_then_portmap(node, pods, tmp_path, cni_bin):
     confdir = tmp_path / "net.d"
     write_conflist(confdir, tmp_path, {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True})
     pod, outside = pods(), pods()
-    subprocess.run(["ip", "link", "add", "pwc-ul1", "netns", node, "type", "veth", "peer", "name", "eth0",
-                    "netns", outside], check=True)
-    for ns, dev, addr in ((node, "pwc-ul1", "192.168.78.1/24"), (outside, "eth0", "192.168.78.2/24")):
-        in_ns(ns, "ip", "addr", "add", addr, "dev", dev)
-        in_ns(ns, "ip", "link", "set", dev, "up")
+    node_ip = underlay(node, outside, "pwc-ul1", "192.168.78")
     caps = {"portMappings": [{"hostPort": 8181, "containerPort": 80, "protocol": "tcp"}]}
     out = cnitool(node, "add", "chain", pod, confdir, cni_bin, caps)
     result = json.loads(out.stdout)
     assert result["ips"][0]["address"] == "10.244.8.2/24"  # podwire's result came through portmap
     assert allocated(str(tmp_path), "chain") == ["10.244.8.2"]
     # no CHECK here: Debian's portmap 1.1.1 fails CHECK on IPv4-only pods (it looks for its IPv6 chain)
-    server = subprocess.Popen(["nsenter", f"--net=/run/netns/{pod}", "busybox", "nc", "-l", "-p", "80", "-e",
-                               "echo", "via-portmap"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        got = ""
-        for _ in range(20):
-            got = in_ns(outside, "busybox", "nc", "-w", "2", "192.168.78.1", "8181", check=False, input="").stdout
-            if "via-portmap" in got:
-                break
-            subprocess.run(["sleep", "0.1"])
-        assert "via-portmap" in got
-    finally:
-        server.kill()
-        server.wait()
+    assert "via-portmap" in fetch_from_pod_server(pod, outside, node_ip, 8181, "via-portmap")
     cnitool(node, "del", "chain", pod, confdir, cni_bin, caps)
     assert allocated(str(tmp_path), "chain") == []
     assert "8181" not in in_ns(node, "iptables-save", "-t", "nat").stdout  # portmap cleaned up too

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from tests.integration.cni_harness import REF_DIR, allocated, in_ns
+from tests.integration.cni_harness import REF_DIR, allocated
 from tests.integration.ociimage import busybox_image
 
 pytestmark = [pytest.mark.root, pytest.mark.frozen, pytest.mark.slow]

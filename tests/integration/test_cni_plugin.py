@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.integration.cni_harness import allocated, in_ns, netconf
+from tests.integration.cni_harness import allocated, fetch_from_pod_server, in_ns, netconf, underlay
 
 pytestmark = [pytest.mark.root, pytest.mark.frozen]
 
@@ -224,33 +224,13 @@ def test_hostport_reachable_from_another_namespace(plugin, pods, tmp_path):
     """A pod with a port mapping answers on the node's address from an outside namespace."""
     node = plugin.node
     outside = pods()
-    # underlay: node 192.168.77.1 <-> outside 192.168.77.2
-    subprocess.run(["ip", "link", "add", "pwc-ul0", "netns", node, "type", "veth", "peer", "name", "eth0",
-                    "netns", outside], check=True)
-    in_ns(node, "ip", "addr", "add", "192.168.77.1/24", "dev", "pwc-ul0")
-    in_ns(node, "ip", "link", "set", "pwc-ul0", "up")
-    in_ns(outside, "ip", "addr", "add", "192.168.77.2/24", "dev", "eth0")
-    in_ns(outside, "ip", "link", "set", "eth0", "up")
-    in_ns(outside, "ip", "link", "set", "lo", "up")
+    node_ip = underlay(node, outside, "pwc-ul0", "192.168.77")
     conf = netconf(str(tmp_path), runtimeConfig={"portMappings": [
         {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
         {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]})
     pod = pods()
     assert plugin.add(conf, "web", pod).rc == 0
-    server = subprocess.Popen(["nsenter", f"--net=/run/netns/{pod}", "busybox", "nc", "-l", "-p", "80", "-e",
-                               "echo", "hello-from-pod"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        got = ""
-        for _ in range(20):
-            r = in_ns(outside, "busybox", "nc", "-w", "2", "192.168.77.1", "8080", check=False, input="")
-            got = r.stdout
-            if "hello-from-pod" in got:
-                break
-            subprocess.run(["sleep", "0.1"])
-        assert "hello-from-pod" in got
-    finally:
-        server.kill()
-        server.wait()
+    assert "hello-from-pod" in fetch_from_pod_server(pod, outside, node_ip, 8080, "hello-from-pod")
     # a second pod asking for the same hostPort is refused, the first keeps it
     clash = plugin.add(conf, "clash", pods())
     assert clash.rc == 1 and clash.json["code"] == 101, clash
