@@ -33,13 +33,11 @@ class Env:
         if self.ifname and (len(self.ifname) > 15 or "/" in self.ifname or self.ifname in (".", "..")):
             raise CNIError(INVALID_ENV, f"CNI_IFNAME {self.ifname!r} is not a valid interface name")
 
-    def pod_args(self) -> dict:
-        out = {}
-        for pair in self.args.split(";"):
-            if "=" in pair:
-                k, v = pair.split("=", 1)
-                out[k] = v
-        return out
+    def who(self) -> str:
+        """'<container id prefix> ns/pod ifname' for log lines (kubelet passes the pod in CNI_ARGS)."""
+        args = dict(pair.split("=", 1) for pair in self.args.split(";") if "=" in pair)
+        pod = f" {args.get('K8S_POD_NAMESPACE', '')}/{args['K8S_POD_NAME']}" if "K8S_POD_NAME" in args else ""
+        return f"{self.container_id[:12]}{pod} {self.ifname}"
 
 
 def _ipam(conf: NetConf) -> tuple[IPAMConfig, DiskStore]:
@@ -67,7 +65,7 @@ def add(conf: NetConf, env: Env, log) -> dict:
             undo.pop_all()  # success: keep everything (the pod socket closes with the process)
     finally:
         os.close(netns_fd)
-    log(f"ADD {env.container_id[:12]} {env.ifname} -> {', '.join(plan.container_addrs)} via {plan.host_if}")
+    log(f"ADD {env.who()} -> {', '.join(plan.container_addrs)} via {plan.host_if}")
     return Result(interfaces, plan.ips, plan.routes).to_json(conf.cni_version)
 
 
@@ -78,7 +76,7 @@ def delete(conf: NetConf, env: Env, log) -> None:
     hostport.remove(conf.state_dir, host_if)
     cfg, store = _ipam(conf)
     freed = allocator.release(store, env.container_id, env.ifname)
-    log(f"DEL {env.container_id[:12]} {env.ifname}: released {freed} address(es)")
+    log(f"DEL {env.who()}: released {freed} address(es)")
 
 
 def check(conf: NetConf, env: Env, log) -> None:

@@ -225,3 +225,12 @@ def test_plugin_start_up_path_imports_nothing_heavy():
     forbidden = {"kubernetes", "pyroute2", "node_daemon", "proxy", "prometheus_client", "asyncio", "logging",
                  "subprocess", "inspect", "dataclasses", "typing", "socket", "ctypes"}
     assert not mods & forbidden, mods & forbidden
+
+
+def test_log_lines_name_the_kubernetes_pod():
+    from cni_plugin.verbs import Env
+
+    env = Env({"CNI_CONTAINERID": "0123456789abcdef", "CNI_IFNAME": "eth0",
+               "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=x"})
+    assert env.who() == "0123456789ab default/web-0 eth0"
+    assert Env({"CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0"}).who() == "c1 eth0"
