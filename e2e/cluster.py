@@ -1,6 +1,6 @@
 """A whole test cluster: topology + control plane + registered Nodes, and its CLI.
 
-    python3 -m e2e.cluster up     [--name dev] [--shape l2|routed] [--nodes 3]
+    python3 -m e2e.cluster up     [--name dev] [--shape l2|routed] [--nodes 3] [--full]
     python3 -m e2e.cluster status [--name dev]
     python3 -m e2e.cluster down   [--name dev]
 
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from e2e import build
+from e2e import build, cgroups
 from e2e import netns as ns
 from e2e.control_plane import ControlPlane, ControlPlaneConfig
 from e2e.ledger import Ledger
@@ -37,13 +37,17 @@ def base_dir() -> Path:
 class Cluster:
     def __init__(self, name: str = "dev", shape: str = "l2", nodes: int = 3, *, bin_dir: Path | None = None,
                  register_nodes: bool = True, config: ControlPlaneConfig = ControlPlaneConfig(),
-                 owner: ns.Proc | None = None):
+                 owner: ns.Proc | None = None, full_nodes: bool = False, kube_proxy: bool = False):
         if len(f"pwe-{name}-") > 12 or not name.isalnum():
             raise ValueError("cluster name: a few alphanumerics (it prefixes namespace names)")
         self.name = name
         self.dir = base_dir() / name
         self.bin_dir = Path(bin_dir) if bin_dir else build.bin_dir()
         self.register_nodes = register_nodes
+        # full_nodes: a containerd + kubelet per node (e2e/node_runtime.py) registers the Nodes
+        self.full_nodes = full_nodes
+        self.kube_proxy = kube_proxy  # full nodes only: kube-proxy per node (the anchor)
+        self.runtimes: dict = {}  # node name -> NodeRuntime (full nodes, in the process that made them)
         self.owner = owner  # a process whose death means the cluster is abandoned (pytest)
         self.ledger = Ledger(self.dir / "ledger.json")
         self.topology = Topology(plan(name, shape, nodes), self.dir, self.ledger)
@@ -88,7 +92,11 @@ class Cluster:
             self.topology.up()
             self.control_plane.start()
             self._save_state()
-            if self.register_nodes:
+            if self.full_nodes:
+                from e2e.node_runtime import start_nodes
+
+                self.runtimes = start_nodes(self, kube_proxy=self.kube_proxy)
+            elif self.register_nodes:
                 api = self.api_client()
                 try:
                     for node in self.nodes:
@@ -111,6 +119,8 @@ class Cluster:
         errors = self.ledger.teardown()
         # A crash between creating a namespace and recording it cannot happen (recorded
         # first), but be thorough: nothing named pwe-<name>-* may outlive `down`.
+        for name in cgroups.list_roots(f"pwe-{self.name}-"):  # kubelets' cgroupRoots
+            cgroups.remove(name)
         for name in ns.list_netns(f"pwe-{self.name}-"):
             ns.delete_netns(name)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -149,6 +159,7 @@ class Cluster:
         state = {
             "name": self.name,
             "shape": self.topology.plan.shape,
+            "full_nodes": self.full_nodes,
             "nodes": {n.name: {"ip": str(n.ip), "pod_cidr": n.pod_cidr and str(n.pod_cidr)} for n in self.nodes},
             "control_plane": self.control_plane.to_json(),
             "bin_dir": str(self.bin_dir),
@@ -173,7 +184,8 @@ class Cluster:
         """The cluster `name` as left by an `up` in another process."""
         state_file = base_dir() / name / "state.json"
         state = json.loads(state_file.read_text())
-        cluster = cls(name, state["shape"], len(state["nodes"]), bin_dir=Path(state["bin_dir"]))
+        cluster = cls(name, state["shape"], len(state["nodes"]), bin_dir=Path(state["bin_dir"]),
+                      full_nodes=state.get("full_nodes", False))
         cluster._load_state()
         return cluster
 
@@ -234,6 +246,9 @@ def main(argv=None) -> int:
         if cmd == "up":
             p.add_argument("--shape", choices=("l2", "routed"), default="l2")
             p.add_argument("--nodes", type=int, default=3)
+            p.add_argument("--full", action="store_true",
+                           help="full nodes: containerd + kubelet per node (e2e/node_runtime.py)")
+            p.add_argument("--kube-proxy", action="store_true", help="with --full: kube-proxy per node (the anchor)")
             p.add_argument("--owner-pid", type=int, help="tear down (at the next sweep) once this process is gone")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -242,7 +257,8 @@ def main(argv=None) -> int:
     if args.command == "up":
         started = time.monotonic()
         owner = ns.Proc.of(args.owner_pid, "owner") if args.owner_pid else None
-        cluster = Cluster(args.name, args.shape, args.nodes, owner=owner).up()
+        cluster = Cluster(args.name, args.shape, args.nodes, owner=owner, full_nodes=args.full,
+                          kube_proxy=args.kube_proxy).up()
         print(f"cluster {args.name} up in {time.monotonic() - started:.1f}s", file=sys.stderr)
         print(json.dumps(cluster.status(), indent=1))
         print(f"export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)

@@ -6,7 +6,7 @@ process, `down` in another). Recording each resource in a JSON file *before* rel
 and undoing the records in reverse order, gives both callers the same teardown, which also
 works after a crash (`python3 -m e2e.cluster down` reads the ledger left behind).
 
-Entries are plain dicts: {"kind": "netns"|"proc"|"path", ...}. Undo is idempotent: undoing
+Entries are plain dicts: {"kind": "netns"|"proc"|"path"|"cgroup", ...}. Undo is idempotent: undoing
 something already gone succeeds.
 """
 
@@ -17,6 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
+from e2e import cgroups
 from e2e import netns as ns
 
 
@@ -50,6 +51,10 @@ class Ledger:
     def dir(self, path: Path) -> dict:
         return self.add("path", path=str(path))
 
+    def cgroup(self, name: str) -> dict:
+        """A cgroup root (/<name> in every hierarchy, e.g. a kubelet's cgroupRoot)."""
+        return self.add("cgroup", name=name)
+
     def forget(self, entry: dict) -> None:
         if entry in self.entries:
             self.entries.remove(entry)
@@ -66,6 +71,8 @@ class Ledger:
             ns.delete_netns(entry["name"])
         elif kind == "path":
             shutil.rmtree(entry["path"], ignore_errors=True)
+        elif kind == "cgroup":
+            cgroups.remove(entry["name"])
         else:
             raise ValueError(f"unknown ledger entry kind {kind!r}")
 

@@ -1,0 +1,426 @@
+"""A full Kubernetes node in a node namespace: its own mount namespace, containerd and kubelet.
+
+Why it is built so: kind gives every node a container with its own filesystem; here a node
+is a network namespace on one shared machine, so everything a kubelet or containerd keeps
+must be made per node explicitly:
+
+* **A private mount namespace per node**, held by a small holder process (`sleep`) and
+  entered by containerd and kubelet alike (`nsenter -t <holder> --mount`, plus
+  `--net=/run/netns/<node>`). Inside it, /etc, /opt, /var/lib and /var/log are overlays whose
+  upper layers live in the node's directory, and /etc/cni/net.d, /opt/cni/bin and
+  /run/containerd are bind mounts of node directories. So a DaemonSet's hostPath install
+  (/opt/cni/bin, /etc/cni/net.d, /var/lib/cni, /var/log/...) lands on *that* node only, as
+  on a kind node, without touching the host's files. containerd and kubelet must share the
+  namespace: kubelet mounts the secret and service-account token tmpfs volumes, and
+  containerd bind-mounts them into containers (in two namespaces the containers see empty
+  directories — what `ip netns exec` does). All mounts (overlays, tmpfs volumes, container
+  rootfs, pinned pod netns) live in that namespace and vanish with its last process, so
+  teardown never has to find and unmount them.
+* containerd 2.2 (scripts/install-deps.sh builds it; Debian's 1.6 rejects CNI 1.1.0
+  results) with private root, state, sockets and runc root; CRI with the node's CNI dirs,
+  the locally built pause image as sandbox, cgroupfs (SystemdCgroup=false), pod netns pinned
+  under its state dir.
+* kubelet v1.34 with its own client certificate (system:node:NAME), root dir, podLogsDir,
+  `cgroupRoot` (/pwe-<cluster>-<node>, created in every cgroup v1 hierarchy, in the ledger),
+  resolv.conf without a 127.x stub, clusterDNS 10.96.0.10, image GC never (nothing can be
+  pulled again). No kube-proxy: Services are podwire's job (or an explicit kube-proxy).
+
+Images are imported at start (e2e/images.py); `import_image()` loads more later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+
+import yaml
+
+from e2e import build, cgroups, images
+from e2e import netns as ns
+from e2e.topology import Node
+
+CONTAINERD_BIN = build.cache_root() / "tools" / "containerd-v2.2.1" / "bin"
+RUNC = Path("/usr/sbin/runc")
+# Host trees each node sees as its own copy-on-write overlay (writes stay in the node dir).
+PRIVATE_TREES = ("/etc", "/opt", "/var/lib", "/var/log")
+CNI_CONF_DIR, CNI_BIN_DIR = "/etc/cni/net.d", "/opt/cni/bin"  # as seen inside a node
+CLUSTER_DNS = ipaddress.ip_address("10.96.0.10")
+CLUSTER_DOMAIN = "cluster.local"
+
+
+class NodeRuntimeError(RuntimeError):
+    pass
+
+
+def containerd_config(rt: "NodeRuntime") -> str:
+    """config.toml (version 3) of a node's containerd. Pure: paths in, text out."""
+    return f"""version = 3
+root = '{rt.dir}/containerd/root'
+state = '{rt.dir}/containerd/state'
+# NRI's socket and the `opt` dir are fixed host paths; nothing here uses them.
+disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt',
+  'io.containerd.snapshotter.v1.btrfs', 'io.containerd.snapshotter.v1.zfs', 'io.containerd.snapshotter.v1.devmapper',
+  'io.containerd.snapshotter.v1.blockfile', 'io.containerd.snapshotter.v1.erofs', 'io.containerd.differ.v1.erofs',
+  'io.containerd.tracing.processor.v1.otlp', 'io.containerd.internal.v1.tracing']
+imports = []
+
+[grpc]
+  address = '{rt.containerd_socket}'
+[ttrpc]
+  address = '{rt.containerd_socket}.ttrpc'
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = '{rt.snapshotter}'
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = '{images.PAUSE}'
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = ''
+
+[plugins.'io.containerd.cri.v1.runtime']
+  netns_mounts_under_state_dir = true
+  # No CAP_SYS_RESOURCE on some machines (sandboxed VMs): runc then cannot lower a process's
+  # oom_score_adj (kubelet asks -998 for sandboxes). Clamp to containerd's own, as rootless does.
+  restrict_oom_score_adj = true
+  enable_cdi = false
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = 'runc'
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = 'io.containerd.runc.v2'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = '{RUNC}'
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ['{CNI_BIN_DIR}']
+    conf_dir = '{CNI_CONF_DIR}'
+    max_conf_num = 1
+    use_internal_loopback = true
+
+[plugins.'io.containerd.grpc.v1.cri']
+  disable_tcp_service = true
+  stream_server_address = '127.0.0.1'
+  stream_server_port = '0'
+
+[plugins.'io.containerd.transfer.v1.local']
+  [[plugins.'io.containerd.transfer.v1.local'.unpack_config]]
+    platform = 'linux/amd64'
+    snapshotter = '{rt.snapshotter}'
+"""
+
+
+def kubelet_config(rt: "NodeRuntime", client_ca: Path) -> dict:
+    """KubeletConfiguration of a node's kubelet. Pure."""
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": str(rt.node.ip),
+        "port": 10250,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": 10248,
+        # Only clients with a certificate of the cluster CA (the API server's kubelet client is
+        # system:masters); no webhook round trips for a throw-away cluster.
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
+                           "x509": {"clientCAFile": str(client_ca)}},
+        "authorization": {"mode": "AlwaysAllow"},
+        "cgroupDriver": "cgroupfs",
+        "cgroupRoot": f"/{rt.cgroup_root}",
+        "cgroupsPerQOS": True,
+        "failSwapOn": False,
+        "failCgroupV1": False,
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        # Three kubelets see one machine's disk and memory: evict only when it is really full.
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
+                         "nodefs.inodesFree": "1%"},
+        "clusterDNS": [str(CLUSTER_DNS)],
+        "clusterDomain": CLUSTER_DOMAIN,
+        "resolvConf": str(rt.dir / "resolv.conf"),
+        "podLogsDir": str(rt.dir / "pod-logs"),
+        "volumePluginDir": str(rt.dir / "volume-plugins"),
+        "containerRuntimeEndpoint": f"unix://{rt.containerd_socket}",
+        "serializeImagePulls": False,
+        "rotateCertificates": False,
+        "serverTLSBootstrap": False,
+        "makeIPTablesUtilChains": False,
+        "protectKernelDefaults": False,
+        "nodeStatusReportFrequency": "10s",
+        "registerNode": True,
+    }
+
+
+def kube_proxy_config(rt: "NodeRuntime", kubeconfig: Path, cluster_cidr) -> dict:
+    """KubeProxyConfiguration (nftables) for the optional kube-proxy anchor. Pure.
+
+    masqueradeAll: the control plane has no route to pod CIDRs, so a pod's traffic to the
+    `kubernetes` Service must leave with the node's address (podwire's daemon does that for
+    all egress; kube-proxy alone only for Service traffic, hence masqueradeAll).
+    Conntrack limits are global (init namespace only): left alone.
+    """
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "nftables",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "hostnameOverride": rt.node.name,
+        "bindAddress": str(rt.node.ip),
+        "clusterCIDR": str(cluster_cidr),
+        "healthzBindAddress": "127.0.0.1:10256",
+        "metricsBindAddress": "127.0.0.1:10249",
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        "nftables": {"masqueradeAll": True},
+    }
+
+
+def _snapshotter() -> str:
+    return os.environ.get("PODWIRE_E2E_SNAPSHOTTER", "overlayfs")
+
+
+class NodeRuntime:
+    """containerd + kubelet of one node, with files under <node dir>/rt."""
+
+    def __init__(self, node: Node, cluster_name: str, control_plane, bin_dir: Path):
+        self.node = node
+        self.cluster_name = cluster_name
+        self.cp = control_plane
+        self.bin = Path(bin_dir)
+        self.dir = node.dir / "rt"
+        self.snapshotter = _snapshotter()
+        self.holder: ns.Proc | None = None
+        self.procs: dict[str, ns.Proc] = {}
+
+    # -- paths -------------------------------------------------------------------------
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.dir / "containerd.sock"
+
+    @property
+    def cgroup_root(self) -> str:
+        return self.node.netns  # pwe-<cluster>-<node>: unique, and swept by the same prefix
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        """The node's /etc/cni/net.d, as a path of the harness (root mount namespace)."""
+        return self.dir / "cni" / "net.d"
+
+    @property
+    def cni_bin_dir(self) -> Path:
+        return self.dir / "cni" / "bin"
+
+    def tree_upper(self, tree: str) -> Path:
+        """Where the node's writes under a PRIVATE_TREES entry land (e.g. its /var/log)."""
+        return self.dir / "fs" / tree.strip("/").replace("/", "-") / "upper"
+
+    # -- running things inside the node -----------------------------------------------
+
+    def argv(self, argv) -> list[str]:
+        """argv run in the node's network and mount namespaces (what containerd and kubelet see)."""
+        assert self.holder is not None, "node runtime not started"
+        return ["nsenter", "-t", str(self.holder.pid), "--mount", f"--net={ns.netns_path(self.node.netns)}",
+                *map(str, argv)]
+
+    def run(self, argv, **kw):
+        return ns.run(self.argv(argv), **kw)
+
+    def ctr(self, *args, **kw):
+        """ctr against this node's containerd, namespace k8s.io (runs in the node's namespaces)."""
+        return self.run([CONTAINERD_BIN / "ctr", "--address", self.containerd_socket, "--namespace", "k8s.io",
+                         *args], **kw)
+
+    def _spawn(self, name: str, argv, env=None) -> ns.Proc:
+        proc = ns.spawn(name, self.argv(argv), self.node.dir / "logs" / f"{name}.log", env=env)
+        self.node.ledger.proc(proc)
+        self.procs[name] = proc
+        return proc
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> "NodeRuntime":
+        """Mount namespace, cgroups, containerd (+ images), kubelet. Does not wait for Ready."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._start_holder()
+        self.node.ledger.cgroup(self.cgroup_root)  # recorded first, like everything
+        cgroups.create(self.cgroup_root)
+        self._start_containerd()
+        self._start_kubelet()
+        return self
+
+    def _start_holder(self) -> None:
+        """The process that owns the node's mount namespace (mounts are made by its shell)."""
+        for d in (self.cni_conf_dir, self.cni_bin_dir, self.dir / "run-containerd"):
+            d.mkdir(parents=True, exist_ok=True)
+        # /run/containerd is the shims' socket dir and runc's default root, fixed paths; the
+        # node binds its own dir there. The host directory is only a mount point (it is what
+        # containerd itself creates on a machine that runs it).
+        Path("/run/containerd").mkdir(mode=0o711, exist_ok=True)
+        script = ["set -e", "mount --make-rslave /"]
+        for tree in PRIVATE_TREES:
+            upper = self.tree_upper(tree)
+            work = upper.with_name("work")
+            upper.mkdir(parents=True, exist_ok=True)
+            work.mkdir(parents=True, exist_ok=True)
+            script.append(f"mount -t overlay overlay -o lowerdir={tree},upperdir={upper},workdir={work} {tree}")
+        for src, dst in ((self.cni_conf_dir, CNI_CONF_DIR), (self.cni_bin_dir, CNI_BIN_DIR),
+                         (self.dir / "run-containerd", "/run/containerd")):
+            script += [f"mkdir -p {dst}", f"mount --bind {src} {dst}"]
+        ready = self.dir / "mounts.ready"
+        script += [f"touch {ready}", "exec sleep infinity"]
+        argv = ["nsenter", f"--net={ns.netns_path(self.node.netns)}", "unshare", "--mount", "--propagation",
+                "unchanged", "sh", "-c", "\n".join(script)]
+        self.holder = ns.spawn("mounts", argv, self.node.dir / "logs" / "mounts.log")
+        self.node.ledger.proc(self.holder)
+        self.procs["mounts"] = self.holder
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            if not self.holder.alive() or time.monotonic() > deadline:
+                raise NodeRuntimeError(f"{self.node.name}: mount namespace not made:\n{self.holder.log_tail()}")
+            time.sleep(0.02)
+
+    def _start_containerd(self) -> None:
+        config = self.dir / "containerd.toml"
+        config.write_text(containerd_config(self))
+        ctrd = CONTAINERD_BIN / "containerd"
+        if not os.access(ctrd, os.X_OK):
+            raise NodeRuntimeError(f"{ctrd} missing: run scripts/install-deps.sh (builds containerd 2.2)")
+        env = {**os.environ, "PATH": f"{CONTAINERD_BIN}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+        self._spawn("containerd", [ctrd, "--config", config, "--log-level", "warn"], env=env)
+
+    def wait_containerd(self, deadline: float) -> None:
+        while self.ctr("version", check=False).returncode != 0:
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise NodeRuntimeError(f"{self.node.name}: containerd not serving:\n"
+                                       + self.procs["containerd"].log_tail())
+            time.sleep(0.1)
+
+    def import_image(self, tarball: Path) -> None:
+        """Load an OCI tarball into this node (unpacked for the CRI's snapshotter)."""
+        self.ctr("images", "import", "--snapshotter", self.snapshotter, tarball, timeout=180)
+
+    def _start_kubelet(self) -> None:
+        name = self.node.name
+        kubeconfig = self.cp.kubeconfig_for(f"kubelet-{name}", f"system:node:{name}", orgs=("system:nodes",))
+        (self.dir / "resolv.conf").write_text(f"nameserver {self.node.plan.gateway}\noptions ndots:1\n")
+        for d in ("kubelet", "pod-logs", "volume-plugins"):
+            (self.dir / d).mkdir(exist_ok=True)
+        config = self.dir / "kubelet.yaml"
+        config.write_text(yaml.safe_dump(kubelet_config(self, self.cp.pki.path("ca.crt"))))
+        self._kubelet_argv = [
+            self.bin / "kubelet", f"--config={config}", f"--kubeconfig={kubeconfig}",
+            f"--root-dir={self.dir / 'kubelet'}", f"--hostname-override={name}", f"--node-ip={self.node.ip}",
+            "--v=1",
+        ]
+
+    def launch_kubelet(self) -> None:
+        self._spawn("kubelet", self._kubelet_argv)
+
+    def start_kube_proxy(self) -> None:
+        """kube-proxy (nftables mode) in this node: the anchor, not part of a podwire cluster."""
+        name = self.node.name
+        kubeconfig = self.cp.kubeconfig_for(f"kube-proxy-{name}", "system:kube-proxy")
+        config = self.dir / "kube-proxy.yaml"
+        config.write_text(yaml.safe_dump(kube_proxy_config(self, kubeconfig, self.cp.config.cluster_cidr)))
+        self._spawn("kube-proxy", [self.bin / "kube-proxy", f"--config={config}", "--v=1"])
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if not proc.alive():
+                raise NodeRuntimeError(f"{self.node.name}: {name} exited; last log lines:\n{proc.log_tail()}")
+
+    # -- CNI for tests (before podwire's DaemonSet installs it) -------------------------
+
+    def install_cni(self, conflist: dict, plugins: dict[str, Path], name: str = "10-podwire.conflist") -> Path:
+        """Put plugin executables (symlinks) into the node's /opt/cni/bin and a conflist into its
+        /etc/cni/net.d (atomically: containerd watches the directory)."""
+        for plugin, target in plugins.items():
+            link = self.cni_bin_dir / plugin
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
+        path = self.cni_conf_dir / name
+        tmp = path.with_name("." + name + ".tmp")
+        tmp.write_text(json.dumps(conflist, indent=1))
+        os.replace(tmp, path)
+        return path
+
+
+def podwire_conflist(rt: NodeRuntime, mtu: int = 1500) -> dict:
+    """The conflist node_daemon/cniconf.py renders, for this node's podCIDR, with the plugin's
+    state, log and IPAM store in the node's directory (readable from the harness)."""
+    if rt.node.pod_cidr is None:
+        raise ValueError(f"{rt.node.name} has no podCIDR yet")
+    state = rt.dir / "podwire"
+    return {
+        "cniVersion": "1.1.0",
+        "name": "podwire",
+        "plugins": [{
+            "type": "podwire", "bridge": "podwire0", "isGateway": True, "hairpinMode": True, "ipMasq": False,
+            "mtu": mtu, "logFile": str(state / "cni.log"), "stateDir": str(state / "state"),
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": str(rt.node.pod_cidr)}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(state / "ipam")},
+            "capabilities": {"portMappings": True},
+        }],
+    }
+
+
+# -- all nodes -------------------------------------------------------------------------------
+
+
+def start_nodes(cluster, timeout: float = 120, kube_proxy: bool = False) -> dict[str, NodeRuntime]:
+    """Start every node's runtime, import the images, start kubelets (and kube-proxies if
+    asked), wait until each Node is registered with a podCIDR (fills node.pod_cidr). Nodes
+    become Ready once a CNI config exists in their conf dir (install_cni, or podwire's DaemonSet)."""
+    deadline = time.monotonic() + timeout
+    tarballs = images.images()
+    runtimes = {n.name: NodeRuntime(n, cluster.name, cluster.control_plane, cluster.bin_dir) for n in cluster.nodes}
+    for rt in runtimes.values():
+        rt.start()
+    for rt in runtimes.values():
+        rt.wait_containerd(deadline)
+        for tarball in tarballs.values():
+            rt.import_image(tarball)
+        rt.launch_kubelet()
+        if kube_proxy:
+            rt.start_kube_proxy()
+    api = cluster.api_client()
+    try:
+        from kubernetes import client
+
+        core = client.CoreV1Api(api)
+        for rt in runtimes.values():
+            while True:
+                rt._check_alive()
+                try:
+                    cidr = core.read_node(rt.node.name).spec.pod_cidr
+                except client.ApiException as err:
+                    if err.status != 404:
+                        raise
+                    cidr = None
+                if cidr:
+                    rt.node.pod_cidr = ipaddress.ip_network(cidr)
+                    break
+                if time.monotonic() > deadline:
+                    raise NodeRuntimeError(f"{rt.node.name} not registered with a podCIDR in {timeout}s:\n"
+                                           + rt.procs["kubelet"].log_tail())
+                time.sleep(0.2)
+    finally:
+        api.close()
+    return runtimes
+
+
+def import_image(runtimes, tarball: Path) -> None:
+    """Load an OCI image tarball into every node (what `kind load image-archive` does)."""
+    for rt in runtimes.values() if isinstance(runtimes, dict) else runtimes:
+        rt.import_image(Path(tarball))
+
+
+def node_ready(node_obj) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (node_obj.status.conditions or []))
+
+
+def quote(argv) -> str:
+    return " ".join(shlex.quote(str(a)) for a in argv)
