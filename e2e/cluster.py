@@ -1,6 +1,8 @@
 """A whole test cluster: topology + control plane + registered Nodes, and its CLI.
 
-    python3 -m e2e.cluster up     [--name dev] [--shape l2|routed] [--nodes 3] [--full]
+    python3 -m e2e.cluster up     [--name dev] [--shape l2|routed] [--nodes 3]
+                                  [--full [--cni podwire] [--kube-proxy] [--no-coredns]]
+    python3 -m e2e.cluster load   [--name dev] IMAGE.tar...     (full nodes: like `kind load`)
     python3 -m e2e.cluster status [--name dev]
     python3 -m e2e.cluster down   [--name dev]
 
@@ -37,7 +39,8 @@ def base_dir() -> Path:
 class Cluster:
     def __init__(self, name: str = "dev", shape: str = "l2", nodes: int = 3, *, bin_dir: Path | None = None,
                  register_nodes: bool = True, config: ControlPlaneConfig = ControlPlaneConfig(),
-                 owner: ns.Proc | None = None, full_nodes: bool = False, kube_proxy: bool = False):
+                 owner: ns.Proc | None = None, full_nodes: bool = False, kube_proxy: bool = False,
+                 coredns: bool = True):
         if len(f"pwe-{name}-") > 12 or not name.isalnum():
             raise ValueError("cluster name: a few alphanumerics (it prefixes namespace names)")
         self.name = name
@@ -47,6 +50,7 @@ class Cluster:
         # full_nodes: a containerd + kubelet per node (e2e/node_runtime.py) registers the Nodes
         self.full_nodes = full_nodes
         self.kube_proxy = kube_proxy  # full nodes only: kube-proxy per node (the anchor)
+        self.coredns = coredns  # full nodes only: CoreDNS Deployment + kube-dns Service, as kind has
         self.runtimes: dict = {}  # node name -> NodeRuntime (full nodes, in the process that made them)
         self.owner = owner  # a process whose death means the cluster is abandoned (pytest)
         self.ledger = Ledger(self.dir / "ledger.json")
@@ -72,6 +76,22 @@ class Cluster:
     def api_client(self):
         return self.control_plane.api_client()
 
+    def node_runtimes(self) -> dict:
+        """node name -> NodeRuntime (full nodes); also in a process that did not start them."""
+        if self.full_nodes and not self.runtimes:
+            from e2e.node_runtime import NodeRuntime
+
+            self.runtimes = {n.name: NodeRuntime(n, self.name, self.control_plane, self.bin_dir) for n in self.nodes}
+        return self.runtimes
+
+    def import_image(self, tarball: Path) -> None:
+        """Load an OCI image tarball into every node's containerd (what `kind load` does)."""
+        from e2e.node_runtime import import_image
+
+        if not self.full_nodes:
+            raise RuntimeError(f"cluster {self.name!r} has no full nodes (up --full)")
+        import_image(self.node_runtimes(), tarball)
+
     @property
     def state_file(self) -> Path:
         return self.dir / "state.json"
@@ -96,6 +116,10 @@ class Cluster:
                 from e2e.node_runtime import start_nodes
 
                 self.runtimes = start_nodes(self, kube_proxy=self.kube_proxy)
+                if self.coredns:
+                    from e2e import coredns
+
+                    coredns.deploy(self)  # Pending until the nodes have a CNI config
             elif self.register_nodes:
                 api = self.api_client()
                 try:
@@ -240,15 +264,20 @@ def wait_pod_cidr(api, name: str, timeout: float = 60) -> ipaddress.IPv4Network:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m e2e.cluster", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for cmd in ("up", "down", "status"):
+    for cmd in ("up", "down", "status", "load"):
         p = sub.add_parser(cmd)
         p.add_argument("--name", default="dev")
+        if cmd == "load":
+            p.add_argument("tarballs", nargs="+", type=Path, help="OCI image tarballs")
         if cmd == "up":
             p.add_argument("--shape", choices=("l2", "routed"), default="l2")
             p.add_argument("--nodes", type=int, default=3)
             p.add_argument("--full", action="store_true",
                            help="full nodes: containerd + kubelet per node (e2e/node_runtime.py)")
             p.add_argument("--kube-proxy", action="store_true", help="with --full: kube-proxy per node (the anchor)")
+            p.add_argument("--cni", choices=("podwire",), help="with --full: install dist/podwire on every node "
+                           "directly (without podwire's DaemonSet); nodes turn Ready")
+            p.add_argument("--no-coredns", action="store_true", help="with --full: do not deploy CoreDNS")
             p.add_argument("--owner-pid", type=int, help="tear down (at the next sweep) once this process is gone")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -258,7 +287,15 @@ def main(argv=None) -> int:
         started = time.monotonic()
         owner = ns.Proc.of(args.owner_pid, "owner") if args.owner_pid else None
         cluster = Cluster(args.name, args.shape, args.nodes, owner=owner, full_nodes=args.full,
-                          kube_proxy=args.kube_proxy).up()
+                          kube_proxy=args.kube_proxy, coredns=not args.no_coredns).up()
+        if args.cni == "podwire":
+            from e2e.node_runtime import install_podwire_cni
+
+            dist = Path(__file__).resolve().parents[1] / "dist" / "podwire"
+            if not (dist / "podwire").exists():
+                print(f"e2e.cluster: {dist}/podwire missing (make dist); nodes stay NotReady", file=sys.stderr)
+                return 1
+            install_podwire_cni(cluster, dist)
         print(f"cluster {args.name} up in {time.monotonic() - started:.1f}s", file=sys.stderr)
         print(json.dumps(cluster.status(), indent=1))
         print(f"export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
@@ -270,6 +307,10 @@ def main(argv=None) -> int:
         print(f"cluster {args.name} is not up", file=sys.stderr)
         return 1
     cluster = Cluster.load(args.name)
+    if args.command == "load":
+        for tarball in args.tarballs:
+            cluster.import_image(tarball)
+        return 0
     if args.command == "status":
         status = cluster.status()
         print(json.dumps(status, indent=1))

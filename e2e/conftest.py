@@ -63,6 +63,25 @@ def cluster(k8s_bin) -> Cluster:
 
 
 @pytest.fixture(scope="session")
+def full_cluster(k8s_bin) -> Cluster:
+    """A running cluster of full nodes (e2e/node_runtime.py: containerd + kubelet per node,
+    CoreDNS deployed, no kube-proxy). No CNI is installed: the nodes are NotReady until podwire
+    is (its DaemonSet, or `node_runtime.install_podwire_cni(cluster, dist)`)."""
+    shape = os.environ.get("PODWIRE_E2E_SHAPE", "l2")
+    nodes = int(os.environ.get("PODWIRE_E2E_NODES", "3"))
+    Cluster.sweep_abandoned()
+    c = Cluster(f"k{os.getpid() % 100000}", shape, nodes, bin_dir=k8s_bin, owner=ns.this_process("pytest"),
+                full_nodes=True)
+    c.up()
+    try:
+        yield c
+    finally:
+        errors = c.down()
+        if errors:
+            pytest.fail("cluster teardown: " + "; ".join(errors))
+
+
+@pytest.fixture(scope="session")
 def kube_api(cluster):
     """A `kubernetes.client.ApiClient` (admin) for the session cluster."""
     api = cluster.api_client()

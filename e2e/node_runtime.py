@@ -33,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -227,9 +227,11 @@ class NodeRuntime:
         return ns.run(self.argv(argv), **kw)
 
     def ctr(self, *args, **kw):
-        """ctr against this node's containerd, namespace k8s.io (runs in the node's namespaces)."""
-        return self.run([CONTAINERD_BIN / "ctr", "--address", self.containerd_socket, "--namespace", "k8s.io",
-                         *args], **kw)
+        """ctr against this node's containerd, namespace k8s.io. A plain client of the socket:
+        it runs in the harness's namespaces (imports unpack inside containerd, through the
+        transfer service), so it works from any process, e.g. `e2e.cluster load`."""
+        return ns.run([CONTAINERD_BIN / "ctr", "--address", self.containerd_socket, "--namespace", "k8s.io",
+                       *args], **kw)
 
     def _spawn(self, name: str, argv, env=None) -> ns.Proc:
         proc = ns.spawn(name, self.argv(argv), self.node.dir / "logs" / f"{name}.log", env=env)
@@ -413,14 +415,23 @@ def start_nodes(cluster, timeout: float = 120, kube_proxy: bool = False) -> dict
 
 
 def import_image(runtimes, tarball: Path) -> None:
-    """Load an OCI image tarball into every node (what `kind load image-archive` does)."""
+    """Load an OCI image tarball into every node (what `kind load image-archive` does).
+    The image keeps the name its index gives it (`io.containerd.image.name` or
+    `org.opencontainers.image.ref.name`); pods then use it with imagePullPolicy IfNotPresent."""
     for rt in runtimes.values() if isinstance(runtimes, dict) else runtimes:
         rt.import_image(Path(tarball))
 
 
+def install_podwire_cni(cluster, dist: Path) -> None:
+    """podwire's CNI on every node without its DaemonSet: a private copy of `dist` (the frozen
+    dist/podwire folder; another `make dist` must not swap it mid-run) in the cluster's
+    directory, linked from each node's /opt/cni/bin, and podwire_conflist() in /etc/cni/net.d."""
+    copy = cluster.dir / "podwire-dist"
+    if not copy.exists():
+        shutil.copytree(dist, copy, symlinks=True)
+    for rt in cluster.runtimes.values():
+        rt.install_cni(podwire_conflist(rt), {"podwire": copy / "podwire"})
+
+
 def node_ready(node_obj) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (node_obj.status.conditions or []))
-
-
-def quote(argv) -> str:
-    return " ".join(shlex.quote(str(a)) for a in argv)

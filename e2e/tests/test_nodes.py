@@ -11,9 +11,7 @@ is left (namespaces, processes, mounts, cgroups, files).
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ import pytest
 from e2e import cgroups, coredns, images
 from e2e import netns as ns
 from e2e.cluster import Cluster
-from e2e.node_runtime import CLUSTER_DNS, node_ready, podwire_conflist
+from e2e.node_runtime import CLUSTER_DNS, install_podwire_cni, node_ready
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow]
 
@@ -54,17 +52,13 @@ def podwire_dist() -> Path:
 @pytest.fixture(scope="module")
 def full(k8s_bin, podwire_dist):
     Cluster.sweep_abandoned()
-    c = Cluster(f"k{os.getpid() % 100000}", "l2", 3, bin_dir=k8s_bin, full_nodes=True,
+    c = Cluster(f"kn{os.getpid() % 100000}", "l2", 3, bin_dir=k8s_bin, full_nodes=True,
                 owner=ns.this_process("pytest"))
     started = time.monotonic()
     c.up()
     try:
         UP_TIMES["registered"] = time.monotonic() - started
-        # A private copy: another `make dist` in this tree must not swap the plugin mid-test.
-        dist = c.dir / "podwire-dist"
-        shutil.copytree(podwire_dist, dist, symlinks=True)
-        for rt in c.runtimes.values():
-            rt.install_cni(podwire_conflist(rt), {"podwire": dist / "podwire"})
+        install_podwire_cni(c, podwire_dist)
         core = core_api(c)
         wait(lambda: all(node_ready(core.read_node(n.name)) for n in c.nodes), 90, "nodes Ready")
         UP_TIMES["ready"] = time.monotonic() - started
