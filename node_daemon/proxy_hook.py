@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 
 SLICE_SELECTOR = "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"
 SERVICE_SELECTOR = "!service.kubernetes.io/service-proxy-name"
+# The proxy's own floor between syncs, below the daemon's (1 s by default): a proxy sync after
+# the first sends only the diff of what changed (milliseconds), and with a 1 s floor a write
+# arriving soon after the previous sync waited up to a second (measured 0.95 s on the harness),
+# against a goal of "programmed within 1 s". Bursts still merge: events during a sync or
+# inside the floor become one sync.
+PROXY_MIN_SYNC_INTERVAL = 0.1
 
 
 def start_proxy(cfg, api_client, registry, nodes: Informer, node_listeners: list, on_error):
@@ -53,7 +59,7 @@ def start_proxy(cfg, api_client, registry, nodes: Informer, node_listeners: list
                       on_add=lambda o: _fwd(proxier.on_slice, o, False),
                       on_update=lambda _, o: _fwd(proxier.on_slice, o, False),
                       on_delete=lambda o: _fwd(proxier.on_slice, o, True))
-    runner = SyncRunner(sync, name="proxy", min_interval=cfg.min_sync_interval,
+    runner = SyncRunner(sync, name="proxy", min_interval=min(cfg.min_sync_interval, PROXY_MIN_SYNC_INTERVAL),
                         resync_interval=cfg.resync_interval,
                         ready=lambda: all(i.synced.is_set() for i in (services, slices, nodes)))
 

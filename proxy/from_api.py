@@ -63,9 +63,33 @@ def _meta(obj: Any, kind: str) -> tuple[str, str, dict, dict]:
     return ns, str(meta["name"]), labels, annotations
 
 
+def _sloppy(text: str) -> str:
+    """IPv4 octets with leading zeros read as decimal ("010.1.2.3" -> "10.1.2.3").
+
+    The API server still accepts that legacy form (with a warning) in externalIPs, ingress
+    IPs, endpoint addresses and source ranges, and kube-proxy reads it so (ParseIPSloppy);
+    Python's ipaddress refuses it, which would drop a whole valid Service or slice.
+    """
+    addr, slash, bits = text.partition("/")
+    head, colon, quad = addr.rpartition(":")
+    parts = quad.split(".")
+    if len(parts) == 4 and all(p.isdigit() and p.isascii() and 0 < len(p) <= 3 for p in parts):
+        quad = ".".join(str(int(p)) for p in parts)
+    return f"{head}{colon}{quad}{slash}{bits}"
+
+
+def parse_ip(value: Any):
+    """An address as Kubernetes reads it; ValueError when it is none."""
+    return ipaddress.ip_address(_sloppy(str(value).strip()))
+
+
+def parse_network(value: Any):
+    return ipaddress.ip_network(_sloppy(str(value).strip()), strict=False)
+
+
 def _ip(value: Any, kind: str, key: str, what: str):
     try:
-        return ipaddress.ip_address(str(value))
+        return parse_ip(value)
     except ValueError:
         raise Invalid(kind, key, f"{what}: bad IP {value!r}") from None
 
@@ -172,7 +196,7 @@ def service_from_api(obj: Any) -> Service:
     ranges = []
     for r in _list(spec.get("loadBalancerSourceRanges"), kind, key, "loadBalancerSourceRanges"):
         try:
-            ranges.append(ipaddress.ip_network(str(r).strip(), strict=False))
+            ranges.append(parse_network(r))
         except ValueError:
             raise Invalid(kind, key, f"bad loadBalancerSourceRange {r!r}") from None
     hc = spec.get("healthCheckNodePort") or 0
@@ -274,7 +298,7 @@ def node_from_api(obj: Any) -> NodeInfo:
     for a in _list((obj.get("status") or {}).get("addresses"), kind, name, "addresses"):
         if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP"):
             try:
-                addrs.append(ipaddress.ip_address(a.get("address", "")))
+                addrs.append(parse_ip(a.get("address", "")))
             except ValueError:
                 continue  # a hostname or junk: not an address we can use
     # Only topology labels matter to the planner; other label churn must not replan everything.

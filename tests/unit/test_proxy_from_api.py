@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from proxy.from_api import (
-    Invalid, NoRules, NotOurs, convert_all, node_from_api, service_from_api, slice_from_api,
+    Invalid, NoRules, NotOurs, convert_all, node_from_api, parse_ip, service_from_api, slice_from_api,
 )
 from tests.unit.test_proxy_plan import ep, port, slc, svc
 
@@ -28,6 +28,23 @@ def test_service_fields_from_camel_case_json():
     assert (s.session_affinity, s.affinity_timeout) == ("ClientIP", 60)
     assert s.external_local and not s.internal_local
     assert (s.health_check_node_port, s.traffic_distribution) == (31000, "PreferClose")
+
+
+def test_legacy_leading_zero_ipv4_is_read_as_decimal():
+    """The API accepts "010.1.2.3" with a warning and kube-proxy reads it as 10.1.2.3; refusing
+    it would drop the whole Service or slice."""
+    s = service_from_api(svc(type_="LoadBalancer", externalIPs=["203.000.113.05"],
+                             loadBalancerSourceRanges=["010.0.0.0/8"],
+                             status={"loadBalancer": {"ingress": [{"ip": "010.1.2.3"}]}}))
+    assert s.external_ips == (ipaddress.ip_address("203.0.113.5"),)
+    assert s.lb_ingress[0].ip == ipaddress.ip_address("10.1.2.3")
+    assert s.lb_source_ranges == (ipaddress.ip_network("10.0.0.0/8"),)
+    sl = slice_from_api(slc(endpoints=[ep("10.244.001.005")]))
+    assert sl.endpoints[0].addresses == (ipaddress.ip_address("10.244.1.5"),)
+    assert parse_ip("::ffff:010.1.2.3") == ipaddress.ip_address("::ffff:10.1.2.3")
+    for bad in ("10.244.1.0005", "10.244.1.256", "1.2.3", "010", "१.2.3.4"):
+        with pytest.raises(ValueError):
+            parse_ip(bad)
 
 
 def test_defaults():
