@@ -75,7 +75,8 @@ def strict_errors(model, data, path="") -> list[str]:
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):
             if isinstance(item, dict):
-                errors += strict_errors(inner[0], item, f"{path}{key}[{i}]." if isinstance(value, list) else f"{path}{key}.")
+                where = f"{path}{key}[{i}]." if isinstance(value, list) else f"{path}{key}."
+                errors += strict_errors(inner[0], item, where)
     return errors
 
 
