@@ -97,11 +97,17 @@ def MANIFEST_TEXT() -> str:  # noqa: N802
     ("patch", "nodes/status", True), ("list", "services", True), ("watch", "services", True),
     ("list", "endpointslices.discovery.k8s.io", True), ("watch", "endpointslices.discovery.k8s.io", True),
     ("get", "nodes", False), ("delete", "nodes", False), ("update", "nodes", False),
-    ("get", "secrets", False), ("list", "pods", False), ("create", "events", False),
-    ("patch", "services", False), ("patch", "services/status", False),
+    ("update", "nodes/status", False), ("get", "secrets", False), ("list", "pods", False),
+    ("create", "events", False), ("patch", "services", False), ("patch", "services/status", False),
 ])
 def test_service_account_may_do_exactly_what_the_daemon_does(applied, verb, resource, allowed):
-    r = applied.kubectl("auth", "can-i", verb, resource, f"--as={SA}", check=False)
+    argv = ["auth", "can-i", verb]
+    if "/" in resource:  # `can-i patch nodes/status` would mean the Node named "status"
+        resource, sub = resource.split("/")
+        argv += [resource, f"--subresource={sub}"]
+    else:
+        argv += [resource]
+    r = applied.kubectl(*argv, f"--as={SA}", check=False)
     assert r.stdout.strip() == ("yes" if allowed else "no"), (verb, resource, r.stdout, r.stderr)
 
 
