@@ -96,7 +96,7 @@ def needed_libraries(path: str) -> set[str]:
 
 
 def _bundled(path: str, name: str) -> bool:
-    """True when a PyInstaller bundle carries `name` next to it (found via its rpath at run time)."""
+    """True when a PyInstaller bundle carries `name` itself (its _internal/ is searched at run time)."""
     d = os.path.dirname(path)
     while d and d != "/":
         if os.path.exists(os.path.join(d, name)) or os.path.exists(os.path.join(d, "_internal", name)):
