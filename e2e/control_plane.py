@@ -16,6 +16,7 @@ import base64
 import dataclasses
 import ipaddress
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -220,6 +221,23 @@ class ControlPlane:
             f"--kubeconfig={kcfg}", f"--authentication-kubeconfig={kcfg}", f"--authorization-kubeconfig={kcfg}",
             "--bind-address=127.0.0.1", "--leader-elect=false", "--profiling=false", "--v=1",
         ])
+
+    def stop_apiserver(self, kill: bool = True) -> None:
+        """Stop kube-apiserver only (etcd and the controllers keep running): an API outage for
+        clients' recovery tests. kill: SIGKILL, a crash (its connections are reset at once);
+        else SIGTERM and the graceful shutdown (about 10 s while controllers hold watches).
+        The ledger still lists the stopped process; undoing that entry is a no-op."""
+        proc = self.procs["kube-apiserver"]
+        if kill:
+            proc._signal_group(signal.SIGKILL)
+        proc.stop()  # returns once it is gone
+
+    def start_apiserver(self, timeout: float = 120) -> None:
+        """(Re)start kube-apiserver with the same flags and wait for /readyz."""
+        if self.procs["kube-apiserver"].alive() or self.readyz():
+            raise ControlPlaneError("kube-apiserver is already running")
+        self._start_apiserver()
+        self.wait_ready(time.monotonic() + timeout)
 
     # -- readiness ---------------------------------------------------------------------
 

@@ -14,133 +14,24 @@ import ipaddress
 import json
 import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from e2e import build
 from e2e import cluster as cluster_mod
 from node_daemon.testbed import eventually, nsexec, sh
+from tests.integration.daemon_cluster_helpers import (
+    core, daemon_cluster, healthy, kill_leftovers, ping, pod_in, start_daemons, stop_daemons)
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 @pytest.fixture(scope="module")
 def cluster():
-    build.ensure_built()  # as e2e's own fixture: nothing when warm, tens of minutes when cold
-    c = cluster_mod.Cluster(f"d{os.getpid() % 100000}", "routed", 3)
-    c.up()
-    try:
-        grant_role(c, "podwire-daemon", RBAC_RULES, "podwire:daemons")
-        grant_role(c, "podwire-proxy", PROXY_RBAC_RULES, "podwire:daemons")
+    with daemon_cluster(f"d{os.getpid() % 100000}", "routed", 3) as c:
         yield c
-    finally:
-        errors = c.down()
-        if errors:
-            pytest.fail("cluster teardown: " + "; ".join(errors))
-
-
-def core(c):
-    from kubernetes import client
-
-    return client.CoreV1Api(c.api_client())
-
-
-# What the daemon's DaemonSet needs (manifests/ should grant exactly this; nodes may not list
-# other Nodes with their own system:node credentials since the Node authorizer's selectors).
-RBAC_RULES = [
-    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
-]
-# ... and what the proxy adds when it runs inside the daemon
-PROXY_RBAC_RULES = [
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
-    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
-]
-
-
-def grant_role(c, name, rules, group):
-    from kubernetes import client
-
-    rbac = client.RbacAuthorizationV1Api(c.api_client())
-    rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
-    rbac.create_cluster_role_binding({
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"kind": "Group", "name": group, "apiGroup": "rbac.authorization.k8s.io"}]})
-
-
-def pod_in(node, tag, index=10):
-    """A pod namespace (ours: pwd-*) behind the node's podwire0 bridge; returns (netns, IP)."""
-    cidr = node.pod_cidr
-    gw, ip = cidr.network_address + 1, cidr.network_address + index
-    ns = f"pwd-{tag}-{node.name}"
-    sh("ip", "netns", "add", ns)
-    if sh("ip", "-n", node.netns, "link", "show", "podwire0", check=False).returncode != 0:
-        sh("ip", "-n", node.netns, "link", "add", "podwire0", "type", "bridge")
-        sh("ip", "-n", node.netns, "link", "set", "podwire0", "up")
-    sh("ip", "-n", node.netns, "addr", "replace", f"{gw}/{cidr.prefixlen}", "dev", "podwire0")
-    sh("ip", "-n", node.netns, "link", "add", f"v{tag}", "type", "veth", "peer", "name", "eth0", "netns", ns)
-    sh("ip", "-n", node.netns, "link", "set", f"v{tag}", "master", "podwire0", "up")
-    sh("ip", "-n", ns, "addr", "add", f"{ip}/{cidr.prefixlen}", "dev", "eth0")
-    sh("ip", "-n", ns, "link", "set", "eth0", "up")
-    sh("ip", "-n", ns, "route", "add", "default", "via", str(gw))
-    return ns, str(ip)
-
-
-def healthy(node):
-    return sh(*nsexec(node.netns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                      "127.0.0.1:19465/healthz"), check=False).stdout == "200"
-
-
-def ping(ns, ip):
-    return sh(*nsexec(ns, "ping", "-c", "1", "-W", "1", ip), check=False).returncode == 0
-
-
-
-
-def start_daemons(cluster, tmp_path, *extra):
-    procs = {}
-    for n in cluster.nodes:
-        # its own identity, with only the daemon's ClusterRole (as a DaemonSet's account would)
-        kubeconfig = cluster.control_plane.kubeconfig_for(
-            f"pwd-{n.name}", f"podwire-daemon:{n.name}", orgs=("podwire:daemons",))
-        procs[n.name] = subprocess.Popen(
-            nsexec(n.netns, sys.executable, "-m", "node_daemon", "--node-name", n.name,
-                   "--kubeconfig", kubeconfig, "--cni-conf-dir", tmp_path / n.name,
-                   "--cluster-cidr", "10.244.0.0/16", "--metrics-address", "127.0.0.1:19465",
-                   "--resync-interval", "10", *extra),
-            cwd=ROOT, stdout=open(tmp_path / f"{n.name}.log", "w"), stderr=subprocess.STDOUT)
-    return procs
-
-
-def kill_leftovers(procs):
-    """Daemons a failed test did not stop (only the ones this test started, by their Popen)."""
-    for p in procs.values():
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-def stop_daemons(procs, tmp_path):
-    for name, p in procs.items():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for name, p in procs.items():
-        try:
-            code = p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            code = "killed"
-        log = (tmp_path / f"{name}.log").read_text()
-        assert code == 0 and "Traceback" not in log, log
 
 
 def test_daemons_program_the_cluster_from_the_real_api(cluster, tmp_path):

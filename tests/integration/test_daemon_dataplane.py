@@ -19,6 +19,7 @@ from node_daemon.metrics import DaemonMetrics
 from node_daemon.netlink import NetlinkDataplane
 from node_daemon.plan import Mode
 from node_daemon.testbed import OUTSIDE_IP, Netbed, nsexec, sh
+from tests.integration.daemon_cluster_helpers import ping_df, too_big
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
@@ -116,8 +117,9 @@ def test_direct_only_l2_keeps_full_mtu_on_the_path(bed, tmp_path):
         c.sync()
         assert "podwire.vxlan" not in sh("ip", "-n", n1.netns, "link").stdout
         assert '"mtu": 1500' in (tmp_path / "node1" / "10-podwire.conflist").read_text()
-        assert Netbed.ping(p1, ip2, size=1472, df=True)
-        assert not Netbed.ping(p1, ip2, size=1473, df=True)
+        assert ping_df(p1, ip2, 1472)[0]
+        ok, out = ping_df(p1, ip2, 1473)
+        assert not ok and too_big(out, 1500), out  # refused by the pod's own link
     finally:
         c.close()
 
@@ -131,8 +133,9 @@ def test_vxlan_path_mtu_idempotency_drift_restart_and_peer_removal(bed, tmp_path
         c.sync()
         assert Netbed.ping(p1, ip2)
         # DF ping at the pod MTU (1450 = 1500 - 50) passes; one byte more is refused on the way
-        assert Netbed.ping(p1, ip2, size=1450 - 28, df=True)
-        assert not Netbed.ping(p1, ip2, size=1450 - 28 + 1, df=True)
+        assert ping_df(p1, ip2, 1450 - 28)[0]
+        ok, out = ping_df(p1, ip2, 1450 - 28 + 1)
+        assert not ok and "Frag needed and DF set (mtu = 1450)" in out, out  # by node1, on the way
 
         d1, dp1 = c.daemons["node1"], c.daemons["node1"].dataplane
         desired = d1._last_desired
@@ -175,8 +178,9 @@ def test_mode_vxlan_on_l2_and_switch_to_direct_removes_the_device(bed, tmp_path)
     try:
         c.sync()
         assert "dev podwire.vxlan" in routes(n1.netns)
-        assert Netbed.ping(p1, ip2, size=1422, df=True)
-        assert not Netbed.ping(p1, ip2, size=1423, df=True)
+        assert ping_df(p1, ip2, 1422)[0]
+        ok, out = ping_df(p1, ip2, 1423)
+        assert not ok and "Frag needed and DF set (mtu = 1450)" in out, out
         # same kernel state, daemon restarted in mode direct: overlay state replaced by a direct route
         import dataclasses
 

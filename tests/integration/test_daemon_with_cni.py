@@ -17,6 +17,7 @@ import pytest
 
 from node_daemon.plan import Mode
 from node_daemon.testbed import OUTSIDE_IP, Netbed, nsexec, sh
+from tests.integration.daemon_cluster_helpers import ping_df, too_big
 from tests.integration.test_daemon_dataplane import Cluster
 
 pytestmark = [pytest.mark.root,
@@ -56,7 +57,7 @@ def test_plugin_pods_across_nodes_with_the_daemons_conflist(plugin, tmp_path):
     c = None
     try:
         n1, n2, n3 = bed.add_node(subnet=0), bed.add_node(subnet=1), bed.add_node(subnet=0)
-        outside = bed.add_outside()
+        bed.add_outside()  # the egress check below pings it
         c = Cluster(bed, tmp_path, mode=Mode.AUTO, egress=True)
         c.sync()
         pods = {}
@@ -73,8 +74,9 @@ def test_plugin_pods_across_nodes_with_the_daemons_conflist(plugin, tmp_path):
                     assert Netbed.ping(src, dst), f"{a} -> {b}"
         p1, _, _ = pods["node1"]
         ip2 = pods["node2"][1]
-        assert Netbed.ping(p1, ip2, size=1450 - 28, df=True)
-        assert not Netbed.ping(p1, ip2, size=1450 - 28 + 1, df=True)
+        assert ping_df(p1, ip2, 1450 - 28)[0]
+        ok, out = ping_df(p1, ip2, 1450 - 28 + 1)
+        assert not ok and too_big(out, 1450), out
         # egress: the outside host answers the pod through the node's address
         assert Netbed.ping(p1, OUTSIDE_IP)
         assert {i.get("mtu") for i in pods["node1"][2]["interfaces"] if "sandbox" in i} == {1450}
