@@ -84,6 +84,11 @@ class Cluster:
             self.runtimes = {n.name: NodeRuntime(n, self.name, self.control_plane, self.bin_dir) for n in self.nodes}
         return self.runtimes
 
+    def _node_procs_view(self) -> dict:
+        if self.runtimes:
+            return {n: rt.procs for n, rt in self.runtimes.items()}
+        return getattr(self, "_node_procs", {})
+
     def import_image(self, tarball: Path) -> None:
         """Load an OCI image tarball into every node's containerd (what `kind load` does)."""
         from e2e.node_runtime import import_image
@@ -187,6 +192,7 @@ class Cluster:
             "nodes": {n.name: {"ip": str(n.ip), "pod_cidr": n.pod_cidr and str(n.pod_cidr)} for n in self.nodes},
             "control_plane": self.control_plane.to_json(),
             "bin_dir": str(self.bin_dir),
+            "node_procs": {n: {k: p.to_json() for k, p in rt.procs.items()} for n, rt in self.runtimes.items()},
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=1))
@@ -198,6 +204,8 @@ class Cluster:
         except (OSError, ValueError):
             return False
         self.control_plane.load_json(state["control_plane"])
+        self._node_procs = {n: {k: ns.Proc.from_json(p) for k, p in procs.items()}
+                            for n, procs in state.get("node_procs", {}).items()}
         for node in self.nodes:
             cidr = state["nodes"].get(node.name, {}).get("pod_cidr")
             node.pod_cidr = ipaddress.ip_network(cidr) if cidr else None
@@ -221,6 +229,7 @@ class Cluster:
             "netns": ns.list_netns(f"pwe-{self.name}-"),
             "nodes": {n.name: {"ip": str(n.ip), "pod_cidr": str(n.pod_cidr)} for n in self.nodes},
             **self.control_plane.status(),
+            "node_processes": {n: {k: p.alive() for k, p in procs.items()} for n, procs in self._node_procs_view().items()},
         }
 
 

@@ -172,6 +172,33 @@ def test_two_pods_on_one_node_reach_each_other(full):
     assert client_pod.status.pod_ip != server.status.pod_ip
 
 
+def test_hostpath_installs_land_on_their_node_only(full):
+    """What podwire's DaemonSet will do: write into hostPath /opt/cni/bin, /etc/cni/net.d and
+    /var/lib/cni. Each node has its own (its mount namespace); the host's files are untouched."""
+    core = core_api(full)
+    paths = {"cni-bin": "/opt/cni/bin", "cni-conf": "/etc/cni/net.d", "var-lib-cni": "/var/lib/cni"}
+    core.create_namespaced_pod(NAMESPACE, {
+        "metadata": {"name": "installer"},
+        "spec": {"nodeName": "node3", "terminationGracePeriodSeconds": 1, "restartPolicy": "Never",
+                 "containers": [{"name": "main", "image": images.BUSYBOX,
+                                 "command": ["sh", "-c", "for d in /host/*; do echo node3 > $d/pwe-marker; done"],
+                                 "volumeMounts": [{"name": k, "mountPath": f"/host/{k}"} for k in paths]}],
+                 "volumes": [{"name": k, "hostPath": {"path": v, "type": "DirectoryOrCreate"}}
+                             for k, v in paths.items()]},
+    })
+    wait(lambda: core.read_namespaced_pod("installer", NAMESPACE).status.phase == "Succeeded", 60, "installer done")
+    rt3, rt1 = full.runtimes["node3"], full.runtimes["node1"]
+    assert (rt3.cni_bin_dir / "pwe-marker").read_text() == "node3\n"
+    assert (rt3.cni_conf_dir / "pwe-marker").read_text() == "node3\n"
+    assert (rt3.tree_upper("/var/lib") / "cni" / "pwe-marker").read_text() == "node3\n"
+    assert not (rt1.cni_conf_dir / "pwe-marker").exists()
+    assert not Path("/var/lib/cni/pwe-marker").exists() and not Path("/etc/cni/net.d/pwe-marker").exists()
+    # inside node3 (its mount namespace) the files are where the pod put them
+    assert rt3.run(["cat", "/etc/cni/net.d/pwe-marker"]).stdout == "node3\n"
+    for d in (rt3.cni_bin_dir, rt3.cni_conf_dir):
+        (d / "pwe-marker").unlink()
+
+
 def test_coredns_runs_and_answers(full):
     """CoreDNS pods run and answer on their pod IPs; with a Service proxy (kube-proxy here,
     the anchor; podwire's own proxy later) they sync with the API server and resolve Services
