@@ -13,8 +13,9 @@ Images (name → what it holds):
 * BUSYBOX the test image: Debian's busybox-static with its applets as symlinks. It carries
           the name upstream e2e uses for busybox.
 * COREDNS the CoreDNS binary the builder made, on an empty rootfs.
-* AGNHOST hook for a later issue: agnhost needs a Debian rootfs (mmdebstrap) + the agnhost
-          binary (a build.py target); `images()` leaves it out until both exist.
+* AGNHOST and the other images upstream e2e.test runs (end of this module): a Debian rootfs
+          (mmdebstrap) + the agnhost binary (a build.py target); not in the nodes' start set,
+          `e2e_test_images()` builds them and e2e/conformance.py imports them.
 
 Tarballs are cached under ${PODWIRE_CACHE}/images/ and rebuilt only when their inputs change
 (a stamp of the input hashes), so a warm cluster-up writes nothing.
@@ -37,7 +38,7 @@ from e2e import build
 PAUSE = "registry.k8s.io/pause:3.10.1"  # containerd 2.2's default sandbox image, kubelet 1.34's too
 BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"  # the name e2e.test v1.34 asks for
 COREDNS = f"registry.k8s.io/coredns/coredns:{build.COREDNS_VERSION}"
-AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.56"  # not built yet (see module doc)
+AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.56"  # e2e_test_images() (end of module)
 
 BUSYBOX_BIN = Path("/bin/busybox")
 BUSYBOX_APPLETS = (
@@ -109,7 +110,7 @@ def write_oci_tarball(path: Path, name: str, layer: bytes, config: dict) -> Path
         "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name},
     }]}, sort_keys=True).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two sessions may build at once
     with tarfile.open(tmp, "w") as tar:
         def add(member: str, data: bytes) -> None:
             info = tarfile.TarInfo(member)
@@ -146,9 +147,10 @@ def _pause_binary() -> bytes:
                        env=build.go_env(), check=True, cwd=build.cache_root())
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{out}.{os.getpid()}.tmp"
         subprocess.run(["gcc", "-Os", "-Wall", "-Werror", "-static", "-DVERSION=v3.10.1-podwire",
-                        "-o", f"{out}.tmp", str(src)], check=True)
-        os.replace(f"{out}.tmp", out)
+                        "-o", tmp, str(src)], check=True)
+        os.replace(tmp, out)
     return out.read_bytes()
 
 
@@ -198,10 +200,116 @@ def ensure_image(spec: ImageSpec) -> Path:
     if path.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         return path
     write_oci_tarball(path, spec.name, spec.rootfs().tar(), spec.config)
-    stamp_file.write_text(stamp)
+    tmp = stamp_file.with_name(f"{stamp_file.name}.{os.getpid()}.tmp")
+    tmp.write_text(stamp)
+    os.replace(tmp, stamp_file)
     return path
 
 
 def images() -> dict[str, Path]:
     """Every image the nodes get at start: name → tarball."""
     return {spec.name: ensure_image(spec) for spec in SPECS}
+
+
+# -- the images upstream e2e.test asks for (e2e/conformance.py) -------------------------------
+#
+# `e2e.test --list-images` names them; the sig-network tests run these three. Each is built from
+# one Debian rootfs (mmdebstrap, cached) plus the agnhost binary (a build.py target), because
+# the tests need agnhost's behaviour and Debian's userland (dig, getent, curl, nc, ip, bash),
+# not the upstream bytes:
+#   agnhost          upstream's recipe (test/images/agnhost/Dockerfile) on Debian instead of Alpine:
+#                    /agnhost, /agnhost-2, porter's certificate, /uploads, user 1000 in group 50000
+#   jessie-dnsutils  the DNS tests' second querier: only runs `sh -c` with dig/getent/hostname
+#   nginx            the EndpointSlice tests only need a container that keeps running (and
+#                    serves HTTP on 80 as nginx would): agnhost test-webserver
+# They are not in SPECS (the nodes' start set): ~170 MB each would slow every full cluster.
+
+JESSIE_DNSUTILS = "registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7"
+NGINX = "registry.k8s.io/e2e-test-images/nginx:1.14-4"
+DEBIAN_SUITE = "bookworm"
+DEBIAN_PACKAGES = ("curl", "netcat-openbsd", "bind9-dnsutils", "iproute2", "iputils-ping", "procps")
+DEBIAN_HOOKS = (
+    'chroot "$1" groupadd -g 50000 group-defined-in-image',
+    'chroot "$1" useradd -u 1000 -G group-defined-in-image user-defined-in-image',
+    'mkdir -p "$1/uploads"',
+    'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*',
+)
+_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TEST_IMAGE_CONFIGS = {
+    AGNHOST: {"Env": [_PATH], "Entrypoint": ["/agnhost"], "Cmd": ["pause"],
+              "ExposedPorts": {f"{p}/tcp": {} for p in (80, 8080, 8081, 9376, 5000)}},
+    JESSIE_DNSUTILS: {"Env": [_PATH], "Cmd": ["/bin/sh"]},
+    NGINX: {"Env": [_PATH], "Entrypoint": ["/agnhost", "test-webserver"], "ExposedPorts": {"80/tcp": {}}},
+}
+
+
+def debian_rootfs() -> Path:
+    """A Debian rootfs tarball (mmdebstrap, minbase + DEBIAN_PACKAGES), cached by its recipe.
+    Needs root and a Debian mirror (PODWIRE_DEBIAN_MIRROR, default deb.debian.org)."""
+    recipe = json.dumps([DEBIAN_SUITE, DEBIAN_PACKAGES, DEBIAN_HOOKS])
+    out = images_dir() / f"debian-{DEBIAN_SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.tar"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.tar")
+    mirror = os.environ.get("PODWIRE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    argv = ["mmdebstrap", "--quiet", "--variant=minbase", "--include=" + ",".join(DEBIAN_PACKAGES),
+            *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("doc", "man", "locale")),
+            *(f"--customize-hook={h}" for h in DEBIAN_HOOKS), DEBIAN_SUITE, str(tmp), mirror]
+    try:
+        subprocess.run(argv, check=True)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def debian_layer(base: Path, extra: Rootfs) -> bytes:
+    """One layer: the members of the `base` rootfs tarball, then `extra`'s files and symlinks
+    (they replace base members of the same path)."""
+    extra_tar = tarfile.open(fileobj=io.BytesIO(extra.tar()))
+    extra_members = extra_tar.getmembers()
+    replaced = {m.name.lstrip("./") for m in extra_members if not m.isdir()}
+    raw = io.BytesIO()
+    with tarfile.open(base) as src, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member in src:
+            if member.name.lstrip("./") in replaced:
+                continue
+            tar.addfile(member, src.extractfile(member) if member.isreg() else None)
+        for member in extra_members:
+            if member.isdir():
+                continue  # the base has them, with their real modes
+            tar.addfile(member, extra_tar.extractfile(member) if member.isreg() else None)
+    return raw.getvalue()
+
+
+def _agnhost_extra() -> Rootfs:
+    porter = pause_source().parents[3] / "test/images/agnhost/porter"
+    files = {"agnhost": (build.binary("agnhost").read_bytes(), 0o755)}
+    for name in ("localhost.crt", "localhost.key"):
+        if (porter / name).exists():
+            files[name] = ((porter / name).read_bytes(), 0o644)
+    return Rootfs(files, {"agnhost-2": "agnhost"}, dirs=())
+
+
+def e2e_test_images(names=tuple(TEST_IMAGE_CONFIGS)) -> dict[str, Path]:
+    """The e2e.test images (name → tarball), built when missing or when an input changed:
+    the agnhost binary is built first if needed, the Debian rootfs made once."""
+    build.ensure_built([t for t in build.TARGETS if t.binary == "agnhost"])
+    base = debian_rootfs()
+    layer = None
+    out = {}
+    for name in names:
+        config = TEST_IMAGE_CONFIGS[name]
+        path = images_dir() / (name.rsplit("/", 1)[-1].replace(":", "_") + ".tar")
+        stamp_file = path.with_name("." + path.name + ".stamp")
+        h = hashlib.sha256(json.dumps([name, config], sort_keys=True).encode())
+        for p in (base, build.binary("agnhost")):
+            st = p.stat()
+            h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+        if not (path.exists() and stamp_file.exists() and stamp_file.read_text() == h.hexdigest()):
+            layer = layer or debian_layer(base, _agnhost_extra())
+            write_oci_tarball(path, name, layer, config)
+            stamp_file.write_text(h.hexdigest())
+        out[name] = path
+    return out

@@ -144,8 +144,18 @@ def test_kubectl_exec_and_logs_reach_the_kubelet(full):
     assert logs.strip() == "hello-from-talker"
 
 
-def test_service_account_token_volume_is_populated(full):
-    run_pod(full, "tokens", "node3", ["sleep", "3600"])
+def test_service_account_token_and_secret_volumes_are_populated(full):
+    core = core_api(full)
+    core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "sekrit"}, "stringData": {"word": "swordfish"}})
+    core.create_namespaced_pod(NAMESPACE, {
+        "metadata": {"name": "tokens"},
+        "spec": {"nodeName": "node3", "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": images.BUSYBOX, "command": ["sleep", "3600"],
+                                 "volumeMounts": [{"name": "s", "mountPath": "/sekrit"}]}],
+                 "volumes": [{"name": "s", "secret": {"secretName": "sekrit"}}]},
+    })
+    wait_running(full, "tokens")
+    assert exec_(full, "tokens", "cat", "/sekrit/word").stdout == "swordfish"
     sa = "/var/run/secrets/kubernetes.io/serviceaccount"
     token = exec_(full, "tokens", "cat", f"{sa}/token").stdout
     assert token.count(".") == 2 and len(token) > 100  # a JWT
