@@ -68,7 +68,7 @@ class Daemon:
 
         underlay = self.dataplane.read_underlay(cfg.underlay_interface, me.internal_ips)
         peers = [n for name, n in infos.items() if name != cfg.node_name]
-        p = plan(me, peers, underlay, cfg.mode, cfg.vxlan, self.vtep_mac)
+        p = plan(me, peers, underlay, cfg.mode, cfg.vxlan, self.vtep_mac, cfg.cluster_cidrs)
         self._report("skipped", sorted(f"{s.node}: {s.reason}" for s in p.skipped), logging.WARNING)
         self._report("transports", [f"peer {peer} IPv{v}: {t}" for peer, v, t in sorted(p.transports)])
 

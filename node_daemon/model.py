@@ -29,6 +29,7 @@ class NodeInfo:
     internal_ips: tuple[IPAddress, ...]
     pod_cidrs: tuple[IPNetwork, ...]
     vtep_mac: str | None = None
+    created: str = ""  # metadata.creationTimestamp (RFC 3339, UTC: sorts as text); who claimed first
 
     def ip_of(self, version: int) -> IPAddress | None:
         return next((ip for ip in self.internal_ips if ip.version == version), None)
@@ -65,7 +66,8 @@ def node_from_api(obj: dict) -> NodeInfo:
     mac = (meta.get("annotations") or {}).get(VTEP_MAC_ANNOTATION)
     mac = mac.strip().lower() if isinstance(mac, str) else None
     return NodeInfo(name=name, internal_ips=tuple(ips), pod_cidrs=tuple(cidrs),
-                    vtep_mac=mac if mac and _MAC.match(mac) else None)
+                    vtep_mac=mac if mac and _MAC.match(mac) else None,
+                    created=str(meta.get("creationTimestamp") or ""))
 
 
 def vtep_mac_for(node_name: str) -> str:

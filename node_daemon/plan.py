@@ -126,18 +126,65 @@ def on_link(ip: IPAddress, underlay: Underlay) -> bool:
     return any(ip.version == a.version and ip in a.network for a in underlay.addresses)
 
 
+def refusals(me: NodeInfo, peers: list[NodeInfo], underlay: Underlay,
+             cluster_cidrs=()) -> dict[tuple[str, IPNetwork], str]:
+    """Peer podCIDRs that must not be routed, with the reason: {(peer, cidr): why}.
+
+    Node objects are input like any other. A podCIDR that overlaps this node's own (or one
+    holding 0.0.0.0/0) would replace the node's own routes, since routes are programmed with
+    `replace`; two Nodes claiming the same addresses would make the route flap between them,
+    so the claim of the Node created first (then: name first) wins; a peer whose InternalIP is
+    ours, loopback, multicast or unspecified cannot be a next hop or a VTEP.
+    """
+    refused, claimed = {}, []  # claimed: (cidr, peer) already accepted, oldest Nodes first
+    for peer in sorted(peers, key=lambda p: (p.created, p.name)):
+        if peer.name == me.name:
+            continue
+        bad_ip = next((ip for ip in peer.internal_ips if ip.is_unspecified or ip.is_loopback
+                       or ip.is_multicast or any(ip == a.ip for a in underlay.addresses)), None)
+        for cidr in peer.pod_cidrs:
+            why = (f"InternalIP {bad_ip} is not a usable peer address" if bad_ip is not None
+                   else _overlap(cidr, me, underlay, cluster_cidrs, claimed))
+            if why:
+                refused[(peer.name, cidr)] = why
+            else:
+                claimed.append((cidr, peer.name))
+    return refused
+
+
+def _overlap(cidr, me, underlay, cluster_cidrs, claimed) -> str | None:
+    same = lambda nets: [n for n in nets if n.version == cidr.version]  # noqa: E731 - overlaps() ignores versions
+    for own in same(me.pod_cidrs):
+        if own.overlaps(cidr):
+            return f"overlaps this node's podCIDR {own}"
+    for net in same(a.network for a in underlay.addresses):
+        if net.overlaps(cidr):
+            return f"overlaps the underlay subnet {net}"
+    inside = same(cluster_cidrs)
+    if inside and not any(cidr.subnet_of(c) for c in inside):
+        return f"outside the cluster CIDRs {', '.join(map(str, inside))}"
+    for other, owner in claimed:
+        if other.version == cidr.version and other.overlaps(cidr):
+            return f"overlaps {other} of {owner}, a Node created earlier"
+    return None
+
+
 def plan(me: NodeInfo, peers: list[NodeInfo], underlay: Underlay, mode: Mode,
-         vxlan: VxlanSettings, vtep_mac: str) -> Plan:
+         vxlan: VxlanSettings, vtep_mac: str, cluster_cidrs=()) -> Plan:
     device = _vxlan_device(me, underlay, mode, vxlan, vtep_mac)
     ctx = Context(underlay, device)
     routes, fdb, neigh, transports, skipped = set(), set(), set(), [], []
     overlay_wanted = mode is Mode.VXLAN
+    refused = refusals(me, peers, underlay, cluster_cidrs)
     for peer in sorted(peers, key=lambda p: p.name):
         if peer.name == me.name:
             continue
         if not peer.pod_cidrs:
             skipped.append(Skipped(peer.name, "no podCIDR yet"))
         for cidr in peer.pod_cidrs:
+            if (peer.name, cidr) in refused:
+                skipped.append(Skipped(peer.name, f"{cidr}: {refused[(peer.name, cidr)]}"))
+                continue
             via = peer.ip_of(cidr.version)
             name = choose(mode, via is not None and on_link(via, underlay))
             overlay_wanted |= name == "vxlan"  # even if not servable yet (MAC not published)

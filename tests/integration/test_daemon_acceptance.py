@@ -15,8 +15,9 @@ the API server, so they come last):
 - a Node added: its route on every node within 2 s of its podCIDR (measured, asserted);
   deleted: its route, FDB entry and neighbour gone on every node;
 - bad Nodes stored through the real API (no InternalIP, a malformed InternalIP, podCIDRs the
-  API accepts but that are not a network: host bits set, leading zeros) are logged and skipped
-  while a good Node added next to them is programmed;
+  API accepts but that are not a network: host bits set, leading zeros; well-formed podCIDRs
+  that are another node's or 0.0.0.0/0) are logged and skipped while a good Node added next
+  to them is programmed, and nobody's routes are hijacked;
 - every daemon restarted while pods ping each other every 50 ms (direct and VXLAN): no loss;
 - kube-apiserver killed: pods keep talking, /healthz stays 200; restarted with the same flags:
   a Node created afterwards is programmed.
@@ -376,23 +377,34 @@ def test_bad_nodes_from_the_real_api_are_logged_and_skipped(cluster, running):
         f"a{t}-zeros": (node_body(f"a{t}-zeros", FAR_IP.format(9), "010.244.233.0/24"),
                         "malformed podCIDR '010.244.233.0/24'"),
     }
+    # well-formed, but claiming address space that is not theirs to claim: node1's podCIDR (the
+    # older claim wins) and everything (a route for it would replace the nodes' default route)
+    n1 = cluster.nodes[0]
+    greedy = {f"a{t}-dup": str(n1.pod_cidr), f"a{t}-all": "0.0.0.0/0"}
+    defaults = {n.name: sh("ip", "-n", n.netns, "route", "show", "default").stdout for n in cluster.nodes}
     good = f"a{t}-good"
     try:
         for body, _ in bad.values():
             api.create_node(body)
+        for i, (name, cidr) in enumerate(greedy.items()):
+            api.create_node(node_body(name, FAR_IP.format(20 + i), cidr, mac=f"0a:58:0a:00:00:2{i}"))
         api.create_node(node_body(good, FAR_IP.format(10), "10.244.234.0/24", mac="0a:58:0a:00:00:0a"))
         for n in cluster.nodes:  # the others keep working: a Node added after them is programmed
             eventually(lambda: "10.244.234.0/24 via" in routes(n), timeout=10, what=f"{n.name}: good node")
         for n in cluster.nodes:
             for name, (_, why) in bad.items():
                 assert re.search(rf"WARNING .*invalid: node {name}: .*{re.escape(why)}", running.log(n)), name
+            for name, cidr in greedy.items():
+                assert re.search(rf"WARNING .*skipped: {name}: {re.escape(cidr)}: .*overlaps", running.log(n)), name
             assert "podwire_nodes_invalid 4.0" in metrics(n)
-            assert not re.search(r"10\.244\.23[0-3]\.", routes(n)), routes(n)
+            assert not re.search(r"10\.244\.23[0-3]\.|default|0\.0\.0\.0/0", routes(n)), routes(n)
+            assert not any(FAR_IP.format(20 + i) in routes(n) for i in range(len(greedy))), routes(n)
+            assert sh("ip", "-n", n.netns, "route", "show", "default").stdout == defaults[n.name]
             assert healthy(n)
-        (p1, _), (_, ip2), (_, ip3) = (running.pods[k] for k in ("node1", "node2", "node3"))
-        assert ping(p1, ip2) and ping(p1, ip3)
+        (p1, ip1), (p2, ip2), (p3, ip3) = (running.pods[k] for k in ("node1", "node2", "node3"))
+        assert ping(p1, ip2) and ping(p1, ip3) and ping(p2, ip1) and ping(p3, ip1)
     finally:
-        delete_nodes(api, good, *bad)
+        delete_nodes(api, good, *bad, *greedy)
     for n in cluster.nodes:
         eventually(lambda: "podwire_nodes_invalid 0.0" in metrics(n) and "10.244.234.0" not in routes(n),
                    timeout=10, what=f"{n.name}: bad nodes forgotten")

@@ -6,7 +6,7 @@ import pytest
 
 from node_daemon.dataplane import Dataplane, FdbEntry, Neighbour, Route, count_drift, diff
 from node_daemon.model import BadNode, NodeInfo, node_from_api, routing_view, vtep_mac_for
-from node_daemon.plan import Mode, Underlay, VxlanSettings, plan
+from node_daemon.plan import Mode, Skipped, Underlay, VxlanSettings, plan
 
 MAC2, MAC3 = "0a:00:00:00:00:02", "0a:00:00:00:00:03"
 ME = NodeInfo("n1", (ipa.ip_address("192.168.1.1"), ipa.ip_address("fd00::1")),
@@ -76,6 +76,40 @@ def test_peer_without_mac_or_podcidr_is_skipped_others_still_served():
     assert p.pod_mtu == 1450
 
 
+def peer(name, cidr, ip="192.168.9.8", created=""):
+    return NodeInfo(name, (ipa.ip_address(ip),), (ipa.ip_network(cidr),), MAC3, created)
+
+
+@pytest.mark.parametrize("rogue, why", [
+    (peer("x", "10.244.1.0/24"), "overlaps this node's podCIDR 10.244.1.0/24"),
+    (peer("x", "10.244.0.0/16"), "overlaps this node's podCIDR 10.244.1.0/24"),
+    (peer("x", "0.0.0.0/0"), "overlaps this node's podCIDR 10.244.1.0/24"),  # not our default route
+    (peer("x", "192.168.1.128/25"), "overlaps the underlay subnet 192.168.1.0/24"),
+    (peer("x", "10.99.0.0/24"), "outside the cluster CIDRs 10.244.0.0/16"),
+    (peer("x", "10.244.3.0/25", created="2026-01-02T00:00:00Z"), "overlaps 10.244.3.0/24 of n3, a Node created earlier"),
+    (peer("x", "10.244.8.0/24", ip="192.168.1.1"), "InternalIP 192.168.1.1 is not a usable peer address"),
+    (peer("x", "10.244.8.0/24", ip="127.0.0.1"), "InternalIP 127.0.0.1 is not a usable peer address"),
+    (peer("x", "10.244.8.0/24", ip="0.0.0.0"), "InternalIP 0.0.0.0 is not a usable peer address"),
+])
+def test_peer_claiming_addresses_not_its_own_is_skipped_and_touches_nobody(rogue, why):
+    """Node objects are input: whatever one claims, it must not replace our own routes (routes are
+    programmed with `replace`), or take over another Node's podCIDR."""
+    far = NodeInfo(FAR.name, FAR.internal_ips, FAR.pod_cidrs, MAC3, created="2026-01-01T00:00:00Z")
+    p = plan(ME, [NEAR, far, rogue], UNDERLAY, Mode.AUTO, VxlanSettings(), "0a:00:00:00:00:01",
+             cluster_cidrs=(ipa.ip_network("10.244.0.0/16"), ipa.ip_network("fd10:244::/32")))
+    assert [s for s in p.skipped if s.node == "x"] == [Skipped("x", f"{rogue.pod_cidrs[0]}: {why}")]
+    assert p.dataplane == mk([NEAR, far]).dataplane  # exactly what it would be without the rogue
+
+
+def test_of_two_nodes_claiming_a_podcidr_the_older_keeps_it_whatever_the_names():
+    old, new = peer("zz", "10.244.5.0/24", created="2026-01-01T00:00:00Z"), peer("aa", "10.244.5.0/24", created="2026-01-02T00:00:00Z")
+    p = mk([new, old])
+    assert [s.node for s in p.skipped] == ["aa"]
+    assert [t[0] for t in p.transports] == ["zz"]
+    tie = mk([peer("b", "10.244.5.0/24"), peer("a", "10.244.5.0/24")])  # same second: by name
+    assert [t[0] for t in tie.transports] == ["a"]
+
+
 def test_v6_podcidr_without_v6_internal_ip_goes_over_the_v4_overlay():
     peer = NodeInfo("n6", (ipa.ip_address("192.168.1.6"),),
                     (ipa.ip_network("10.244.6.0/24"), ipa.ip_network("fd10:244:6::/64")), MAC2)
@@ -136,6 +170,8 @@ def test_node_from_api():
     legacy = api_node(cidrs=())
     legacy["spec"] = {"podCIDR": "10.244.7.0/24"}
     assert node_from_api(legacy).pod_cidrs == (ipa.ip_network("10.244.7.0/24"),)
+    legacy["metadata"]["creationTimestamp"] = "2026-11-22T04:53:04Z"
+    assert node_from_api(legacy).created == "2026-11-22T04:53:04Z"
 
 
 @pytest.mark.parametrize("bad", [
