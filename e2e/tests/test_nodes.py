@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "nodes-test"
 UP_TIMES: dict[str, float] = {}
+BEFORE_CNI: dict[str, object] = {}  # node -> its Ready condition before a CNI config existed
 
 
 def wait(fn, timeout=60.0, what="condition", interval=0.3):
@@ -58,8 +59,9 @@ def full(k8s_bin, podwire_dist):
     c.up()
     try:
         UP_TIMES["registered"] = time.monotonic() - started
-        install_podwire_cni(c, podwire_dist)
         core = core_api(c)
+        BEFORE_CNI.update({n.name: ready_condition(core.read_node(n.name)) for n in c.nodes})
+        install_podwire_cni(c, podwire_dist)
         wait(lambda: all(node_ready(core.read_node(n.name)) for n in c.nodes), 90, "nodes Ready")
         UP_TIMES["ready"] = time.monotonic() - started
         print(f"\nfull cluster: registered in {UP_TIMES['registered']:.1f}s, Ready in {UP_TIMES['ready']:.1f}s")
@@ -69,6 +71,10 @@ def full(k8s_bin, podwire_dist):
         yield c
     finally:
         c.down()
+
+
+def ready_condition(node_obj):
+    return next((c for c in node_obj.status.conditions or [] if c.type == "Ready"), None)
 
 
 def core_api(c):
@@ -110,6 +116,10 @@ def exec_(c, pod, *argv, namespace=NAMESPACE, check=True):
 
 
 def test_three_nodes_register_and_become_ready(full):
+    # registered by their kubelets, but NotReady until the CNI config was written
+    for node in full.nodes:
+        cond = BEFORE_CNI[node.name]
+        assert cond.status == "False" and "NetworkPluginNotReady" in cond.message, cond
     core = core_api(full)
     nodes = {n.metadata.name: n for n in core.list_node().items}
     assert sorted(nodes) == ["node1", "node2", "node3"]
@@ -180,6 +190,20 @@ def test_two_pods_on_one_node_reach_each_other(full):
                                check=False).stdout.strip(), 20, "TCP reply")
     assert reply == "hello-from-server"
     assert client_pod.status.pod_ip != server.status.pod_ip
+
+
+def test_import_image_loads_a_tarball_into_every_node(full, tmp_path):
+    """What `kind load` does, for podwire's own image later: any OCI tarball, any name."""
+    name = "example.test/podwire-e2e/marker:1"
+    rootfs = images.Rootfs({"bin/busybox": (images.BUSYBOX_BIN.read_bytes(), 0o755),
+                            "marker": (b"loaded\n", 0o644)}, {"bin/sh": "busybox", "bin/sleep": "busybox",
+                                                               "bin/cat": "busybox"})
+    tarball = images.write_oci_tarball(tmp_path / "marker.tar", name, rootfs.tar(), {"Cmd": ["/bin/sleep", "3600"]})
+    full.import_image(tarball)
+    for node in ("node1", "node2"):
+        run_pod(full, f"marker-{node}", node, ["sleep", "3600"], image=name)
+        assert exec_(full, f"marker-{node}", "cat", "/marker").stdout == "loaded\n"
+    assert name in full.runtimes["node3"].ctr("images", "ls", "-q").stdout.split()
 
 
 def test_hostpath_installs_land_on_their_node_only(full):
