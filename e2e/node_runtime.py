@@ -352,7 +352,8 @@ class NodeRuntime:
 
 def podwire_conflist(rt: NodeRuntime, mtu: int = 1500) -> dict:
     """The conflist node_daemon/cniconf.py renders, for this node's podCIDR, with the plugin's
-    state, log and IPAM store in the node's directory (readable from the harness)."""
+    state and IPAM store in the node's directory and its log next to the node's other logs
+    (hosts/<node>/logs/podwire-cni.log: kept by PODWIRE_E2E_KEEP_LOGS)."""
     if rt.node.pod_cidr is None:
         raise ValueError(f"{rt.node.name} has no podCIDR yet")
     state = rt.dir / "podwire"
@@ -361,7 +362,7 @@ def podwire_conflist(rt: NodeRuntime, mtu: int = 1500) -> dict:
         "name": "podwire",
         "plugins": [{
             "type": "podwire", "bridge": "podwire0", "isGateway": True, "hairpinMode": True, "ipMasq": False,
-            "mtu": mtu, "logFile": str(state / "cni.log"), "stateDir": str(state / "state"),
+            "mtu": mtu, "logFile": str(rt.node.dir / "logs" / "podwire-cni.log"), "stateDir": str(state / "state"),
             "ipam": {"type": "host-local", "ranges": [[{"subnet": str(rt.node.pod_cidr)}]],
                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(state / "ipam")},
             "capabilities": {"portMappings": True},

@@ -23,7 +23,7 @@ from e2e import netns as ns
 from e2e.cluster import Cluster
 from e2e.node_runtime import CLUSTER_DNS, install_podwire_cni, node_ready
 
-pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow, pytest.mark.frozen]
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "nodes-test"
@@ -140,7 +140,7 @@ def test_a_pod_on_each_node_gets_an_address_from_its_pod_cidr(full):
         assert pod.spec.node_name == node.name
         assert ipaddress.ip_address(pod.status.pod_ip) in node.pod_cidr
         # it was podwire that wired it: its log (in the node's directory) has the ADD
-        log = (full.runtimes[node.name].dir / "podwire" / "cni.log").read_text()
+        log = (node.dir / "logs" / "podwire-cni.log").read_text()
         assert f"-> {pod.status.pod_ip}/{node.pod_cidr.prefixlen}" in log
         # and the node can reach its pod directly over the bridge
         assert node.ping(pod.status.pod_ip)

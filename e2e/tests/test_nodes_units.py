@@ -76,8 +76,11 @@ def test_podwire_conflist_is_the_daemons_shape_with_per_node_paths(tmp_path):
     plugin = conf["plugins"][0]
     assert plugin["type"] == "podwire"
     assert plugin["ipam"]["ranges"] == [[{"subnet": "10.244.2.0/24"}]]
-    for path in (plugin["logFile"], plugin["stateDir"], plugin["ipam"]["dataDir"]):
-        assert path.startswith(str(rt.dir))
+    other = podwire_conflist(runtime(tmp_path, "node1"))["plugins"][0]  # (same podCIDR in this fake)
+    for key in ("logFile", "stateDir"):
+        assert plugin[key].startswith(str(rt.node.dir)) and plugin[key] != other[key]
+    assert plugin["ipam"]["dataDir"].startswith(str(rt.dir))
+    assert plugin["ipam"]["dataDir"] != other["ipam"]["dataDir"]
 
 
 def test_coredns_manifests():
