@@ -59,6 +59,9 @@ class Source:
     # Optional package main written into the consumer module (for sources whose
     # main package lives in a module we cannot require, like etcd's root module).
     main_go: str = ""
+    # Staging modules replaced by another published version than the source's own (module,
+    # version): for a patch the module proxy does not serve.
+    pins: tuple[tuple[str, str], ...] = ()
 
     @property
     def dirname(self) -> str:
@@ -78,7 +81,11 @@ def _k8s_ldflags(version: str) -> tuple[str, ...]:
     return tuple(flags)
 
 
-KUBERNETES = Source("kubernetes", "k8s.io/kubernetes", KUBERNETES_VERSION, _k8s_ldflags(KUBERNETES_VERSION))
+# k8s.io/sample-apiserver v0.34.10 (only e2e.test imports it, for the aggregator test's wardle
+# types) is refused by the module proxy here ("403 This module version is not available", also
+# .5-.9); v0.34.4 is the newest lower patch it serves, and the types are the same.
+KUBERNETES = Source("kubernetes", "k8s.io/kubernetes", KUBERNETES_VERSION, _k8s_ldflags(KUBERNETES_VERSION),
+                    pins=(("k8s.io/sample-apiserver", "v0.34.4"),))
 # etcd's binary is the root module go.etcd.io/etcd/v3, whose go.mod replaces every sibling
 # with a relative path; server/v3 carries the real entry point (etcdmain), so a three-line
 # main over it is the whole binary. The version string is a constant in api/v3/version.
@@ -112,8 +119,8 @@ TARGETS: tuple[Target, ...] = (
     Target("kubectl", KUBERNETES, "k8s.io/kubernetes/cmd/kubectl"),
     Target("etcd", ETCD, "."),
     Target("coredns", COREDNS, "github.com/coredns/coredns"),
-    # Later issues: Target("agnhost", KUBERNETES, "k8s.io/kubernetes/test/images/agnhost"),
-    #               Target("e2e.test", KUBERNETES, "k8s.io/kubernetes/test/e2e", test=True),
+    Target("agnhost", KUBERNETES, "k8s.io/kubernetes/test/images/agnhost"),
+    Target("e2e.test", KUBERNETES, "k8s.io/kubernetes/test/e2e", test=True),  # go test -c
 )
 
 
@@ -214,7 +221,8 @@ def consumer_gomod(source: Source, upstream_gomod: str) -> str:
     if staging:
         staging_version = "v0." + source.version.split(".", 1)[1]  # v1.34.12 -> v0.34.12
         lines.append("replace (")
-        lines += [f"\t{mod} => {mod} {staging_version}" for mod in staging]
+        pinned = dict(source.pins)
+        lines += [f"\t{mod} => {mod} {pinned.get(mod, staging_version)}" for mod in staging]
         lines.append(")")
     return "\n".join(lines) + "\n"
 
@@ -225,7 +233,10 @@ def prepare_consumer(source: Source, root: Path | None = None) -> Path:
     env = go_env(root)
     mod_dir = version_dir(root) / "src" / source.dirname
     gomod = mod_dir / "go.mod"
-    if gomod.exists():
+    # What the go.mod was generated from: a changed recipe (e.g. a new pin) rewrites it.
+    recipe = mod_dir / ".recipe"
+    want = json.dumps([source.module, source.version, source.pins, source.main_go])
+    if gomod.exists() and recipe.exists() and recipe.read_text() == want:
         return mod_dir
     mod_dir.mkdir(parents=True, exist_ok=True)
     text = consumer_gomod(source, _upstream_gomod(source, env, mod_dir.parent))
@@ -234,6 +245,7 @@ def prepare_consumer(source: Source, root: Path | None = None) -> Path:
     tmp = gomod.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.rename(gomod)  # go.mod appears only complete; go.sum is filled in by -mod=mod
+    recipe.write_text(want)
     return mod_dir
 
 
