@@ -85,7 +85,13 @@ def _port_mappings(raw: dict) -> tuple[PortMapping, ...]:
         where = f"runtimeConfig.portMappings[{i}]"
         if not isinstance(item, dict):
             raise CNIError(INVALID_CONFIG, f"invalid network config: {where} must be an object")
-        protocol = str(item.get("protocol", "tcp")).lower()
+        # Keys match case-insensitively, as Go's encoding/json does for the reference portmap
+        # plugin: containerd's CRI (go-cni's untagged PortMapping struct) sends "HostPort",
+        # "ContainerPort", "Protocol", "HostIP".
+        folded = {str(k).lower(): v for k, v in item.items()}
+        item = {k: item[k] if k in item else folded.get(k.lower())
+                for k in ("hostPort", "containerPort", "protocol", "hostIP")}
+        protocol = str(item.get("protocol") or "tcp").lower()
         if protocol not in _PROTOCOLS:
             raise CNIError(INVALID_CONFIG, f"invalid network config: {where}.protocol {protocol!r} is not tcp, udp or sctp")
         host_ip = item.get("hostIP") or ""

@@ -80,6 +80,15 @@ def test_port_mappings():
         assert e.value.code == 7
 
 
+def test_port_mappings_as_containerd_sends_them():
+    # containerd's CRI marshals go-cni's PortMapping, a struct without JSON tags
+    c = parse_netconf(conf(runtimeConfig={"portMappings": [
+        {"HostPort": 54323, "ContainerPort": 8080, "Protocol": "udp", "HostIP": "127.0.0.1"},
+        {"HostPort": 80, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}]}))
+    assert [(p.host_port, p.container_port, p.protocol, p.host_ip) for p in c.port_mappings] == [
+        (54323, 8080, "udp", "127.0.0.1"), (80, 80, "tcp", "")]
+
+
 # --- result shapes ------------------------------------------------------------------------------
 
 def sample_result():
