@@ -12,8 +12,9 @@ the API server, so they come last):
   cluster, which share a subnet (mode auto: direct there, VXLAN only towards node2);
 - routed: the same over VXLAN, a 50 MiB TCP transfer with full-size segments (byte count and
   SHA-256 checked), DF ping at the pod MTU passes and one byte more fails with the right error;
-- a Node added: its route on every node within 2 s of its podCIDR (measured, asserted);
-  deleted: its route, FDB entry and neighbour gone on every node;
+- a Node added: its route on every node within 2 s of its podCIDR, or of its VTEP MAC when
+  that comes later (measured, asserted); deleted: its route, FDB entry and neighbour gone on
+  every node;
 - bad Nodes stored through the real API (no InternalIP, a malformed InternalIP, podCIDRs the
   API accepts but that are not a network: host bits set, leading zeros; well-formed podCIDRs
   that are another node's or 0.0.0.0/0) are logged and skipped while a good Node added next
@@ -315,51 +316,83 @@ def test_routed_pods_over_vxlan_full_size_transfer_and_path_mtu(cluster, running
         del_pods(big)
 
 
-def test_node_added_is_routed_everywhere_within_2s_and_deleted_leaves_nothing(cluster, running):
-    api = core(cluster)
-    name, ip, mac = f"a{running.tag}-new", FAR_IP.format(7), "0a:58:0a:00:00:07"
-    try:
-        # the Node arrives without a podCIDR, as from a kubelet; the controller-manager assigns one
-        started = last_without = time.monotonic()
-        api.create_node(node_body(name, ip, mac=mac))
-        cidr, since_cidr = None, {}
-        while len(since_cidr) < len(cluster.nodes) and time.monotonic() - started < 30:
-            if cidr is None:
-                t = time.monotonic()
-                got = api.read_node(name).spec.pod_cidr
-                if not got:
-                    last_without = t  # the podCIDR was set after this read began
-                    continue
-                cidr = ipaddress.ip_network(got)
-            for n in cluster.nodes:
-                if n.name not in since_cidr and f"{cidr} via" in routes(n):
-                    # an upper bound: from the start of the last read that saw no podCIDR
-                    since_cidr[n.name] = time.monotonic() - last_without
-        assert cidr is not None, "no podCIDR assigned"
-        total = time.monotonic() - started
-        report(f"node added: route on {sorted(since_cidr)} after "
-               f"{', '.join(f'{v:.2f}' for v in since_cidr.values())} s from its podCIDR "
-               f"(at most; {total:.2f} s from the create call)")
-        assert set(since_cidr) == {n.name for n in cluster.nodes}, since_cidr
-        assert max(since_cidr.values()) < 2.0, since_cidr
-        vtep = str(cidr.network_address)
+def wait_pod_cidr(api, name) -> tuple[ipaddress.IPv4Network, float]:
+    """The podCIDR the controller-manager assigns, and a time before it was set: the start of
+    the last read that did not show it (so latencies measured from it are upper bounds)."""
+    last_without = time.monotonic()
+    while time.monotonic() - last_without < 30:
+        t = time.monotonic()
+        got = api.read_node(name).spec.pod_cidr
+        if got:
+            return ipaddress.ip_network(got), last_without
+        last_without = t
+    raise AssertionError(f"no podCIDR for {name}")
+
+
+def routed_after(cluster, cidr, since, timeout=10.0) -> dict[str, float]:
+    """Seconds from `since` until each node has its route to `cidr` (polled)."""
+    seen = {}
+    while len(seen) < len(cluster.nodes) and time.monotonic() - since < timeout:
         for n in cluster.nodes:
-            assert f"{cidr} via {vtep} dev podwire.vxlan" in routes(n)
-            assert f"{mac} dst {ip} self permanent" in fdb(n), fdb(n)
-            assert f"{vtep} lladdr {mac} PERMANENT" in neighbours(n), neighbours(n)
+            if n.name not in seen and f"{cidr} via" in routes(n):
+                seen[n.name] = time.monotonic() - since
+    assert set(seen) == {n.name for n in cluster.nodes}, f"{cidr}: routed only on {seen}"
+    return seen
 
-        started = time.monotonic()
-        api.delete_node(name)
 
-        def all_gone():
-            return all(f"{cidr} " not in routes(n) and f"dst {ip} " not in fdb(n)
-                       and f"{vtep} lladdr" not in neighbours(n) for n in cluster.nodes)
+def test_node_added_is_routed_everywhere_within_2s_and_deleted_leaves_nothing(cluster, running):
+    """Two Nodes arrive without a podCIDR, as from kubelets; the controller-manager assigns them
+    one. `new` carries its VTEP MAC from the start (timed from its podCIDR); `late` gets it only
+    afterwards, as when its daemon starts after the kubelet registered (timed from the MAC)."""
+    api = core(cluster)
+    t = running.tag
+    peers = {f"a{t}-new": (FAR_IP.format(7), "0a:58:0a:00:00:07"), f"a{t}-late": (FAR_IP.format(6), "0a:58:0a:00:00:06")}
+    (new, (new_ip, new_mac)), (late, (late_ip, late_mac)) = peers.items()
+    try:
+        created = time.monotonic()
+        api.create_node(node_body(new, new_ip, mac=new_mac))
+        new_cidr, since = wait_pod_cidr(api, new)
+        from_cidr = routed_after(cluster, new_cidr, since)
+        report(f"node added: route on every node {max(from_cidr.values()):.2f} s after its podCIDR at most "
+               f"({', '.join(f'{k} {v:.2f}' for k, v in from_cidr.items())}; "
+               f"{time.monotonic() - created:.2f} s from the create call)")
 
-        eventually(all_gone, timeout=10, what="route, FDB entry and neighbour of the deleted node")
+        body = node_body(late, late_ip)
+        del body["metadata"]["annotations"]
+        api.create_node(body)
+        late_cidr, _ = wait_pod_cidr(api, late)
+        for n in cluster.nodes:  # seen, and skipped for want of the MAC
+            eventually(lambda: re.search(rf"skipped: {late}: {late_cidr}: no valid {VTEP_MAC}", running.log(n)),
+                       timeout=10, what=f"{n.name} saw {late} without a MAC")
+        since = time.monotonic()
+        api.patch_node(late, {"metadata": {"annotations": {VTEP_MAC: late_mac}}})
+        from_mac = routed_after(cluster, late_cidr, since)
+        report(f"node annotated: route on every node {max(from_mac.values()):.2f} s after the MAC at most")
+        assert max(from_cidr.values()) < 2.0 and max(from_mac.values()) < 2.0, (from_cidr, from_mac)
+
+        gone = {}
+        for name, cidr in ((new, new_cidr), (late, late_cidr)):
+            ip, mac = peers[name]
+            vtep = str(cidr.network_address)
+            gone[name] = lambda cidr=cidr, ip=ip, vtep=vtep: all(  # noqa: E731
+                f"{cidr} " not in routes(n) and f"dst {ip} " not in fdb(n) and f"{vtep} lladdr" not in neighbours(n)
+                for n in cluster.nodes)
+            for n in cluster.nodes:
+                assert f"{cidr} via {vtep} dev podwire.vxlan" in routes(n)
+                assert f"{mac} dst {ip} self permanent" in fdb(n), fdb(n)
+                assert f"{vtep} lladdr {mac} PERMANENT" in neighbours(n), neighbours(n)
+            assert not gone[name]()
+
+        since = time.monotonic()
+        api.delete_node(new)
+        eventually(gone[new], timeout=10, what="route, FDB entry and neighbour of the deleted node")
         report(f"node deleted: route, FDB entry and neighbour gone on every node after "
-               f"{time.monotonic() - started:.2f} s")
+               f"{time.monotonic() - since:.2f} s")
+        assert not gone[late]()  # the other one stays
+        api.delete_node(late)
+        eventually(gone[late], timeout=10, what="... of the second deleted node")
     finally:
-        delete_nodes(api, name)
+        delete_nodes(api, *peers)
 
 
 def test_bad_nodes_from_the_real_api_are_logged_and_skipped(cluster, running):
