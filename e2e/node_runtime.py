@@ -4,11 +4,11 @@ Why it is built so: kind gives every node a container with its own filesystem; h
 is a network namespace on one shared machine, so everything a kubelet or containerd keeps
 must be made per node explicitly:
 
-* **A private mount namespace per node**, held by a small holder process (`sleep`) and
-  entered by containerd and kubelet alike (`nsenter -t <holder> --mount`, plus
-  `--net=/run/netns/<node>`). Inside it, /etc, /opt, /var/lib and /var/log are overlays whose
-  upper layers live in the node's directory, and /etc/cni/net.d, /opt/cni/bin and
-  /run/containerd are bind mounts of node directories. So a DaemonSet's hostPath install
+* **A private mount namespace per node** (and UTS: its hostname is the node's name), held by
+  a small holder process (`sleep`) and entered by containerd and kubelet alike
+  (`nsenter -t <holder> --mount --uts`, plus `--net=/run/netns/<node>`). Inside it, /etc,
+  /opt, /var/lib and /var/log are overlays whose upper layers live in the node's directory,
+  and /etc/cni/net.d, /opt/cni/bin and /run/containerd are bind mounts of node directories. So a DaemonSet's hostPath install
   (/opt/cni/bin, /etc/cni/net.d, /var/lib/cni, /var/log/...) lands on *that* node only, as
   on a kind node, without touching the host's files. containerd and kubelet must share the
   namespace: kubelet mounts the secret and service-account token tmpfs volumes, and
@@ -220,7 +220,7 @@ class NodeRuntime:
     def argv(self, argv) -> list[str]:
         """argv run in the node's network and mount namespaces (what containerd and kubelet see)."""
         assert self.holder is not None, "node runtime not started"
-        return ["nsenter", "-t", str(self.holder.pid), "--mount", f"--net={ns.netns_path(self.node.netns)}",
+        return ["nsenter", "-t", str(self.holder.pid), "--mount", "--uts", f"--net={ns.netns_path(self.node.netns)}",
                 *map(str, argv)]
 
     def run(self, argv, **kw):
@@ -259,7 +259,9 @@ class NodeRuntime:
         # node binds its own dir there. The host directory is only a mount point (it is what
         # containerd itself creates on a machine that runs it).
         Path("/run/containerd").mkdir(mode=0o711, exist_ok=True)
-        script = ["set -e", "mount --make-rslave /"]
+        # Its own UTS namespace too: `hostname` on the node (and in its hostNetwork pods) is the
+        # node's name, as on a kind node.
+        script = ["set -e", "mount --make-rslave /", f"hostname {self.node.name}"]
         for tree in PRIVATE_TREES:
             upper = self.tree_upper(tree)
             work = upper.with_name("work")
@@ -271,8 +273,8 @@ class NodeRuntime:
             script += [f"mkdir -p {dst}", f"mount --bind {src} {dst}"]
         ready = self.dir / "mounts.ready"
         script += [f"touch {ready}", "exec sleep infinity"]
-        argv = ["nsenter", f"--net={ns.netns_path(self.node.netns)}", "unshare", "--mount", "--propagation",
-                "unchanged", "sh", "-c", "\n".join(script)]
+        argv = ["nsenter", f"--net={ns.netns_path(self.node.netns)}", "unshare", "--mount", "--uts",
+                "--propagation", "unchanged", "sh", "-c", "\n".join(script)]
         self.holder = ns.spawn("mounts", argv, self.node.dir / "logs" / "mounts.log")
         self.node.ledger.proc(self.holder)
         self.procs["mounts"] = self.holder

@@ -207,15 +207,17 @@ def test_import_image_loads_a_tarball_into_every_node(full, tmp_path):
 
 
 def test_hostpath_installs_land_on_their_node_only(full):
-    """What podwire's DaemonSet will do: write into hostPath /opt/cni/bin, /etc/cni/net.d and
-    /var/lib/cni. Each node has its own (its mount namespace); the host's files are untouched."""
+    """What podwire's DaemonSet will do: a hostNetwork pod writes into hostPath /opt/cni/bin,
+    /etc/cni/net.d and /var/lib/cni. Each node has its own (its mount namespace); the host's
+    files are untouched. The node's hostname (its UTS namespace) is the node's name."""
     core = core_api(full)
     paths = {"cni-bin": "/opt/cni/bin", "cni-conf": "/etc/cni/net.d", "var-lib-cni": "/var/lib/cni"}
     core.create_namespaced_pod(NAMESPACE, {
         "metadata": {"name": "installer"},
         "spec": {"nodeName": "node3", "terminationGracePeriodSeconds": 1, "restartPolicy": "Never",
-                 "containers": [{"name": "main", "image": images.BUSYBOX,
-                                 "command": ["sh", "-c", "for d in /host/*; do echo node3 > $d/pwe-marker; done"],
+                 "hostNetwork": True,
+                 "containers": [{"name": "main", "image": images.BUSYBOX, "command": [
+                     "sh", "-c", "h=$(hostname); for d in /host/*; do echo $h > $d/pwe-marker; done"],
                                  "volumeMounts": [{"name": k, "mountPath": f"/host/{k}"} for k in paths]}],
                  "volumes": [{"name": k, "hostPath": {"path": v, "type": "DirectoryOrCreate"}}
                              for k, v in paths.items()]},
