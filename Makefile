@@ -3,7 +3,7 @@ PYTHON ?= python3
 SOURCES := $(shell find cni_plugin ipam netkit -name '*.py') packaging/podwire.spec
 DAEMON_SOURCES := $(shell find node_daemon proxy netkit -name '*.py') packaging/podwire-daemon.spec packaging/daemon_entry.py
 
-.PHONY: dist dist-daemon image kind test demo bench clean
+.PHONY: dist dist-daemon image kind test demo demo-one-node bench clean
 
 dist: dist/podwire/podwire
 
@@ -26,7 +26,10 @@ kind:
 test: dist
 	$(PYTHON) -m pytest
 
-demo: dist
+demo: image
+	$(PYTHON) -m e2e.demo
+
+demo-one-node: dist
 	$(PYTHON) scripts/demo_one_node.py
 
 bench: dist

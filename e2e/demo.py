@@ -1,0 +1,206 @@
+"""The podwire demo: a real 3-node cluster, podwire installed with kubectl, and what a user checks.
+
+    python3 -m e2e.demo [--shape routed|l2] [--keep]      (make demo)
+
+1. brings up the harness cluster: control plane + 3 full nodes (containerd + kubelet), no CNI, no kube-proxy;
+2. installs podwire like a user: image loaded into the nodes, `kubectl apply -f manifests/podwire.yaml`;
+3. deploys a 3-replica web server (one per node) behind a NodePort Service, and a client pod;
+4. shows the nodes and pods with kubectl, then checks and prints: pod→pod on every node, pod→Service by
+   DNS name, NodePort from a host outside the cluster on every node, egress masquerade to that host.
+Tears everything down unless --keep (then `python3 -m e2e.cluster down --name demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from e2e import images
+from e2e.podwire_install import build_image, diagnostics, install
+
+SERVER = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule,
+         labelSelector: {matchLabels: {app: web}}}
+      containers:
+      - name: httpd
+        image: %(image)s
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  containers:
+  - {name: client, image: %(image)s, imagePullPolicy: IfNotPresent, command: [sleep, "36000"]}
+"""
+
+# Answers each TCP connection with the peer's address: what the outside host sees as our source.
+ECHO_SOURCE = ("import socketserver\n"
+               "class H(socketserver.StreamRequestHandler):\n"
+               "    def handle(self):\n"
+               "        self.rfile.readline()\n"
+               "        self.wfile.write(b'HTTP/1.0 200 OK\\r\\n\\r\\n' + self.client_address[0].encode())\n"
+               "socketserver.TCPServer.allow_reuse_address = True\n"
+               "socketserver.TCPServer(('0.0.0.0', 9000), H).serve_forever()\n")
+
+
+class Demo:
+    def __init__(self, cluster):
+        self.c = cluster
+        self.results: list[tuple[str, bool, str]] = []
+
+    def kubectl(self, *args, check=True, timeout=60) -> str:
+        r = self.c.kubectl(*args, check=False, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
+        return r.stdout
+
+    def check(self, label: str, ok: bool, detail: str) -> None:
+        self.results.append((label, ok, detail))
+        print(f"  {'PASS' if ok else 'FAIL'}  {label}: {detail}", flush=True)
+
+    def retry(self, fn, seconds: float = 20.0):
+        """Service rules and DNS settle within a second or two; give real clusters some slack."""
+        deadline = time.monotonic() + seconds
+        while True:
+            value = fn()
+            if value[0] or time.monotonic() > deadline:
+                return value
+            time.sleep(0.5)
+
+    def http_get(self, host: str, port: int) -> tuple[bool, str]:
+        """GET / from the client pod; the body's last line. busybox's nc, not its wget: the static
+        busybox's wget crashes in glibc's resolver without NSS libraries, even for literal IPs."""
+        if not host[0].isdigit():  # a DNS name: busybox's nslookup speaks DNS itself
+            host = f"$(nslookup {host} | awk '/^Address/ {{a=$2}} END {{print a}}')"
+        return self.exec_client("sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port} | tail -1")
+
+    def exec_client(self, *cmd: str) -> tuple[bool, str]:
+        r = self.c.kubectl("exec", "client", "--", *cmd, check=False, timeout=30)
+        return r.returncode == 0, (r.stdout.strip() or r.stderr.strip())
+
+    def outside(self, *cmd: str) -> tuple[bool, str]:
+        r = subprocess.run(self.c.topology.outside.argv(list(cmd)), capture_output=True, text=True, timeout=30)
+        return r.returncode == 0, (r.stdout.strip() or r.stderr.strip())
+
+    def deploy(self) -> None:
+        manifest = SERVER % {"image": images.BUSYBOX}
+        r = subprocess.run([str(self.c.bin_dir / "kubectl"), "--kubeconfig", str(self.c.kubeconfig), "apply", "-f", "-"],
+                           input=manifest, capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr)
+        self.kubectl("rollout", "status", "deployment/web", "--timeout=120s", timeout=140)
+        self.kubectl("wait", "--for=condition=Ready", "pod/client", "--timeout=120s", timeout=140)
+
+    def run_checks(self) -> None:
+        pods = json.loads(self.kubectl("get", "pods", "-l", "app=web", "-o", "json"))["items"]
+        servers = {p["metadata"]["name"]: (p["status"]["podIP"], p["spec"]["nodeName"]) for p in pods}
+        self.check("server pods on different nodes", len({n for _, n in servers.values()}) == 3,
+                   ", ".join(f"{name} on {node}" for name, (_, node) in sorted(servers.items())))
+        for name, (ip, node) in sorted(servers.items()):
+            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] == name, r[1]))(self.http_get(ip, 8080)))
+            self.check(f"pod -> pod {ip} on {node}", ok, out)
+
+        svc = json.loads(self.kubectl("get", "service", "web", "-o", "json"))
+        cluster_ip, node_port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["nodePort"]
+        fqdn = "web.default.svc.cluster.local"
+        ok, out = self.retry(lambda: self.exec_client("nslookup", fqdn))
+        self.check(f"DNS {fqdn}", ok and cluster_ip in out, f"-> {cluster_ip}" if ok and cluster_ip in out else out)
+        seen = set()
+        for _ in range(6):
+            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] in servers, r[1]))(self.http_get(fqdn, 80)))
+            if ok:
+                seen.add(out)
+        self.check("pod -> Service by DNS name", bool(seen) and seen <= set(servers),
+                   f"answered by {', '.join(sorted(seen)) or 'nobody'}")
+
+        for node in self.c.nodes:
+            url = f"http://{node.ip}:{node_port}"
+            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] in servers, r[1]))(self.outside("curl", "-s", "-m", "3", url)))
+            self.check(f"NodePort from outside the cluster via {node.name} {url}", ok, out)
+
+        outside_ip = self.c.topology.outside.ip
+        server = subprocess.Popen(self.c.topology.outside.argv([sys.executable, "-c", ECHO_SOURCE]),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client = json.loads(self.kubectl("get", "pod", "client", "-o", "json"))
+            node_ip = {str(n.ip) for n in self.c.nodes if n.name == client["spec"]["nodeName"]}
+            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] in node_ip, r[1]))(self.http_get(str(outside_ip), 9000)))
+            self.check(f"egress: the outside host sees the pod ({client['status']['podIP']}) as its node",
+                       ok and out in node_ip, f"source {out}, node {''.join(node_ip)}")
+        finally:
+            server.kill()
+            server.wait()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=("routed", "l2"), default="routed",
+                    help="routed: two underlay subnets, so node pairs use direct routes and VXLAN (default)")
+    ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    ap.add_argument("--name", default="demo")
+    args = ap.parse_args(argv)
+
+    from e2e.cluster import Cluster
+
+    started = time.monotonic()
+    print("== building podwire (frozen plugin + daemon, OCI image)", flush=True)
+    image = build_image()
+    print(f"== cluster {args.name}: control plane + 3 full nodes, shape {args.shape}, no CNI, no kube-proxy",
+          flush=True)
+    cluster = Cluster(args.name, args.shape, 3, full_nodes=True)
+    demo = Demo(cluster)
+    try:
+        cluster.up()
+        print(f"== kubectl apply -f manifests/podwire.yaml  (cluster up in {time.monotonic() - started:.0f} s)",
+              flush=True)
+        install(cluster, image)
+        print(demo.kubectl("get", "nodes", "-o", "wide"), flush=True)
+        print("== a 3-replica web server behind a NodePort Service, and a client pod", flush=True)
+        demo.deploy()
+        print(demo.kubectl("get", "pods", "-o", "wide"), flush=True)
+        print(demo.kubectl("get", "service", "web"), flush=True)
+        print("== checks", flush=True)
+        demo.run_checks()
+    except Exception as e:  # report, keep the cluster for a look when asked, tear down otherwise
+        demo.check("demo ran to the end", False, str(e)[:2000])
+        print(diagnostics(cluster)[-4000:])
+    finally:
+        failed = [r for r in demo.results if not r[1]]
+        print(f"== {len(demo.results) - len(failed)} passed, {len(failed)} failed "
+              f"in {time.monotonic() - started:.0f} s", flush=True)
+        if args.keep:
+            print(f"cluster kept: export KUBECONFIG={cluster.kubeconfig}; "
+                  f"python3 -m e2e.cluster down --name {args.name}")
+        else:
+            errors = cluster.down()
+            if errors:
+                print("teardown: " + "; ".join(errors))
+    return 1 if failed or not demo.results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
