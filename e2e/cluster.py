@@ -229,7 +229,8 @@ class Cluster:
             "netns": ns.list_netns(f"pwe-{self.name}-"),
             "nodes": {n.name: {"ip": str(n.ip), "pod_cidr": str(n.pod_cidr)} for n in self.nodes},
             **self.control_plane.status(),
-            "node_processes": {n: {k: p.alive() for k, p in procs.items()} for n, procs in self._node_procs_view().items()},
+            "node_processes": {n: {k: p.alive() for k, p in procs.items()}
+                               for n, procs in self._node_procs_view().items()},
         }
 
 

@@ -135,7 +135,8 @@ ETC = {
 
 
 def pause_source() -> Path:
-    return build.cache_root() / "gomodcache" / f"k8s.io/kubernetes@{build.KUBERNETES_VERSION}" / "build/pause/linux/pause.c"
+    module = build.cache_root() / "gomodcache" / f"k8s.io/kubernetes@{build.KUBERNETES_VERSION}"
+    return module / "build/pause/linux/pause.c"
 
 
 def _pause_binary() -> bytes:

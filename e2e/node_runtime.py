@@ -8,11 +8,11 @@ must be made per node explicitly:
   a small holder process (`sleep`) and entered by containerd and kubelet alike
   (`nsenter -t <holder> --mount --uts`, plus `--net=/run/netns/<node>`). Inside it, /etc,
   /opt, /var/lib and /var/log are overlays whose upper layers live in the node's directory,
-  and /etc/cni/net.d, /opt/cni/bin and /run/containerd are bind mounts of node directories. So a DaemonSet's hostPath install
-  (/opt/cni/bin, /etc/cni/net.d, /var/lib/cni, /var/log/...) lands on *that* node only, as
-  on a kind node, without touching the host's files. containerd and kubelet must share the
-  namespace: kubelet mounts the secret and service-account token tmpfs volumes, and
-  containerd bind-mounts them into containers (in two namespaces the containers see empty
+  and /etc/cni/net.d, /opt/cni/bin and /run/containerd are bind mounts of node directories.
+  So a DaemonSet's hostPath install (/opt/cni/bin, /etc/cni/net.d, /var/lib/cni,
+  /var/log/...) lands on *that* node only, as on a kind node, without touching the host's
+  files. containerd and kubelet must share the namespace: kubelet mounts the secret and
+  service-account token tmpfs volumes, and containerd bind-mounts them into containers (in two namespaces the containers see empty
   directories — what `ip netns exec` does). All mounts (overlays, tmpfs volumes, container
   rootfs, pinned pod netns) live in that namespace and vanish with its last process, so
   teardown never has to find and unmount them.
