@@ -242,13 +242,14 @@ class NodeRuntime:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> "NodeRuntime":
-        """Mount namespace, cgroups, containerd (+ images), kubelet. Does not wait for Ready."""
+        """Mount namespace, cgroups, containerd, the kubelet's files. Then (start_nodes):
+        wait_containerd, import_image, launch_kubelet. Does not wait for Ready."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._start_holder()
         self.node.ledger.cgroup(self.cgroup_root)  # recorded first, like everything
         cgroups.create(self.cgroup_root)
         self._start_containerd()
-        self._start_kubelet()
+        self._prepare_kubelet()
         return self
 
     def _start_holder(self) -> None:
@@ -305,7 +306,7 @@ class NodeRuntime:
         """Load an OCI tarball into this node (unpacked for the CRI's snapshotter)."""
         self.ctr("images", "import", "--snapshotter", self.snapshotter, tarball, timeout=180)
 
-    def _start_kubelet(self) -> None:
+    def _prepare_kubelet(self) -> None:
         name = self.node.name
         kubeconfig = self.cp.kubeconfig_for(f"kubelet-{name}", f"system:node:{name}", orgs=("system:nodes",))
         (self.dir / "resolv.conf").write_text(f"nameserver {self.node.plan.gateway}\noptions ndots:1\n")
