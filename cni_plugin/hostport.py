@@ -2,6 +2,8 @@
 
 Layout (table inet podwire-cni, IPv4 and IPv6 at once):
   map hostports   proto . port -> goto <pod chain>       one lookup per packet, any number of pods
+  map hostports4/6  hostIP . proto . port -> goto <pod chain>   mappings for one hostIP, looked up
+                  first: pods may share a port on different hostIPs (the HostPort conformance test)
   chain hp-<pod>  the pod's DNAT rules (optionally only for one hostIP)
   set masq4/6     pod addresses whose egress is masqueraded (ipMasq)
 Traffic that enters from the pod bridge and is DNATed back onto it (a pod reaching a hostPort, its own
@@ -31,6 +33,8 @@ def base_ruleset(bridge: str) -> str:
     return f"""
 add table inet {TABLE}
 add map inet {TABLE} hostports {{ type inet_proto . inet_service : verdict; }}
+add map inet {TABLE} hostports4 {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+add map inet {TABLE} hostports6 {{ type ipv6_addr . inet_proto . inet_service : verdict; }}
 add set inet {TABLE} masq4 {{ type ipv4_addr; }}
 add set inet {TABLE} masq6 {{ type ipv6_addr; }}
 add chain inet {TABLE} prerouting {{ type nat hook prerouting priority dstnat; }}
@@ -39,7 +43,11 @@ add chain inet {TABLE} postrouting {{ type nat hook postrouting priority srcnat;
 flush chain inet {TABLE} prerouting
 flush chain inet {TABLE} output
 flush chain inet {TABLE} postrouting
+add rule inet {TABLE} prerouting ip daddr . meta l4proto . th dport vmap @hostports4
+add rule inet {TABLE} prerouting ip6 daddr . meta l4proto . th dport vmap @hostports6
 add rule inet {TABLE} prerouting fib daddr type local meta l4proto . th dport vmap @hostports
+add rule inet {TABLE} output ip daddr . meta l4proto . th dport vmap @hostports4
+add rule inet {TABLE} output ip6 daddr . meta l4proto . th dport vmap @hostports6
 add rule inet {TABLE} output ip daddr 127.0.0.0/8 return
 add rule inet {TABLE} output ip6 daddr ::1 return
 add rule inet {TABLE} output fib daddr type local meta l4proto . th dport vmap @hostports
@@ -47,6 +55,14 @@ add rule inet {TABLE} postrouting meta mark & {MARK} == {MARK} masquerade
 add rule inet {TABLE} postrouting ip saddr @masq4 oifname != "{bridge}" fib daddr type != local masquerade
 add rule inet {TABLE} postrouting ip6 saddr @masq6 oifname != "{bridge}" fib daddr type != local masquerade
 """
+
+
+def _map_of(element: str) -> str:
+    """The map of an element: "proto . port" (any local address; state files of older
+    versions hold only these) or "hostIP . proto . port"."""
+    if element.count(" . ") == 1:
+        return "hostports"
+    return "hostports6" if ":" in element.split(" . ")[0] else "hostports4"
 
 
 def chain_name(host_if: str) -> str:
@@ -77,7 +93,7 @@ def render_add(state: dict, bridge: str) -> str:
                 )
         # `create` fails when another pod holds the port: a conflict must fail this ADD, not steal it
         for el in state["elements"]:
-            lines.append(f"create element inet {TABLE} hostports {{ {el} : goto {chain} }}")
+            lines.append(f"create element inet {TABLE} {_map_of(el)} {{ {el} : goto {chain} }}")
     for ip in state["masq"]:
         lines.append(f"add element inet {TABLE} masq{'6' if ':' in ip else '4'} {{ {ip} }}")
     return "\n".join(lines) + "\n"
@@ -85,7 +101,7 @@ def render_add(state: dict, bridge: str) -> str:
 
 def render_delete(state: dict) -> list[str]:
     """Statements removing one attachment; run together first, then one by one if any is gone."""
-    out = [f"delete element inet {TABLE} hostports {{ {el} }}" for el in state["elements"]]
+    out = [f"delete element inet {TABLE} {_map_of(el)} {{ {el} }}" for el in state["elements"]]
     if state["elements"]:
         out.append(f"delete chain inet {TABLE} {state['chain']}")
     out += [f"delete element inet {TABLE} masq{'6' if ':' in ip else '4'} {{ {ip} }}" for ip in state["masq"]]
@@ -94,7 +110,8 @@ def render_delete(state: dict) -> list[str]:
 
 def plan_state(container_id: str, ifname: str, host_if: str, mappings, pod_ips, ip_masq: bool) -> dict:
     pod_ips = [ip.split("/")[0] for ip in pod_ips]
-    elements = sorted({f"{m.protocol} . {m.host_port}" for m in mappings})
+    elements = sorted({f"{m.host_ip} . {m.protocol} . {m.host_port}" if m.host_ip else f"{m.protocol} . {m.host_port}"
+                       for m in mappings})
     return {
         "containerID": container_id,
         "ifname": ifname,

@@ -152,12 +152,35 @@ def test_hostport_render_and_delete_name_the_same_objects():
     assert "ip daddr 192.0.2.9 meta l4proto tcp th dport 8443 dnat ip to 10.1.0.5:443" in text
     assert "8443 dnat ip6" not in text  # an IPv4 hostIP never maps to the IPv6 address
     assert "add element inet podwire-cni masq4 { 10.1.0.5 }" in text
+    assert "create element inet podwire-cni hostports4 { 192.0.2.9 . tcp . 8443 : goto hp-pwabc }" in text
     deletes = render_delete(state)
-    assert deletes == ["delete element inet podwire-cni hostports { tcp . 8080 }",
-                       "delete element inet podwire-cni hostports { tcp . 8443 }",
+    assert deletes == ["delete element inet podwire-cni hostports4 { 192.0.2.9 . tcp . 8443 }",
+                       "delete element inet podwire-cni hostports { tcp . 8080 }",
                        "delete chain inet podwire-cni hp-pwabc",
                        "delete element inet podwire-cni masq4 { 10.1.0.5 }",
                        "delete element inet podwire-cni masq6 { fd00::5 }"]
+
+
+def test_hostport_same_port_on_different_host_ips_are_different_elements():
+    # the HostPort conformance test: 127.0.0.1:54323/tcp, <node>:54323/tcp, <node>:54323/udp
+    states = [plan_state(f"c{i}", "eth0", f"pw{i}", parse_netconf(conf(runtimeConfig={"portMappings": [
+        {"hostPort": 54323, "containerPort": 8080, "protocol": proto, "hostIP": ip}]})).port_mappings,
+        [f"10.1.0.{i}/24"], False) for i, (ip, proto) in enumerate(
+        [("127.0.0.1", "tcp"), ("192.0.2.9", "tcp"), ("192.0.2.9", "udp"), ("fd00::9", "tcp"), ("", "tcp")])]
+    creates = [line for st in states for line in render_add(st, "podwire0").splitlines() if "create element" in line]
+    assert creates == [
+        "create element inet podwire-cni hostports4 { 127.0.0.1 . tcp . 54323 : goto hp-pw0 }",
+        "create element inet podwire-cni hostports4 { 192.0.2.9 . tcp . 54323 : goto hp-pw1 }",
+        "create element inet podwire-cni hostports4 { 192.0.2.9 . udp . 54323 : goto hp-pw2 }",
+        "create element inet podwire-cni hostports6 { fd00::9 . tcp . 54323 : goto hp-pw3 }",
+        "create element inet podwire-cni hostports { tcp . 54323 : goto hp-pw4 }"]
+    base = render_add(states[0], "podwire0")
+    # a hostIP of 127.0.0.1 is reachable from the node itself: looked up before loopback returns
+    assert base.index("output ip daddr . meta l4proto . th dport vmap @hostports4") < base.index(
+        "output ip daddr 127.0.0.0/8 return")
+    # state files of earlier versions hold only "proto . port" elements: still deleted from `hostports`
+    assert render_delete({"elements": ["tcp . 80"], "chain": "hp-x", "masq": []})[0] == (
+        "delete element inet podwire-cni hostports { tcp . 80 }")
 
 
 # --- dispatch: errors never leak a traceback -------------------------------------------------
