@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 
 from .informer import Informer
 from .runner import SyncRunner
@@ -30,6 +31,11 @@ SERVICE_SELECTOR = "!service.kubernetes.io/service-proxy-name"
 # against a goal of "programmed within 1 s". Bursts still merge: events during a sync or
 # inside the floor become one sync.
 PROXY_MIN_SYNC_INTERVAL = 0.1
+# Every this many resync intervals (300 s by default) the proxy rewrites its tables whole: the
+# only way to repair what changed behind its back (a flushed map, a deleted chain) without
+# listing the kernel's tables. Affinity sets survive it (proxy.nft.render_full). Not every
+# resync: a rewrite at 10k Services costs ~1.6 s of nft here, a diff sync milliseconds.
+FULL_RESYNC_EVERY = 10
 
 
 def start_proxy(cfg, api_client, registry, nodes: Informer, node_listeners: list, on_error):
@@ -44,10 +50,7 @@ def start_proxy(cfg, api_client, registry, nodes: Informer, node_listeners: list
         return []
     from kubernetes import client
 
-    def sync():
-        if proxier.sync() is False:  # the proxier reports failure instead of raising
-            raise RuntimeError("service proxy sync failed")
-
+    sync = ProxySync(proxier, cfg.resync_interval * FULL_RESYNC_EVERY)
     core, discovery = client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client)
     services = Informer(core.list_service_for_all_namespaces, name="services",
                         label_selector=SERVICE_SELECTOR, on_error=on_error,
@@ -72,6 +75,24 @@ def start_proxy(cfg, api_client, registry, nodes: Informer, node_listeners: list
         part.start()
     log.info("service proxy started")
     return [services, slices, runner, *servers]
+
+
+class ProxySync:
+    """The proxy runner's sync function: the proxier's (diff) sync, made a full rewrite when
+    `full_every` seconds have passed since the last full one; raises when the sync failed, so
+    the runner retries with backoff."""
+
+    def __init__(self, proxier, full_every: float, clock=time.monotonic):
+        self.proxier, self.full_every, self.clock = proxier, full_every, clock
+        self.last_full = clock()  # the first sync is full anyway
+
+    def __call__(self) -> None:
+        now = self.clock()
+        if now - self.last_full >= self.full_every:
+            self.proxier.request_full_sync()
+            self.last_full = now
+        if self.proxier.sync() is False:  # the proxier reports failure instead of raising
+            raise RuntimeError("service proxy sync failed")
 
 
 class _Closing:

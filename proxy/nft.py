@@ -124,13 +124,27 @@ def map_items(m: Map, keys: Iterable[str] | None = None) -> list[str]:
     return [f"{k} : {m.elements[k]}" for k in ks]
 
 
-def render_full(t: Table) -> str:
-    """The whole table as one atomic transaction: create-if-missing, delete, recreate."""
-    out = [f"add table {t.ref}", f"delete table {t.ref}", f"add table {t.ref}"]
+def render_full(t: Table, keep_dynamic: bool = True) -> str:
+    """The whole table as one atomic transaction, whatever the kernel holds now.
+
+    keep_dynamic (the default): `flush table` empties every chain but keeps sets and maps,
+    so the sets the packet path fills (ClientIP affinity) survive a restart or a repair
+    sync, as kube-proxy's do; every other set and map is flushed and refilled. Chains left
+    from an unknown earlier state stay behind empty and unreferenced. `add` of an object
+    that exists with another definition fails the transaction: then the caller falls back
+    to keep_dynamic=False, which deletes and recreates the table (affinity is lost).
+    """
+    if keep_dynamic:
+        out = [f"add table {t.ref}", f"flush table {t.ref}"]
+    else:
+        out = [f"add table {t.ref}", f"delete table {t.ref}", f"add table {t.ref}"]
     chains = t.ordered_chains()
     out += [chain_decl(t, c) for c in chains]
     out += [set_decl(t, t.sets[n]) for n in sorted(t.sets)]
     out += [map_decl(t, t.maps[n]) for n in sorted(t.maps)]
+    if keep_dynamic:
+        out += [f"flush set {t.ref} {n}" for n in sorted(t.sets) if "dynamic" not in t.sets[n].flags]
+        out += [f"flush map {t.ref} {n}" for n in sorted(t.maps)]
     for c in chains:
         out.extend(rule_lines(t, c))
     for n in sorted(t.sets):

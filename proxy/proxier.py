@@ -182,7 +182,10 @@ class Proxier:
             for fam in self.families:
                 start = time.monotonic()
                 state = self.planners[fam].plan(services, slices, node, self.config, dirty=dirty)
-                old = self.syncers[fam].applied
+                # Stale UDP flows are judged against the last state that reached the kernel, not
+                # the syncer's (None before a full rewrite): a change that lands in a periodic
+                # or recovery full sync still gets its conntrack cleanup.
+                old = self.last_states.get(fam)
                 try:
                     res = self.syncers[fam].sync(state)
                 except Exception as e:  # the next sync will be a full one (TableSyncer forgot)

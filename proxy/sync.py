@@ -1,8 +1,8 @@
 """Desired state -> one atomic `nft -f` transaction per sync.
 
-The first sync (and any sync after a failure) replaces the whole table in one
-transaction. Later syncs diff the previous desired state against the new one in memory,
-never by listing the kernel's table (which is what made kube-proxy slow at scale), and send
+The first sync (and any sync after a failure) rewrites the whole table in one
+transaction, keeping the affinity sets the packet path filled (see nft.render_full).
+Later syncs diff the previous desired state against the new one in memory, never by listing the kernel's table (which is what made kube-proxy slow at scale), and send
 only what changed, ordered so each step is valid inside the transaction:
   1. declare new chains, sets;            2. flush changed and removed chains;
   3. fill new and changed chains;          4. delete stale map/set elements, add new ones;
@@ -123,7 +123,15 @@ class TableSyncer:
             self.applied = new
             return SyncResult(False, False, 0)
         try:
-            self.runner.apply(text)
+            try:
+                self.runner.apply(text)
+            except Exception:
+                if not full:
+                    raise
+                # The table holds something our `add`s conflict with (an older layout): start
+                # from an empty table instead. Affinity entries are lost only in this case.
+                text = nft.render_full(new.table(), keep_dynamic=False)
+                self.runner.apply(text)
         except Exception:
             self.applied = None  # the kernel state is unknown now: next sync is a full one
             raise

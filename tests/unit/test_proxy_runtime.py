@@ -102,7 +102,24 @@ def test_proxier_udp_cleanup_and_failure_recovery():
     assert not p.sync()
     assert p.metrics.sync_failures._value.get() == 1
     assert p.sync()  # retried as a full sync
-    assert runners[4].texts[-1].startswith("add table ip podwire-proxy\ndelete table")
+    assert runners[4].texts[-1].startswith("add table ip podwire-proxy\nflush table")
+    # ... which still cleans the flows of the endpoint that left during the failure
+    assert any(f.endpoint == ("10.244.2.5", 53) for f in ct.calls[-1]), ct.calls
+
+
+def test_an_endpoint_change_in_a_periodic_full_sync_still_cleans_udp_flows():
+    p, runners, ct = make_proxier()
+    p.on_service(UDP_SVC)
+    p.on_slice(udp_slice("10.244.1.5", "10.244.2.5"))
+    assert p.sync()
+    p.on_slice(udp_slice("10.244.1.5"))
+    p.request_full_sync()  # the daemon's periodic rewrite, at the same moment
+    assert p.sync()
+    assert runners[4].texts[-1].startswith("add table ip podwire-proxy\nflush table")
+    assert ct.calls and all(f.endpoint == ("10.244.2.5", 53) for f in ct.calls[-1]), ct.calls
+    ct.calls.clear()
+    p.request_full_sync()  # a rewrite with no change: nothing to clean
+    assert p.sync() and ct.calls == []
 
 
 def test_network_programming_latency_and_last_sync():

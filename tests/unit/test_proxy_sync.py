@@ -10,8 +10,7 @@ from tests.unit.test_proxy_plan import CONFIG, NODE, ep, port, slc, svc
 
 GOLDEN = """\
 add table ip podwire-proxy
-delete table ip podwire-proxy
-add table ip podwire-proxy
+flush table ip podwire-proxy
 add chain ip podwire-proxy filter-prerouting { type filter hook prerouting priority -110 ; }
 add chain ip podwire-proxy filter-output { type filter hook output priority -110 ; }
 add chain ip podwire-proxy nat-prerouting { type nat hook prerouting priority -100 ; }
@@ -34,6 +33,13 @@ add map ip podwire-proxy no-endpoint-nodeports { type inet_proto . inet_service 
 add map ip podwire-proxy no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; }
 add map ip podwire-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }
 add map ip podwire-proxy service-nodeports { type inet_proto . inet_service : verdict ; }
+flush set ip podwire-proxy cluster-ips
+flush set ip podwire-proxy hairpin-endpoints
+flush map ip podwire-proxy firewall-ips
+flush map ip podwire-proxy no-endpoint-nodeports
+flush map ip podwire-proxy no-endpoint-services
+flush map ip podwire-proxy service-ips
+flush map ip podwire-proxy service-nodeports
 add rule ip podwire-proxy filter-prerouting ct state new jump firewall-check
 add rule ip podwire-proxy filter-output ct state new jump firewall-check
 add rule ip podwire-proxy nat-prerouting jump services
@@ -183,7 +189,7 @@ def test_failed_sync_makes_the_next_one_full():
     except NftError:
         pass
     res = s.sync(p.plan(*objs(eps_web=[ep("10.244.9.9")]), NODE, CONFIG))
-    assert res.full and runner.texts[-1].startswith("add table ip podwire-proxy\ndelete table")
+    assert res.full and runner.texts[-1].startswith("add table ip podwire-proxy\nflush table")
 
 
 def test_node_change_replans_everything():
@@ -193,3 +199,49 @@ def test_node_change_replans_everything():
     b = p.plan(services, slices, NodeInfo("n2"), CONFIG)
     assert a.fragments[("default", "web")] is not b.fragments[("default", "web")]
     assert p.plan(services, slices, NodeInfo("n2"), ProxyConfig()).base is not b.base
+
+
+def test_full_sync_keeps_affinity_sets_and_refills_the_rest():
+    """A restart or repair sync must not forget ClientIP affinity: the packet path's sets are
+    declared (a no-op when present) but never flushed; every other set and map is."""
+    aff = svc("sticky", cip="10.96.0.12", sessionAffinity="ClientIP",
+              sessionAffinityConfig={"clientIP": {"timeoutSeconds": 30}})
+    services, slices = objs(extra_svcs=[aff])
+    slices.append(slice_from_api(slc("sticky", [ep("10.244.3.5")], name="sticky-1")))
+    text = render_full(plan_family(services, slices, NODE, CONFIG, 4).table())
+    lines = text.splitlines()
+    assert lines[:2] == ["add table ip podwire-proxy", "flush table ip podwire-proxy"]
+    assert "delete table" not in text
+    aff_sets = [ln.split()[4] for ln in lines if ln.startswith("add set") and "dynamic" in ln]
+    assert aff_sets and all(f"flush set ip podwire-proxy {n}" not in lines for n in aff_sets)
+    assert "flush set ip podwire-proxy hairpin-endpoints" in lines
+    assert "flush map ip podwire-proxy service-ips" in lines
+    # every flush comes before the first rule and element that refill
+    first_fill = min(i for i, ln in enumerate(lines) if ln.startswith(("add rule", "add element")))
+    assert max(i for i, ln in enumerate(lines) if ln.startswith("flush ")) < first_fill
+
+
+def test_full_sync_falls_back_to_an_empty_table_when_the_kernel_one_conflicts():
+    services, slices = objs()
+    runner = FakeRunner(fail_on=1)  # e.g. a chain of an older layout with another hook priority
+    s = TableSyncer(runner)
+    res = s.sync(Planner(4).plan(services, slices, NODE, CONFIG))
+    assert res.full and s.applied is not None
+    assert runner.texts[0].startswith("add table ip podwire-proxy\nflush table")
+    assert runner.texts[1].startswith("add table ip podwire-proxy\ndelete table ip podwire-proxy\nadd table")
+    assert res.text_bytes == len(runner.texts[1])
+
+
+def test_a_failed_fallback_leaves_the_next_sync_full():
+    services, slices = objs()
+    runner = FakeRunner(fail_on=1)
+    s = TableSyncer(runner)
+    runner.apply = lambda text: (runner.texts.append(text), (_ for _ in ()).throw(NftError("boom")))
+    try:
+        s.sync(Planner(4).plan(services, slices, NODE, CONFIG))
+        raise AssertionError("expected NftError")
+    except NftError:
+        pass
+    assert s.applied is None and len(runner.texts) == 2  # the keeping try, then the clean slate
+    s.runner = FakeRunner()
+    assert s.sync(Planner(4).plan(services, slices, NODE, CONFIG)).full
