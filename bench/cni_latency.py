@@ -4,7 +4,9 @@ Both plugins run from this process, which sits inside a throwaway node namespace
 iteration by iteration so machine noise hits both alike. Then a burst of N concurrent ADDs (kubelet's
 default max pods is 110) for each. Prints p50/p95 and the ratios podwire / reference.
 
-    python3 bench/cni_latency.py [--iterations 60] [--burst 110] [--binary dist/podwire/podwire]
+    python3 bench/cni_latency.py [--iterations 60] [--burst 110] [--binary dist/podwire/podwire] [--json]
+
+--json adds one JSON object (milliseconds, per plugin) as the last line, for bench/run_all.py.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--burst", type=int, default=110)
     ap.add_argument("--binary", default="dist/podwire/podwire")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     binaries = {"podwire": os.path.abspath(args.binary), "reference": f"{REF_DIR}/bridge"}
     tag = uuid.uuid4().hex[:6]
@@ -113,6 +116,11 @@ def main() -> int:
               f"DEL p50 {pct(pw['DEL'], .5) / pct(ref['DEL'], .5):.2f}x, "
               f"burst {burst['podwire'] / burst['reference']:.2f}x, CPU per ADD {cpu['podwire'] / cpu['reference']:.2f}x")
         print(f"load average during the run: {os.getloadavg()[0]:.1f} (ratios are same-run; absolute times are noise)")
+        if args.json:
+            print(json.dumps({name: {"add_p50_ms": pct(lat[name]["ADD"], .5), "add_p95_ms": pct(lat[name]["ADD"], .95),
+                                     "del_p50_ms": pct(lat[name]["DEL"], .5), "del_p95_ms": pct(lat[name]["DEL"], .95),
+                                     "burst_ms": burst[name] * 1000, "cpu_per_add_ms": cpu[name] * 1000}
+                              for name in binaries} | {"burst": args.burst, "iterations": args.iterations}))
         return 0
     finally:
         for p in made:

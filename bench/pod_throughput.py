@@ -7,7 +7,9 @@ underlay). iperf3 measures node -> node (the baseline), pod -> pod direct and po
 interleaved, several rounds; the median per-round ratio is the result. Targets: direct >= 95 %,
 VXLAN >= 85 %.
 
-    sudo python3 bench/pod_throughput.py [--seconds 5] [--rounds 3] [--strict]
+    sudo python3 bench/pod_throughput.py [--seconds 5] [--rounds 3] [--strict] [--json]
+
+--json adds one JSON object (Gbit/s per round and path, median ratios) as the last line.
 
 All of it runs in namespaces named pwd-*, removed at the end. On a 2-core VM everything (both
 "nodes", the underlay bridge and iperf3 itself) shares the same CPUs, so the ratios measure the
@@ -83,6 +85,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -123,7 +126,7 @@ def main() -> int:
 
         med = {k: statistics.median(v) for k, v in results.items()}
         print(f"\nnode -> node (baseline): {med['node']:.2f} Gbit/s")
-        missed = False
+        missed, summary = False, {"gbits": results, "median_gbits": med, "ratio": {}, "targets": TARGETS}
         for path in ("direct", "vxlan"):
             # each round measures the three paths back to back: the median of per-round ratios
             # is less sensitive to other load on a shared machine than a ratio of medians
@@ -131,9 +134,12 @@ def main() -> int:
             ratio = statistics.median(ratios)
             ok = ratio >= TARGETS[path]
             missed |= not ok
+            summary["ratio"][path] = ratio
             print(f"pod -> pod {path:6}: {med[path]:.2f} Gbit/s, {ratio:6.1%} of node -> node "
                   f"(median of rounds {min(ratios):.0%}..{max(ratios):.0%}; "
                   f"target {TARGETS[path]:.0%}: {'met' if ok else 'MISSED'})")
+        if args.json:
+            print(json.dumps(summary))
         return 1 if (missed and args.strict) else 0
     finally:
         for ipr in iprs:

@@ -2,16 +2,18 @@
 """Benchmark: plan + render + apply N Services x 2 endpoints into a scratch netns, then
 one endpoint change (a partial sync). Needs root; creates and deletes its own netns.
 
-    python3 bench/proxy_sync.py [--sizes 1000,10000,30000]
+    python3 bench/proxy_sync.py [--sizes 1000,10000,30000] [--json]
 
 Targets: full sync at 10k < 5 s; one change at 30k programmed < 100 ms (plan + diff +
 render + nft apply, i.e. what the Proxier does on an event).
+--json adds one JSON object (seconds, per size) as the last line.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -44,7 +46,7 @@ def objects(n: int):
     return services, slices
 
 
-def run(size: int, netns: str, shards: int = 1) -> None:
+def run(size: int, netns: str, shards: int = 1) -> dict:
     """shards > 1 is an experiment, not the proxy's layout: Services spread over that many
     tables (each a full copy of the skeleton), to measure how the kernel's per-table
     validation scales. Its full sync is one transaction per table, not one in all."""
@@ -63,6 +65,7 @@ def run(size: int, netns: str, shards: int = 1) -> None:
     tag = f"{size:>6} services" + (f" in {shards} tables" if shards > 1 else "")
     print(f"{tag} full sync: plan {t1 - t0:6.2f}s  render+apply {t2 - t1:6.2f}s  "
           f"total {t2 - t0:6.2f}s  ({size_b / 1e6:.1f} MB of nft text)", flush=True)
+    out = {"full_s": t2 - t0, "change_s": []}
 
     # One change: the middle Service's second endpoint is replaced.
     for round_ in range(3):
@@ -80,10 +83,12 @@ def run(size: int, netns: str, shards: int = 1) -> None:
         assert not res.full and res.changed
         print(f"{tag} one change:  plan {(t1 - t0) * 1e3:6.1f}ms  diff+apply "
               f"{(t2 - t1) * 1e3:6.1f}ms  total {(t2 - t0) * 1e3:6.1f}ms  ({res.text_bytes} B)", flush=True)
-    floor(tag, syncers[sh].runner, cfgs[sh].table_name)
+        out["change_s"].append(t2 - t0)
+    out["floor_s"] = floor(tag, syncers[sh].runner, cfgs[sh].table_name)
+    return out
 
 
-def floor(tag: str, runner: NftRunner, table: str) -> None:
+def floor(tag: str, runner: NftRunner, table: str) -> float:
     """What any one-rule transaction costs on this table: nft lists every chain first, and
     the kernel re-validates every chain reachable from a base chain when a rule is added.
     The gap between this and the partial sync above is ours (planning, diff, rendering)."""
@@ -96,23 +101,28 @@ def floor(tag: str, runner: NftRunner, table: str) -> None:
         best = min(best, time.perf_counter() - t0)
         runner.apply(f"delete chain ip {table} {name}\n")
     print(f"{tag} nft floor (one `add rule`, best of 3): {best * 1e3:6.1f}ms", flush=True)
+    return best
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000,30000")
     ap.add_argument("--shards", type=int, default=1, help="experiment: spread Services over N tables")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (creates a network namespace)", file=sys.stderr)
         return 2
     netns = f"pwp-bench-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
+    results = {}
     try:
         for size in (int(s) for s in args.sizes.split(",")):
-            run(size, netns, args.shards)
+            results[size] = run(size, netns, args.shards)
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
+    if args.json:
+        print(json.dumps(results))
     return 0
 
 
