@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import os
 import signal
 import socket
 import threading
@@ -93,14 +94,33 @@ def run(cfg: Config, stop: threading.Event) -> None:
         server.shutdown()
 
 
+SHUTDOWN_DEADLINE = 8.0  # seconds from SIGTERM to exit, at the latest
+
+
+def _exit_now() -> None:
+    log.warning("shutdown took longer than %.0f s: exiting without waiting for the rest", SHUTDOWN_DEADLINE)
+    logging.shutdown()
+    os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     logging.basicConfig(level=cfg.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack
     stop = threading.Event()
+
+    def on_signal(*_):
+        if not stop.is_set():
+            stop.set()
+            # Stopping waits for threads that may sit in a blocked API call (e.g. a LIST during a
+            # partition); kubelet's grace period is finite, so leave on time whatever they do.
+            timer = threading.Timer(SHUTDOWN_DEADLINE, _exit_now)
+            timer.daemon = True
+            timer.start()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         run(cfg, stop)
     except Exception as e:  # noqa: BLE001 - start-up failure: one line, non-zero exit
