@@ -121,6 +121,7 @@ TARGETS: tuple[Target, ...] = (
     Target("coredns", COREDNS, "github.com/coredns/coredns"),
     Target("agnhost", KUBERNETES, "k8s.io/kubernetes/test/images/agnhost"),
     Target("e2e.test", KUBERNETES, "k8s.io/kubernetes/test/e2e", test=True),  # go test -c
+    Target("regression-issue-74839", KUBERNETES, "k8s.io/kubernetes/test/images/regression-issue-74839"),
 )
 
 

@@ -214,21 +214,25 @@ def images() -> dict[str, Path]:
 
 # -- the images upstream e2e.test asks for (e2e/conformance.py) -------------------------------
 #
-# `e2e.test --list-images` names them; the sig-network tests run these three. Each is built from
+# `e2e.test --list-images` names them; the sig-network tests run these four. The first three are
 # one Debian rootfs (mmdebstrap, cached) plus the agnhost binary (a build.py target), because
-# the tests need agnhost's behaviour and Debian's userland (dig, getent, curl, nc, ip, bash),
+# the tests need agnhost's behaviour and the userland they shell out to (dig, getent, curl, nc,
+# ip, bash, and wget, which Alpine's busybox has: the service-proxy-name/headless tests use it),
 # not the upstream bytes:
 #   agnhost          upstream's recipe (test/images/agnhost/Dockerfile) on Debian instead of Alpine:
 #                    /agnhost, /agnhost-2, porter's certificate, /uploads, user 1000 in group 50000
 #   jessie-dnsutils  the DNS tests' second querier: only runs `sh -c` with dig/getent/hostname
 #   nginx            the EndpointSlice tests only need a container that keeps running (and
 #                    serves HTTP on 80 as nginx would): agnhost test-webserver
-# They are not in SPECS (the nodes' start set): ~170 MB each would slow every full cluster.
+#   regression-issue-74839  the Conntrack INVALID-state test's raw-socket client: its own static
+#                    binary (a build.py target) on an empty rootfs, as upstream's
+# They are not in SPECS (the nodes' start set): ~240 MB each would slow every full cluster.
 
 JESSIE_DNSUTILS = "registry.k8s.io/e2e-test-images/jessie-dnsutils:1.7"
+REGRESSION_74839 = "registry.k8s.io/e2e-test-images/regression-issue-74839:1.2"
 NGINX = "registry.k8s.io/e2e-test-images/nginx:1.14-4"
 DEBIAN_SUITE = "bookworm"
-DEBIAN_PACKAGES = ("curl", "netcat-openbsd", "bind9-dnsutils", "iproute2", "iputils-ping", "procps")
+DEBIAN_PACKAGES = ("curl", "wget", "netcat-openbsd", "bind9-dnsutils", "iproute2", "iputils-ping", "procps")
 DEBIAN_HOOKS = (
     'chroot "$1" groupadd -g 50000 group-defined-in-image',
     'chroot "$1" useradd -u 1000 -G group-defined-in-image user-defined-in-image',
@@ -241,7 +245,9 @@ TEST_IMAGE_CONFIGS = {
               "ExposedPorts": {f"{p}/tcp": {} for p in (80, 8080, 8081, 9376, 5000)}},
     JESSIE_DNSUTILS: {"Env": [_PATH], "Cmd": ["/bin/sh"]},
     NGINX: {"Env": [_PATH], "Entrypoint": ["/agnhost", "test-webserver"], "ExposedPorts": {"80/tcp": {}}},
+    REGRESSION_74839: {"Entrypoint": ["/regression-issue-74839"]},
 }
+STATIC_TEST_IMAGES = {REGRESSION_74839: "regression-issue-74839"}  # name -> build.py binary, alone
 
 
 def debian_rootfs() -> Path:
@@ -296,21 +302,27 @@ def _agnhost_extra() -> Rootfs:
 def e2e_test_images(names=tuple(TEST_IMAGE_CONFIGS)) -> dict[str, Path]:
     """The e2e.test images (name → tarball), built when missing or when an input changed:
     the agnhost binary is built first if needed, the Debian rootfs made once."""
-    build.ensure_built([t for t in build.TARGETS if t.binary == "agnhost"])
-    base = debian_rootfs()
+    binaries = {"agnhost", *(STATIC_TEST_IMAGES[n] for n in names if n in STATIC_TEST_IMAGES)}
+    build.ensure_built([t for t in build.TARGETS if t.binary in binaries])
+    base = debian_rootfs() if any(n not in STATIC_TEST_IMAGES for n in names) else None
     layer = None
     out = {}
     for name in names:
         config = TEST_IMAGE_CONFIGS[name]
+        static = STATIC_TEST_IMAGES.get(name)
         path = images_dir() / (name.rsplit("/", 1)[-1].replace(":", "_") + ".tar")
         stamp_file = path.with_name("." + path.name + ".stamp")
         h = hashlib.sha256(json.dumps([name, config], sort_keys=True).encode())
-        for p in (base, build.binary("agnhost")):
+        for p in [build.binary(static)] if static else [base, build.binary("agnhost")]:
             st = p.stat()
             h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
         if not (path.exists() and stamp_file.exists() and stamp_file.read_text() == h.hexdigest()):
-            layer = layer or debian_layer(base, _agnhost_extra())
-            write_oci_tarball(path, name, layer, config)
+            if static:
+                rootfs = Rootfs({static: (build.binary(static).read_bytes(), 0o755), **ETC}, dirs=("etc", "tmp"))
+                write_oci_tarball(path, name, rootfs.tar(), config)
+            else:
+                layer = layer or debian_layer(base, _agnhost_extra())
+                write_oci_tarball(path, name, layer, config)
             stamp_file.write_text(h.hexdigest())
         out[name] = path
     return out

@@ -1,0 +1,347 @@
+"""Upstream Kubernetes e2e tests (sig-network) against podwire, in one command.
+
+    python3 -m e2e.conformance [--suite conformance|services] [--focus REGEX] [--skip REGEX]
+                               [--shards N] [--keep] [--name cNAME]
+
+Brings up a full cluster of the harness (3 nodes: containerd + kubelet each, CoreDNS, no
+kube-proxy), installs podwire as a cluster would — its image imported into every node (`kind
+load`), then `kubectl apply -f manifests/podwire.yaml` (DaemonSet: CNI plugin, routes, egress
+masquerade and the Service proxy) — imports the images e2e.test runs (e2e/images.py), runs
+upstream `e2e.test --provider=skeleton` with kubectl on PATH, and writes a summary to
+e2e/results/<suite>-<UTC time>.md and .junit.xml: passed / failed / skipped with names, stamped
+with the podwire commit and the Kubernetes and containerd versions.
+
+Suites: `conformance` = `\\[sig-network\\].*\\[Conformance\\]`; `services` = the non-conformance
+sig-network Services/Conntrack tests for what podwire's proxy claims (hairpin, rejects without
+endpoints, UDP conntrack, service-proxy-name, headless). --focus/--skip replace the suite's.
+
+Why it is built so:
+* The tests to run are chosen here, from `e2e.test --list-tests` and the focus/skip regexes,
+  so the summary lists exactly the selected tests (a ginkgo report also lists the thousands it
+  filtered out), and they can be split into shards: separate e2e.test processes with disjoint
+  exact-name focuses, run side by side (e2e.test alone runs serially; ginkgo's parallel mode
+  needs the ginkgo CLI). Tests tagged [Serial] run afterwards, alone.
+* The control-plane host is not a node here (kind's is), so it has no pod routes; the API
+  server's proxy subresource (pods/proxy, services/proxy: the "Proxy" tests) and webhooks dial
+  pod IPs. The control-plane host gets a static route to every node's podCIDR via that node,
+  the route a control-plane node running podwire would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+from e2e import build, images
+from e2e import netns as ns
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+MANIFEST = ROOT / "manifests" / "podwire.yaml"
+WORK = Path(os.environ.get("PODWIRE_CONFORMANCE_WORK", "/tmp/podwire-conformance"))
+PODWIRE_IMAGE = "docker.io/podwire/podwire:dev"  # the name manifests/podwire.yaml uses
+
+SUITES = {
+    "conformance": (r"\[sig-network\].*\[Conformance\]", ""),
+    "services": (
+        r"\[sig-network\] (Services should (allow pods to hairpin back to themselves through services"
+        r"|implement service\.kubernetes\.io/(service-proxy-name|headless)"
+        r"|be rejected (when no endpoints exist|for evicted pods))|Conntrack )",
+        r"\[Conformance\]",
+    ),
+}
+
+
+# -- choosing the tests (pure) ---------------------------------------------------------------
+
+
+SUITE_DESCRIPTION = "Kubernetes e2e suite"  # ginkgo matches focus/skip against "<this> <test name>"
+
+
+def select(names: list[str], focus: str, skip: str = "") -> list[str]:
+    """The tests e2e.test would run for --ginkgo.focus/--ginkgo.skip."""
+    f, s = re.compile(focus), re.compile(skip) if skip else None
+    texts = {n: f"{SUITE_DESCRIPTION} {n}" for n in names}
+    return [n for n in names if f.search(texts[n]) and not (s and s.search(texts[n]))]
+
+
+def shard(names: list[str], n: int) -> list[list[str]]:
+    """[Serial] tests go last, alone; the others round-robin into n shards."""
+    parallel = [x for x in names if "[Serial]" not in x]
+    serial = [x for x in names if "[Serial]" in x]
+    shards = [parallel[i::n] for i in range(max(1, n))]
+    return [s for s in shards if s] + ([serial] if serial else [])
+
+
+def exact_focus(names: list[str]) -> str:
+    """A focus regex (Go RE2) matching exactly these test names. Ginkgo matches it against the
+    suite's description, a space and the name, hence no `^`; every name starts with "[sig-"."""
+    return r"\s(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def parse_list(text: str) -> list[str]:
+    """Names from `e2e.test --list-tests` lines ("    <file>:<line>: <name>")."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"\s*\S+\.go:\d+: (.*)$", line)
+        if m:
+            out.append(m.group(1).strip())
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    name: str
+    state: str  # passed | failed | skipped (not run: skipped by the test itself, or never reached)
+    seconds: float = 0.0
+    message: str = ""  # failure or skip reason
+    location: str = ""
+
+
+def spec_name(spec: dict) -> str:
+    return " ".join([*(spec.get("ContainerHierarchyTexts") or []), spec.get("LeafNodeText", "")]).strip()
+
+
+def outcomes(reports: list, selected: list[str]) -> list[Outcome]:
+    """One Outcome per selected test from ginkgo JSON reports (a list of suite reports each).
+    A selected test missing from every report (a shard that crashed) counts as failed."""
+    found: dict[str, Outcome] = {}
+    for suite in reports:
+        for spec in suite.get("SpecReports") or []:
+            if spec.get("LeafNodeType") != "It":
+                continue
+            name = spec_name(spec)
+            state = spec.get("State", "")
+            failure = spec.get("Failure") or {}
+            if name not in selected or (state == "skipped" and not failure):
+                continue  # filtered out by this shard's focus (a test's own Skip() has a message)
+            loc = failure.get("Location") or {}
+            msg = failure.get("Message", "")
+            if state != "passed" and state != "skipped":
+                state = "failed"  # failed, panicked, timedout, interrupted, aborted
+            found[name] = Outcome(name, state, spec.get("RunTime", 0) / 1e9, msg.strip(),
+                                  f"{loc.get('FileName', '')}:{loc.get('LineNumber', '')}" if loc else "")
+    return [found.get(n) or Outcome(n, "failed", message="no result: its e2e.test process did not report it")
+            for n in selected]
+
+
+def counts(results: list[Outcome]) -> dict[str, int]:
+    return {s: sum(r.state == s for r in results) for s in ("passed", "failed", "skipped")}
+
+
+def render_markdown(title: str, stamp: dict, results: list[Outcome], notes: dict[str, str]) -> str:
+    c = counts(results)
+    lines = [f"# {title}", ""]
+    lines += [f"- {k}: {v}" for k, v in stamp.items()]
+    lines += ["", f"**{c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped** "
+              f"(of {len(results)} selected)", ""]
+    for state in ("failed", "skipped", "passed"):
+        rows = [r for r in results if r.state == state]
+        if not rows:
+            continue
+        lines += [f"## {state} ({len(rows)})", ""]
+        for r in rows:
+            line = f"- `{r.name}` ({r.seconds:.0f} s)"
+            reason = notes.get(r.name) or (r.message.splitlines() or [""])[0][:300]
+            if state != "passed" and reason:
+                line += f" — {reason}"
+            lines.append(line)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_junit(title: str, results: list[Outcome]) -> str:
+    c = counts(results)
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<testsuite name={quoteattr(title)} tests="{len(results)}" failures="{c["failed"]}" '
+           f'skipped="{c["skipped"]}" time="{sum(r.seconds for r in results):.1f}">']
+    for r in results:
+        out.append(f'  <testcase name={quoteattr(r.name)} classname="Kubernetes e2e suite" time="{r.seconds:.1f}">')
+        if r.state == "failed":
+            out.append(f'    <failure message={quoteattr(r.message.splitlines()[0] if r.message else "failed")}>'
+                       f'{escape(r.location + chr(10) + r.message)}</failure>')
+        elif r.state == "skipped":
+            out.append(f'    <skipped message={quoteattr(r.message[:500])}/>')
+        out.append("  </testcase>")
+    out.append("</testsuite>")
+    return "\n".join(out) + "\n"
+
+
+# -- the cluster -----------------------------------------------------------------------------
+
+
+def podwire_image(out: Path) -> Path:
+    """podwire's image from the current checkout: frozen plugin and daemon (make rebuilds what is
+    stale), packaging/image.py into `out` (not dist/, which other runs may be writing)."""
+    subprocess.run(["make", "-s", "dist", "dist-daemon"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "packaging/image.py", "--out", str(out), "--name", PODWIRE_IMAGE],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def install_podwire(cluster, timeout: int = 300) -> None:
+    """As packaging/kind-up.sh: no kube-proxy, so the daemon gets the API server's address."""
+    k = cluster.kubectl
+    k("create", "namespace", "podwire")
+    k("-n", "podwire", "create", "configmap", "podwire-apiserver", f"--from-literal=host={cluster.topology.cp.ip}",
+      "--from-literal=port=6443")
+    k("apply", "-f", str(MANIFEST))
+    k("-n", "podwire", "rollout", "status", "daemonset/podwire", f"--timeout={timeout}s", timeout=timeout + 20)
+    k("wait", "--for=condition=Ready", "nodes", "--all", f"--timeout={timeout}s", timeout=timeout + 20)
+    k("-n", "kube-system", "rollout", "status", "deployment/coredns", f"--timeout={timeout}s", timeout=timeout + 20)
+
+
+def route_control_plane_to_pods(cluster) -> None:
+    cp = cluster.topology.cp
+    for node in cluster.nodes:
+        cp.run(["ip", "route", "replace", str(node.pod_cidr), "via", str(node.ip)])
+
+
+def versions(cluster) -> dict:
+    from e2e.node_runtime import CONTAINERD_BIN
+
+    def out(argv, cwd=ROOT):
+        r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else "?"
+
+    commit = out(["git", "rev-parse", "--short=12", "HEAD"])
+    dirty = out(["git", "status", "--porcelain", "--", "cni_plugin", "ipam", "netkit", "node_daemon", "proxy",
+                 "packaging", "manifests"])
+    if dirty:  # the image is built from the working tree, which other engineers share
+        commit += " + uncommitted changes in " + ", ".join(line.split()[-1] for line in dirty.splitlines())
+    server = json.loads(cluster.kubectl("version", "-o", "json").stdout).get("serverVersion", {})
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "podwire": commit,
+        "kubernetes": f"{server.get('gitVersion', '?')} (e2e.test {build.KUBERNETES_VERSION})",
+        "containerd": out([str(CONTAINERD_BIN / "containerd"), "--version"]),
+        "cluster": f"{len(cluster.nodes)} full nodes, podwire DaemonSet (CNI + Service proxy), no kube-proxy, CoreDNS",
+    }
+
+
+# -- running e2e.test ------------------------------------------------------------------------
+
+
+def list_tests(bin_dir: Path) -> list[str]:
+    r = subprocess.run([str(bin_dir / "e2e.test"), "--list-tests"], capture_output=True, text=True, check=True)
+    return parse_list(r.stdout)
+
+
+def run_shards(cluster, shards: list[list[str]], out_dir: Path, extra: list[str]) -> list:
+    """e2e.test per shard, at once except the last [Serial] one; returns the JSON reports."""
+    bin_dir = cluster.bin_dir
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+           "KUBECONFIG": str(cluster.kubeconfig)}
+    waves = [[s for s in shards if "[Serial]" not in s[0]], [s for s in shards if "[Serial]" in s[0]]]
+    reports, i = [], -1
+    for wave in waves:
+        procs = []
+        for names in wave:
+            i += 1
+            argv = [str(bin_dir / "e2e.test"), f"--kubeconfig={cluster.kubeconfig}", "--provider=skeleton",
+                    f"--ginkgo.focus={exact_focus(names)}", f"--ginkgo.json-report={out_dir}/shard-{i}.json",
+                    "--ginkgo.timeout=4h", "--ginkgo.no-color", "--ginkgo.v", f"--report-dir={out_dir}/shard-{i}",
+                    "--e2e-output-dir", str(out_dir / f"shard-{i}"), *extra]
+            (out_dir / f"shard-{i}").mkdir(parents=True, exist_ok=True)
+            log = open(out_dir / f"shard-{i}.log", "w")
+            print(f"e2e.conformance: shard {i}: {len(names)} tests, log {log.name}", file=sys.stderr, flush=True)
+            procs.append((i, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        for i, p, log in procs:
+            p.wait()
+            log.close()
+            try:
+                reports += json.loads((out_dir / f"shard-{i}.json").read_text())
+            except (OSError, ValueError):
+                pass
+    return reports
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m e2e.conformance", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", choices=sorted(SUITES), default="conformance")
+    parser.add_argument("--focus", help="ginkgo focus regex (replaces the suite's)")
+    parser.add_argument("--skip", help="ginkgo skip regex (replaces the suite's)")
+    parser.add_argument("--shards", type=int, default=2, help="e2e.test processes side by side (default 2)")
+    parser.add_argument("--name", default="conf", help="cluster name (default conf)")
+    parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the summary goes (default e2e/results)")
+    parser.add_argument("--e2e-arg", action="append", default=[], help="extra e2e.test argument (repeatable)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("e2e.conformance: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    focus, skip = SUITES[args.suite]
+    focus, skip = args.focus or focus, skip if args.skip is None else args.skip
+    summary = run(args.name, focus, skip, args.suite, shards=args.shards, keep=args.keep, results=args.results,
+                  extra=args.e2e_arg)
+    print(summary["markdown"])
+    return 0 if summary["counts"]["failed"] == 0 else 1
+
+
+def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: bool = False,
+        results: Path | None = RESULTS, extra=(), nodes: int = 3, work_dir: Path | None = None,
+        test_images=tuple(images.TEST_IMAGE_CONFIGS)) -> dict:
+    """Cluster up, podwire installed, the selected tests run, summary written (when `results`).
+    `test_images`: which of the e2e images to import (all by default; each ~240 MB per node)."""
+    from e2e.cluster import Cluster
+
+    started = time.monotonic()
+    bin_dir = build.ensure_built()
+    selected = select(list_tests(bin_dir), focus, skip)
+    if not selected:
+        raise SystemExit(f"e2e.conformance: no test matches focus {focus!r} / skip {skip!r}")
+    print(f"e2e.conformance: {len(selected)} tests selected", file=sys.stderr, flush=True)
+    tarballs = images.e2e_test_images(test_images)
+    # The owner's death lets the next sweep (any pytest session, `up`) remove a cluster left by a
+    # killed run; --keep has none, it stays until `python3 -m e2e.cluster down`.
+    cluster = Cluster(name, "l2", nodes, full_nodes=True, owner=None if keep else ns.this_process("conformance"))
+    # e2e.test's logs and reports outlive the cluster (its directory goes at `down`)
+    work = Path(work_dir or WORK / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"e2e.conformance: logs and reports in {work}", file=sys.stderr, flush=True)
+    cluster.up()
+    try:
+        image = podwire_image(work / "podwire-image.tar")
+        for tarball in [image, *tarballs.values()]:
+            cluster.import_image(tarball)
+        install_podwire(cluster)
+        route_control_plane_to_pods(cluster)
+        stamp = versions(cluster)
+        ready = time.monotonic()
+        print(f"e2e.conformance: cluster ready in {ready - started:.0f}s; running e2e.test", file=sys.stderr, flush=True)
+        reports = run_shards(cluster, shard(selected, shards), work, list(extra))
+        res = outcomes(reports, selected)
+        stamp["focus"] = f"`{focus}`" + (f", skip `{skip}`" if skip else "")
+        stamp["run time"] = f"{time.monotonic() - ready:.0f} s e2e.test ({shards} shards), {ready - started:.0f} s setup"
+        title = f"podwire: upstream e2e, {title}"
+        md, junit = render_markdown(title, stamp, res, {}), render_junit(title, res)
+        paths = []
+        if results:
+            results.mkdir(parents=True, exist_ok=True)
+            base = results / f"{title.split(', ')[-1].replace(' ', '-')}-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}"
+            paths = [base.with_suffix(".md"), base.with_suffix(".junit.xml")]
+            paths[0].write_text(md)
+            paths[1].write_text(junit)
+            print(f"e2e.conformance: wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+        return {"counts": counts(res), "results": res, "markdown": md, "paths": paths, "work": work}
+    finally:
+        if keep:
+            print(f"e2e.conformance: cluster {name} kept (python3 -m e2e.cluster down --name {name}); "
+                  f"export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
+        else:
+            errors = cluster.down()
+            if errors:
+                print("e2e.conformance: teardown: " + "; ".join(errors), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
