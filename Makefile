@@ -3,7 +3,7 @@ PYTHON ?= python3
 SOURCES := $(shell find cni_plugin ipam netkit -name '*.py') packaging/podwire.spec
 DAEMON_SOURCES := $(shell find node_daemon proxy netkit -name '*.py') packaging/podwire-daemon.spec packaging/daemon_entry.py
 
-.PHONY: dist dist-daemon image kind test demo demo-one-node bench clean
+.PHONY: dist dist-daemon image kind test demo demo-one-node bench bench-all clean
 
 dist: dist/podwire/podwire
 
@@ -34,6 +34,9 @@ demo-one-node: dist
 
 bench: dist
 	$(PYTHON) bench/cni_latency.py
+
+bench-all: dist
+	$(PYTHON) bench/run_all.py
 
 clean:
 	rm -rf build dist
