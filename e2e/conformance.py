@@ -94,7 +94,7 @@ def parse_list(text: str) -> list[str]:
     for line in text.splitlines():
         m = re.match(r"\s*\S+\.go:\d+: (.*)$", line)
         if m:
-            out.append(m.group(1).strip())
+            out.append(m.group(1))  # as is: a few names end in a space, and focus is anchored
     return out
 
 
@@ -108,7 +108,7 @@ class Outcome:
 
 
 def spec_name(spec: dict) -> str:
-    return " ".join([*(spec.get("ContainerHierarchyTexts") or []), spec.get("LeafNodeText", "")]).strip()
+    return " ".join([*(spec.get("ContainerHierarchyTexts") or []), spec.get("LeafNodeText", "")])
 
 
 def outcomes(reports: list, selected: list[str]) -> list[Outcome]:

@@ -32,6 +32,8 @@ def test_parse_list_reads_the_names_of_list_tests():
             "    k8s.io/kubernetes@v1.34.10/test/e2e/network/dns.go:54: " + NAMES[0] + "\n"
             "    k8s.io/kubernetes@v1.34.10/test/e2e/network/service.go:740: " + NAMES[1] + "\n\n")
     assert conf.parse_list(text) == NAMES[:2]
+    # kept as is: ginkgo's text of e.g. "... should proxy logs on node using proxy subresource " ends in a space
+    assert conf.parse_list("    x/proxy.go:93: [sig-network] Proxy should a \n") == ["[sig-network] Proxy should a "]
 
 
 def test_select_applies_focus_and_skip_like_ginkgo():
