@@ -43,12 +43,11 @@ from xml.sax.saxutils import escape, quoteattr
 
 from e2e import build, images
 from e2e import netns as ns
+from e2e.podwire_install import build_image, install
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-MANIFEST = ROOT / "manifests" / "podwire.yaml"
 WORK = Path(os.environ.get("PODWIRE_CONFORMANCE_WORK", "/tmp/podwire-conformance"))
-PODWIRE_IMAGE = "docker.io/podwire/podwire:dev"  # the name manifests/podwire.yaml uses
 
 SUITES = {
     "conformance": (r"\[sig-network\].*\[Conformance\]", ""),
@@ -179,25 +178,9 @@ def render_junit(title: str, results: list[Outcome]) -> str:
 # -- the cluster -----------------------------------------------------------------------------
 
 
-def podwire_image(out: Path) -> Path:
-    """podwire's image from the current checkout: frozen plugin and daemon (make rebuilds what is
-    stale), packaging/image.py into `out` (not dist/, which other runs may be writing)."""
-    subprocess.run(["make", "-s", "dist", "dist-daemon"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([sys.executable, "packaging/image.py", "--out", str(out), "--name", PODWIRE_IMAGE],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return out
-
-
-def install_podwire(cluster, timeout: int = 300) -> None:
-    """As packaging/kind-up.sh: no kube-proxy, so the daemon gets the API server's address."""
-    k = cluster.kubectl
-    k("create", "namespace", "podwire")
-    k("-n", "podwire", "create", "configmap", "podwire-apiserver", f"--from-literal=host={cluster.topology.cp.ip}",
-      "--from-literal=port=6443")
-    k("apply", "-f", str(MANIFEST))
-    k("-n", "podwire", "rollout", "status", "daemonset/podwire", f"--timeout={timeout}s", timeout=timeout + 20)
-    k("wait", "--for=condition=Ready", "nodes", "--all", f"--timeout={timeout}s", timeout=timeout + 20)
-    k("-n", "kube-system", "rollout", "status", "deployment/coredns", f"--timeout={timeout}s", timeout=timeout + 20)
+def wait_coredns(cluster, timeout: int = 300) -> None:
+    cluster.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", f"--timeout={timeout}s",
+                    timeout=timeout + 20)
 
 
 def route_control_plane_to_pods(cluster) -> None:
@@ -310,10 +293,11 @@ def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: 
     print(f"e2e.conformance: logs and reports in {work}", file=sys.stderr, flush=True)
     cluster.up()
     try:
-        image = podwire_image(work / "podwire-image.tar")
-        for tarball in [image, *tarballs.values()]:
+        image = build_image(work / "podwire-image.tar")
+        for tarball in tarballs.values():
             cluster.import_image(tarball)
-        install_podwire(cluster)
+        install(cluster, image)  # as a user: image into the nodes, kubectl apply, DaemonSet and nodes Ready
+        wait_coredns(cluster)
         route_control_plane_to_pods(cluster)
         stamp = versions(cluster)
         ready = time.monotonic()

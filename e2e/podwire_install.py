@@ -24,12 +24,15 @@ class InstallError(RuntimeError):
     pass
 
 
-def build_image() -> Path:
-    """`make image`: frozen plugin + daemon, then the OCI tarball (make skips what is up to date)."""
-    r = subprocess.run(["make", "-s", "image"], cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise InstallError(f"make image failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return IMAGE_TAR
+def build_image(out: Path = IMAGE_TAR) -> Path:
+    """What `make image` does, into `out` (a run of its own may not want to share dist/'s tarball):
+    frozen plugin + daemon (make skips what is up to date), then the OCI tarball."""
+    for argv in (["make", "-s", "dist", "dist-daemon"],
+                 [sys.executable, "packaging/image.py", "--out", str(out), "--name", IMAGE]):
+        r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise InstallError(f"{' '.join(argv)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return out
 
 
 def _kubectl(cluster, *args, timeout=120):
