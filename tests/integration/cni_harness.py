@@ -112,3 +112,42 @@ def underlay(node: str, outside: str, link: str, subnet_prefix: str) -> str:
         in_ns(ns, "ip", "addr", "add", f"{subnet_prefix}.{host}/24", "dev", dev)
         in_ns(ns, "ip", "link", "set", dev, "up")
     return f"{subnet_prefix}.1"
+
+
+class FixedRunDir:
+    """containerd 2.x keeps shim sockets and fifos under /run/containerd whatever its config says:
+    remember what was there and remove what a test's private containerd added (and the dir if we made it)."""
+
+    PATH = "/run/containerd"
+
+    def __init__(self):
+        self.existed = os.path.isdir(self.PATH)
+        self.subdirs = {sub for sub in ("s", "fifo") if os.path.isdir(os.path.join(self.PATH, sub))}
+        self.before = self._entries()
+
+    def _entries(self) -> set:
+        out = set()
+        for sub in ("s", "fifo"):
+            d = os.path.join(self.PATH, sub)
+            if os.path.isdir(d):
+                out |= {os.path.join(d, name) for name in os.listdir(d)}
+        return out
+
+    def clean(self) -> None:
+        import shutil
+
+        for path in self._entries() - self.before:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        for sub in {"s", "fifo"} - self.subdirs:
+            try:
+                os.rmdir(os.path.join(self.PATH, sub))
+            except OSError:
+                pass
+        if not self.existed:
+            shutil.rmtree(self.PATH, ignore_errors=True)

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from tests.integration.cni_harness import REF_DIR, allocated
+from tests.integration.cni_harness import REF_DIR, FixedRunDir, allocated
 from tests.integration.ociimage import busybox_image
 
 pytestmark = [pytest.mark.root, pytest.mark.frozen, pytest.mark.slow]
@@ -80,6 +80,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
     if not os.access(os.path.join(CONTAINERD_BIN, "containerd"), os.X_OK):
         pytest.fail(f"{CONTAINERD_BIN}/containerd missing: run scripts/install-deps.sh")
     env = {**os.environ, "PATH": f"{CONTAINERD_BIN}:{os.environ['PATH']}"}  # its shim and ctr come first
+    rundir = FixedRunDir()
     log = open(root / "containerd.log", "w")
     proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{node}", "containerd", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -115,6 +116,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
         # shims outlive containerd by design: end ours, then runc's state and our mounts
         subprocess.run(["pkill", "-KILL", "-f", f"containerd-shim-runc-v2 -namespace {namespace}"], capture_output=True)
         shutil.rmtree(f"/run/containerd/runc/{namespace}", ignore_errors=True)
+        rundir.clean()
         subprocess.run(["sh", "-c", f"grep {root} /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l"],
                        capture_output=True)
 

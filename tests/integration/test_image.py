@@ -131,6 +131,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
     snapshotter = "native"
 """)
     env = {**os.environ, "PATH": f"{CONTAINERD_BIN}:{os.environ['PATH']}"}
+    from tests.integration.cni_harness import FixedRunDir
+
+    rundir = FixedRunDir()
     log = open(root / "containerd.log", "w")
     proc = None
     ctr = Ctr(sock, namespace, netns, env)
@@ -167,6 +170,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
             except ProcessLookupError:
                 pass
         shutil.rmtree(f"/run/containerd/runc/{namespace}", ignore_errors=True)
+        rundir.clean()
         subprocess.run(["sh", "-c", f"grep ' {root}' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l"],
                        capture_output=True)
 
