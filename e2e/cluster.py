@@ -175,7 +175,11 @@ class Cluster:
         return swept
 
     def __enter__(self) -> "Cluster":
-        return self.up()
+        try:
+            return self.up()
+        except BaseException:
+            self.down()  # a half-started cluster is torn down too (the ledger knows what exists)
+            raise
 
     def __exit__(self, *exc) -> None:
         errors = self.down()

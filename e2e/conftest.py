@@ -52,14 +52,8 @@ def cluster(k8s_bin) -> Cluster:
     Cluster.sweep_abandoned()  # leftovers of sessions that were killed
     # One name per session (not the CLI's "dev"): sessions of several users, or a session
     # and a CLI cluster, run side by side without touching each other.
-    c = Cluster(f"t{os.getpid() % 100000}", shape, nodes, bin_dir=k8s_bin, owner=ns.this_process("pytest"))
-    c.up()
-    try:
+    with Cluster(f"t{os.getpid() % 100000}", shape, nodes, bin_dir=k8s_bin, owner=ns.this_process("pytest")) as c:
         yield c
-    finally:
-        errors = c.down()
-        if errors:
-            pytest.fail("cluster teardown: " + "; ".join(errors))
 
 
 @pytest.fixture(scope="session")
@@ -70,15 +64,9 @@ def full_cluster(k8s_bin) -> Cluster:
     shape = os.environ.get("PODWIRE_E2E_SHAPE", "l2")
     nodes = int(os.environ.get("PODWIRE_E2E_NODES", "3"))
     Cluster.sweep_abandoned()
-    c = Cluster(f"k{os.getpid() % 100000}", shape, nodes, bin_dir=k8s_bin, owner=ns.this_process("pytest"),
-                full_nodes=True)
-    c.up()
-    try:
+    with Cluster(f"k{os.getpid() % 100000}", shape, nodes, bin_dir=k8s_bin, owner=ns.this_process("pytest"),
+                 full_nodes=True) as c:
         yield c
-    finally:
-        errors = c.down()
-        if errors:
-            pytest.fail("cluster teardown: " + "; ".join(errors))
 
 
 @pytest.fixture(scope="session")

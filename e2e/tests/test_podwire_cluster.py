@@ -28,17 +28,11 @@ def demo():
     from e2e.cluster import Cluster
 
     image = build_image()
-    cluster = Cluster(f"w{os.getpid() % 100000}", "routed", 3, full_nodes=True)
-    try:
-        cluster.up()
+    with Cluster(f"w{os.getpid() % 100000}", "routed", 3, full_nodes=True) as cluster:
         install(cluster, image)
         d = Demo(cluster)
         d.deploy()
         yield d
-    finally:
-        errors = cluster.down()
-        if errors:
-            pytest.fail("cluster teardown: " + "; ".join(errors))
 
 
 def pods_by_name(d: Demo, *selector: str) -> dict:

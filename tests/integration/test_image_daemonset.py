@@ -45,15 +45,9 @@ def cluster(manifest_image):
     from e2e import cluster as cluster_mod
 
     build.ensure_built()
-    c = cluster_mod.Cluster(f"f{os.getpid() % 100000}", "l2", 2, full_nodes=True)
-    c.up()
-    try:
+    with cluster_mod.Cluster(f"f{os.getpid() % 100000}", "l2", 2, full_nodes=True) as c:
         node_runtime.import_image(c.runtimes, manifest_image)
         yield c
-    finally:
-        errors = c.down()
-        if errors:
-            pytest.fail("cluster teardown: " + "; ".join(errors))
 
 
 def kubectl(c, *args, check=True, timeout=60):

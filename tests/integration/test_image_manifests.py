@@ -42,14 +42,8 @@ def cluster():
     from e2e import cluster as cluster_mod
 
     build.ensure_built()  # nothing when warm
-    c = cluster_mod.Cluster(f"m{os.getpid() % 100000}", "l2", 2)
-    c.up()
-    try:
+    with cluster_mod.Cluster(f"m{os.getpid() % 100000}", "l2", 2) as c:
         yield c
-    finally:
-        errors = c.down()
-        if errors:
-            pytest.fail("cluster teardown: " + "; ".join(errors))
 
 
 @pytest.fixture(scope="module")
