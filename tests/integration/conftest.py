@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -11,8 +12,17 @@ from tests.integration.cni_harness import FROZEN, ROOT, Plugin, netns_add, netns
 
 
 @pytest.fixture(scope="session")
-def frozen_plugin() -> str:
-    """dist/podwire/podwire, (re)built when the sources are newer (make tracks that)."""
+def frozen_plugin(tmp_path_factory) -> str:
+    """dist/podwire/podwire, (re)built when the sources are newer (make tracks that).
+
+    PODWIRE_PLUGIN_FROM_SOURCE=1 runs `python3 -m cni_plugin` from the checkout instead: for
+    developers iterating on the plugin (no PyInstaller build per change, none racing another).
+    """
+    if os.environ.get("PODWIRE_PLUGIN_FROM_SOURCE") == "1":
+        wrapper = tmp_path_factory.mktemp("plugin") / "podwire"
+        wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m cni_plugin "$@"\n')
+        wrapper.chmod(0o755)
+        return str(wrapper)
     subprocess.run(["make", "-s", "dist"], cwd=ROOT, check=True, capture_output=True)
     assert os.access(FROZEN, os.X_OK)
     return FROZEN
