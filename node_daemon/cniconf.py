@@ -2,6 +2,12 @@
 
 Until the PodCIDR is known nothing is written: the kubelet then reports "cni config uninitialized"
 (NotReady) instead of the runtime starting pods on a network that cannot route them.
+
+The CNI version is the runtime's libcni's choice, so the conflist offers two (CNI 1.1 version
+negotiation). libcni before v1.2 (containerd 1.6 and 1.7) implements CNI 1.0.0, ignores
+`cniVersions`, reads `cniVersion` and fails every pod on a 1.1.0 result ("unsupported CNI result
+version"). libcni v1.2+ (containerd 2.x) takes the highest of `cniVersion` and `cniVersions` it
+implements: 1.1.0, the only version it sends STATUS and GC to.
 """
 
 from __future__ import annotations
@@ -12,6 +18,9 @@ import tempfile
 from dataclasses import dataclass
 
 from .model import IPNetwork
+
+CNI_VERSION = "1.0.0"  # what libcni without version negotiation reads
+CNI_VERSIONS = ("1.0.0", "1.1.0")  # libcni v1.2+ picks the highest it implements
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,8 @@ def render(pod_cidrs: tuple[IPNetwork, ...], mtu: int, s: CniSettings) -> str | 
     if not pod_cidrs:
         return None
     conf = {
-        "cniVersion": "1.1.0",
+        "cniVersion": CNI_VERSION,
+        "cniVersions": list(CNI_VERSIONS),
         "name": "podwire",
         "plugins": [{
             "type": "podwire",

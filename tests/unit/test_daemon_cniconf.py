@@ -4,6 +4,7 @@ import ipaddress as ipa
 import json
 import os
 
+from cni_plugin.config import SUPPORTED_VERSIONS
 from node_daemon.cniconf import CniSettings, render, write_if_changed
 
 V4, V6 = ipa.ip_network("10.244.1.0/24"), ipa.ip_network("fd10:244:1::/64")
@@ -12,7 +13,7 @@ V4, V6 = ipa.ip_network("10.244.1.0/24"), ipa.ip_network("fd10:244:1::/64")
 def test_dual_stack_conflist_matches_the_plugin_contract():
     conf = json.loads(render((V4, V6), 1450, CniSettings()))
     assert conf == {
-        "cniVersion": "1.1.0", "name": "podwire",
+        "cniVersion": "1.0.0", "cniVersions": ["1.0.0", "1.1.0"], "name": "podwire",
         "plugins": [{
             "type": "podwire", "bridge": "podwire0", "isGateway": True, "hairpinMode": True,
             "ipMasq": False, "mtu": 1450, "logFile": "/var/log/podwire-cni.log",
@@ -46,4 +47,41 @@ def test_write_is_atomic_and_idempotent(tmp_path):
     assert write_if_changed(s.path, render((V4,), 1450, s)) is True
     assert os.stat(s.path).st_ino != inode  # replaced by rename, never rewritten in place
     assert os.listdir(tmp_path / "net.d") == ["10-podwire.conflist"]  # no temp files left
-    assert json.loads(open(s.path).read())["plugins"][0]["mtu"] == 1450
+    with open(s.path) as f:
+        assert json.loads(f.read())["plugins"][0]["mtu"] == 1450
+
+
+def _semver(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split("."))
+
+
+def libcni_version(conflist: dict, implements: str, negotiates: bool) -> str:
+    """The version libcni runs a conflist with (containernetworking/cni libcni/conf.go): before
+    v1.2 `cniVersion` as written; from v1.2 the highest of cniVersion + cniVersions it implements."""
+    if not negotiates or "cniVersions" not in conflist:
+        return conflist["cniVersion"]
+    offered = [*conflist["cniVersions"], conflist["cniVersion"]]
+    return max((v for v in offered if _semver(v) <= _semver(implements)), key=_semver, default=conflist["cniVersion"])
+
+
+# (runtime, the libcni it vendors: CNI version it implements, whether it reads cniVersions)
+RUNTIMES = [("containerd 1.6 (libcni v1.1.1/Debian v1.1.2)", "1.0.0", False),
+            ("containerd 1.7 (libcni v1.1.2)", "1.0.0", False),
+            ("containerd 2.0 (libcni v1.2.3)", "1.1.0", True),
+            ("containerd 2.1-2.3 (libcni v1.3.0)", "1.1.0", True)]
+
+
+def test_every_runtime_gets_a_version_it_implements_and_2x_gets_status_and_gc():
+    conf = json.loads(render((V4,), 1500, CniSettings()))
+    for runtime, implements, negotiates in RUNTIMES:
+        chosen = libcni_version(conf, implements, negotiates)
+        # a result newer than libcni implements fails every pod ("unsupported CNI result version")
+        assert _semver(chosen) <= _semver(implements), runtime
+        assert chosen in SUPPORTED_VERSIONS, runtime
+        # libcni sends STATUS and GC only to configs of 1.1.0 or newer
+        assert (chosen == "1.1.0") == negotiates, runtime
+
+
+def test_the_old_conflist_failed_on_containerd_1x():
+    old = {"cniVersion": "1.1.0", "name": "podwire", "plugins": []}
+    assert libcni_version(old, "1.0.0", False) == "1.1.0"  # > 1.0.0: what containerd 1.6/1.7 reject
