@@ -14,18 +14,41 @@ SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 DEFAULT_BRIDGE = "podwire0"
 DEFAULT_STATE_DIR = "/var/lib/cni/podwire"
 DEFAULT_LOG_FILE = "/var/log/podwire/cni.log"
-_PROTOCOLS = ("tcp", "udp", "sctp")
+PROTOCOLS = ("tcp", "udp", "sctp")
+# Names that reach nft text or file names come from this alphabet: libcni's container ID rule
+# (^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$), checked without `re` (~3 ms per plugin start).
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+NAME_CHARS = _ALNUM | frozenset("_.-")
+IFNAMSIZ = 16
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split("."))
 
 
+def is_safe_name(text: object) -> bool:
+    """libcni's rule for container IDs: an ASCII letter or digit, then letters, digits, '_', '.', '-'."""
+    return isinstance(text, str) and text != "" and text[0] in _ALNUM and all(c in NAME_CHARS for c in text)
+
+
+def ifname_problem(name: object) -> str | None:
+    """Why the kernel (dev_valid_name) would refuse `name` as an interface name, or None."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    if len(name.encode()) >= IFNAMSIZ:
+        return f"is longer than {IFNAMSIZ - 1} bytes"
+    if name in (".", ".."):
+        return "is . or .."
+    if any(c in "/:" or c.isspace() or not c.isprintable() for c in name):
+        return "contains '/', ':', whitespace or a control character"
+    return None
+
+
 class PortMapping(Record):
     host_port: int
     container_port: int
-    protocol: str
-    host_ip: str  # "" = every local address
+    protocol: str  # tcp | udp | sctp
+    host_ip: object  # ipaddress.IPv4Address | IPv6Address, or None = every local address
 
 
 class NetConf(Record):
@@ -75,9 +98,32 @@ def check_version(raw: dict) -> str:
     return version
 
 
+def _host_ip(value, where: str):
+    """hostIP as an address object (None = any). Kubernetes does not validate hostIP and containerd
+    passes it through: it is pod-author input, and nft would resolve a name or swallow a statement."""
+    if value is None or value == "":
+        return None
+    import ipaddress
+
+    if isinstance(value, str) and "%" not in value:  # a scope id is free text: never into nft
+        try:
+            ip = ipaddress.ip_address(value)
+        except ValueError:
+            pass
+        else:
+            return None if ip.is_unspecified else ip
+    raise CNIError(INVALID_CONFIG, f"invalid network config: {where}.hostIP must be an IPv4 or IPv6 address, got {value!r}")
+
+
 def _port_mappings(raw: dict) -> tuple[PortMapping, ...]:
-    runtime = raw.get("runtimeConfig") or {}
-    items = runtime.get("portMappings") or []
+    runtime = raw.get("runtimeConfig")
+    if runtime is None:
+        runtime = {}
+    if not isinstance(runtime, dict):
+        raise CNIError(INVALID_CONFIG, "invalid network config: 'runtimeConfig' must be an object")
+    items = runtime.get("portMappings")
+    if items is None:
+        items = []
     if not isinstance(items, list):
         raise CNIError(INVALID_CONFIG, "invalid network config: runtimeConfig.portMappings must be a list")
     out = []
@@ -88,36 +134,46 @@ def _port_mappings(raw: dict) -> tuple[PortMapping, ...]:
         # Keys match case-insensitively, as Go's encoding/json does for the reference portmap
         # plugin: containerd's CRI (go-cni's untagged PortMapping struct) sends "HostPort",
         # "ContainerPort", "Protocol", "HostIP".
-        folded = {str(k).lower(): v for k, v in item.items()}
-        item = {k: item[k] if k in item else folded.get(k.lower())
-                for k in ("hostPort", "containerPort", "protocol", "hostIP")}
-        protocol = str(item.get("protocol") or "tcp").lower()
-        if protocol not in _PROTOCOLS:
+        folded = {k.lower(): v for k, v in item.items()}
+        protocol = folded.get("protocol") or "tcp"
+        if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
             raise CNIError(INVALID_CONFIG, f"invalid network config: {where}.protocol {protocol!r} is not tcp, udp or sctp")
-        host_ip = item.get("hostIP") or ""
-        if host_ip in ("0.0.0.0", "::"):
-            host_ip = ""
         out.append(
             PortMapping(
-                _int(item.get("hostPort"), f"{where}.hostPort", 1, 65535),
-                _int(item.get("containerPort"), f"{where}.containerPort", 1, 65535),
-                protocol,
-                str(host_ip),
+                _int(folded.get("hostport"), f"{where}.hostPort", 1, 65535),
+                _int(folded.get("containerport"), f"{where}.containerPort", 1, 65535),
+                protocol.lower(),
+                _host_ip(folded.get("hostip"), where),
             )
         )
     return tuple(out)
 
 
-def parse_netconf(raw: dict) -> NetConf:
+def _path(raw: dict, key: str, default: str) -> str:
+    """An absolute path option; a non-string would otherwise become a relative path."""
+    value = raw.get(key)
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise CNIError(INVALID_CONFIG, f"invalid network config: '{key}' must be an absolute path, got {value!r}")
+    return value
+
+
+def parse_netconf(raw: dict, port_mappings: bool = True) -> NetConf:
+    """`port_mappings=False` for verbs other than ADD: DEL removes what the state file says, so a
+    config whose runtimeConfig ADD refused must still let the runtime clean up."""
     if not isinstance(raw, dict):
         raise CNIError(INVALID_CONFIG, "invalid network config: expected a JSON object")
     version = check_version(raw)
     name = raw.get("name")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise CNIError(INVALID_CONFIG, "invalid network config: 'name' must be a non-empty string without '/'")
+    # the name is a directory of the IPAM store: one path component
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise CNIError(INVALID_CONFIG, f"invalid network config: 'name' must be a non-empty string without '/', got {name!r}")
     bridge = raw.get("bridge", DEFAULT_BRIDGE)
-    if not isinstance(bridge, str) or not 0 < len(bridge) <= 15 or "/" in bridge or " " in bridge:
-        raise CNIError(INVALID_CONFIG, f"invalid network config: 'bridge' must be a valid interface name (1-15 chars), got {bridge!r}")
+    # the bridge name is quoted in nft text: letters, digits, '_', '.', '-' only
+    if not is_safe_name(bridge) or len(bridge) >= IFNAMSIZ:
+        raise CNIError(INVALID_CONFIG, "invalid network config: 'bridge' must be an interface name of 1-15 letters, "
+                       f"digits, '_', '.' or '-', got {bridge!r}")
     ipam = raw.get("ipam")
     if not isinstance(ipam, dict) or not ipam:
         raise CNIError(INVALID_CONFIG, "invalid network config: 'ipam' section is missing")
@@ -134,9 +190,9 @@ def parse_netconf(raw: dict) -> NetConf:
         hairpin=_bool(raw, "hairpinMode", True),
         ip_masq=_bool(raw, "ipMasq", False),
         ipam=ipam,
-        port_mappings=_port_mappings(raw),
-        state_dir=str(raw.get("stateDir") or DEFAULT_STATE_DIR),
-        log_file=str(raw.get("logFile") or DEFAULT_LOG_FILE),
+        port_mappings=_port_mappings(raw) if port_mappings else (),
+        state_dir=_path(raw, "stateDir", DEFAULT_STATE_DIR),
+        log_file=_path(raw, "logFile", DEFAULT_LOG_FILE),
         prev_result=prev,
         raw=raw,
     )

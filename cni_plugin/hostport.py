@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 
+from cni_plugin.config import PROTOCOLS, is_safe_name
 from cni_plugin.errors import HOSTPORT_CONFLICT, CNIError
 
 TABLE = "podwire-cni"
@@ -26,6 +27,58 @@ MARK = "0x00002000"
 
 def _family(ip: str) -> str:
     return "ip6" if ":" in ip else "ip"
+
+
+def _element(host_ip, protocol: str, port: int) -> str:
+    return f"{host_ip} . {protocol} . {port}" if host_ip else f"{protocol} . {port}"
+
+
+def _parse_element(text) -> str | None:
+    """A map key from a state file, re-parsed into typed parts and printed again; None if it is
+    not one we could have written (a file from a version that pasted hostIP into nft text)."""
+    import ipaddress
+
+    parts = text.split(" . ") if isinstance(text, str) else []
+    if len(parts) not in (2, 3) or parts[-2] not in PROTOCOLS or not parts[-1].isdigit() or not parts[-1].isascii():
+        return None
+    port = int(parts[-1])
+    if not 0 < port < 65536:
+        return None
+    host_ip = None
+    if len(parts) == 3:
+        if "%" in parts[0]:
+            return None
+        try:
+            host_ip = ipaddress.ip_address(parts[0])
+        except ValueError:
+            return None
+    return _element(host_ip, parts[-2], port)
+
+
+def _parse_ip(text):
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text)) if isinstance(text, str) and "%" not in text else None
+    except ValueError:
+        return None
+
+
+def checked_state(state) -> dict:
+    """What render_delete may act on from a state file read back from disk: only elements,
+    addresses and a chain name of the shapes we write; anything else is dropped, not rendered."""
+    if not isinstance(state, dict):
+        return {"elements": [], "chain": "", "masq": []}
+    chain = state.get("chain")
+    if not (isinstance(chain, str) and chain.startswith("hp-") and is_safe_name(chain[3:])):
+        chain = ""
+    elements = [e for e in map(_parse_element, _list(state.get("elements"))) if e is not None]
+    masq = [ip for ip in map(_parse_ip, _list(state.get("masq"))) if ip is not None]
+    return {"elements": elements, "chain": chain, "masq": masq}
+
+
+def _list(value) -> list:
+    return value if isinstance(value, list) else []
 
 
 def base_ruleset(bridge: str) -> str:
@@ -102,23 +155,25 @@ def render_add(state: dict, bridge: str) -> str:
 def render_delete(state: dict) -> list[str]:
     """Statements removing one attachment; run together first, then one by one if any is gone."""
     out = [f"delete element inet {TABLE} {_map_of(el)} {{ {el} }}" for el in state["elements"]]
-    if state["elements"]:
+    if state["elements"] and state["chain"]:
         out.append(f"delete chain inet {TABLE} {state['chain']}")
     out += [f"delete element inet {TABLE} masq{'6' if ':' in ip else '4'} {{ {ip} }}" for ip in state["masq"]]
     return out
 
 
 def plan_state(container_id: str, ifname: str, host_if: str, mappings, pod_ips, ip_masq: bool) -> dict:
+    # every value below is typed: config.PortMapping (ints, a protocol of a fixed set, an ipaddress
+    # object) and the pod's IPAM addresses; nothing a pod author wrote reaches the text as it came
     pod_ips = [ip.split("/")[0] for ip in pod_ips]
-    elements = sorted({f"{m.host_ip} . {m.protocol} . {m.host_port}" if m.host_ip else f"{m.protocol} . {m.host_port}"
-                       for m in mappings})
+    elements = sorted({_element(m.host_ip, m.protocol, m.host_port) for m in mappings})
     return {
         "containerID": container_id,
         "ifname": ifname,
         "chain": chain_name(host_if),
         "elements": elements,
         "mappings": [
-            {"hostPort": m.host_port, "containerPort": m.container_port, "protocol": m.protocol, "hostIP": m.host_ip}
+            {"hostPort": m.host_port, "containerPort": m.container_port, "protocol": m.protocol,
+             "hostIP": str(m.host_ip) if m.host_ip else ""}
             for m in mappings
         ],
         "pod_ips": pod_ips,
@@ -165,7 +220,7 @@ def remove(state_dir: str, host_if: str) -> None:
     except ValueError:
         os.unlink(path)  # a torn file from a crash: nothing we can trust in it
         return
-    _delete_rules(state)
+    _delete_rules(checked_state(state))
     os.unlink(path)
 
 

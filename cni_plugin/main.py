@@ -42,6 +42,8 @@ def dispatch(environ, stdin: bytes) -> tuple[int, str]:
                 raw = json.loads(stdin)
             except ValueError as e:
                 raise CNIError(DECODE_FAILURE, f"cannot decode network configuration on stdin: {e}") from None
+            except RecursionError:
+                raise CNIError(DECODE_FAILURE, "cannot decode network configuration on stdin: nested too deeply") from None
         if command == "VERSION":
             from cni_plugin.verbs import version_answer
 
@@ -57,7 +59,7 @@ def dispatch(environ, stdin: bytes) -> tuple[int, str]:
             raise CNIError(INVALID_ENV, f"unknown CNI_COMMAND {command!r} (expected ADD, DEL, CHECK, STATUS, GC or VERSION)")
         if raw is None:
             raise CNIError(DECODE_FAILURE, "no network configuration on stdin")
-        conf = parse_netconf(raw)
+        conf = parse_netconf(raw, port_mappings=command == "ADD")
         if not environ.get("PODWIRE_CNI_LOG"):
             log = FileLog(conf.log_file)
         out = verb(conf, verbs.Env(environ), log)

@@ -6,7 +6,7 @@ import contextlib
 import os
 
 from cni_plugin import dataplane, hostport
-from cni_plugin.config import SUPPORTED_VERSIONS, NetConf
+from cni_plugin.config import SUPPORTED_VERSIONS, NetConf, ifname_problem, is_safe_name
 from cni_plugin.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV, CNIError
 from cni_plugin.plan import host_veth_name, plan_pod
 from cni_plugin.result import Result
@@ -27,11 +27,17 @@ class Env:
         self.args = environ.get("CNI_ARGS", "")
 
     def need(self, *names: str) -> None:
+        """Require the named variables and check the shape of those given: a container ID or interface
+        name that is refused here never reaches the IPAM store, a file name or netlink (code 4)."""
         for name in names:
             if not getattr(self, name):
                 raise CNIError(INVALID_ENV, f"required environment variable CNI_{name.upper().replace('_', '')} is not set")
-        if self.ifname and (len(self.ifname) > 15 or "/" in self.ifname or self.ifname in (".", "..")):
-            raise CNIError(INVALID_ENV, f"CNI_IFNAME {self.ifname!r} is not a valid interface name")
+        if self.container_id and not is_safe_name(self.container_id):
+            raise CNIError(INVALID_ENV, f"CNI_CONTAINERID {self.container_id[:80]!r} must start with a letter or digit "
+                           "and hold only letters, digits, '_', '.' and '-'")
+        problem = ifname_problem(self.ifname) if self.ifname else None
+        if problem:
+            raise CNIError(INVALID_ENV, f"CNI_IFNAME {self.ifname[:80]!r} is not a valid interface name: it {problem}")
 
     def who(self) -> str:
         """'<container id prefix> ns/pod ifname' for log lines (kubelet passes the pod in CNI_ARGS)."""
@@ -114,10 +120,12 @@ def gc(conf: NetConf, env: Env, log) -> None:
     if not isinstance(raw, list):
         raise CNIError(INVALID_CONFIG, "invalid network config: cni.dev/valid-attachments must be a list")
     valid = set()
-    for item in raw:
-        if not isinstance(item, dict) or "containerID" not in item:
-            raise CNIError(INVALID_CONFIG, "invalid network config: each valid attachment needs containerID and ifname")
-        valid.add((item["containerID"], item.get("ifname", "")))
+    for i, item in enumerate(raw):
+        # an entry without ifname would match no allocation and free a running pod's address
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k] for k in ("containerID", "ifname")):
+            raise CNIError(INVALID_CONFIG, f"invalid network config: cni.dev/valid-attachments[{i}] needs containerID "
+                           f"and ifname as non-empty strings, got {item!r}"[:300])
+        valid.add((item["containerID"], item["ifname"]))
     cfg, store = _ipam(conf)
     freed_ips = allocator.gc(store, valid)
     freed_rules = hostport.gc(conf.state_dir, valid)

@@ -72,7 +72,7 @@ def test_port_mappings():
     c = parse_netconf(conf(runtimeConfig={"portMappings": [
         {"hostPort": 80, "containerPort": 8080, "protocol": "TCP", "hostIP": "0.0.0.0"},
         {"hostPort": 53, "containerPort": 53, "protocol": "udp", "hostIP": "192.0.2.1"}]}))
-    assert [(p.host_port, p.container_port, p.protocol, p.host_ip) for p in c.port_mappings] == [
+    assert [(p.host_port, p.container_port, p.protocol, str(p.host_ip or "")) for p in c.port_mappings] == [
         (80, 8080, "tcp", ""), (53, 53, "udp", "192.0.2.1")]
     for bad in ({"hostPort": 0, "containerPort": 1}, {"hostPort": 1, "containerPort": 1, "protocol": "icmp"}):
         with pytest.raises(CNIError) as e:
@@ -85,7 +85,7 @@ def test_port_mappings_as_containerd_sends_them():
     c = parse_netconf(conf(runtimeConfig={"portMappings": [
         {"HostPort": 54323, "ContainerPort": 8080, "Protocol": "udp", "HostIP": "127.0.0.1"},
         {"HostPort": 80, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}]}))
-    assert [(p.host_port, p.container_port, p.protocol, p.host_ip) for p in c.port_mappings] == [
+    assert [(p.host_port, p.container_port, p.protocol, str(p.host_ip or "")) for p in c.port_mappings] == [
         (54323, 8080, "udp", "127.0.0.1"), (80, 80, "tcp", "")]
 
 
