@@ -135,7 +135,15 @@ def _opt_str(obj: dict, key: str, path: str) -> str | None:
     return value
 
 
+def _no_scope(text: str, field: str) -> None:
+    # ipaddress takes "fe80::1%<anything>" (a scope id is free text, newlines included) and str()
+    # gives it back: it would reach the result, the bridge address and file names
+    if "%" in text:
+        raise _invalid(field, f"{text!r} carries a scope id ('%'); give a plain address")
+
+
 def _network(text: str, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    _no_scope(text, field)
     if "/" not in text:
         raise _invalid(field, f"{text!r} is not in CIDR notation (address/prefix)")
     try:
@@ -145,6 +153,7 @@ def _network(text: str, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Net
 
 
 def _address(text: str, field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    _no_scope(text, field)
     try:
         return ipaddress.ip_address(text)
     except ValueError as err:

@@ -196,3 +196,17 @@ def test_resolvconf_is_unsupported_code_2():
 @pytest.mark.parametrize("value", ["", None])
 def test_empty_resolvconf_is_accepted(value):
     assert parse({"ranges": [[{"subnet": "10.0.0.0/24"}]], "resolvConf": value}).ranges
+
+
+@pytest.mark.parametrize("ipam", [
+    {"type": "host-local", "ranges": [[{"subnet": "fd00::%x/64"}]]},
+    {"type": "host-local", "ranges": [[{"subnet": "fd00::/64", "gateway": "fd00::1%x y"}]]},
+    {"type": "host-local", "ranges": [[{"subnet": "fd00::/64", "rangeStart": "fd00::5%eth0"}]]},
+    {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "fd00::%eth0/64"}]},
+    {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0", "gw": "fe80::1%\n"}]},
+])
+def test_scope_ids_are_refused(ipam):
+    """ipaddress keeps a scope id as free text (newlines too) and prints it back: never accepted."""
+    with pytest.raises(IPAMError) as e:
+        IPAMConfig.from_json(ipam, "n")
+    assert e.value.code == 7 and "scope id" in e.value.msg
