@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 
-from netkit.record import Record
-
 from ipam.config import IPAMConfig, RangeSet, range_set_str
 from ipam.errors import (
     IO_FAILURE,
@@ -28,6 +26,7 @@ from ipam.errors import (
     IPAMError,
 )
 from ipam.store import Store
+from netkit.record import Record
 
 
 class Allocation(Record):

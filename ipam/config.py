@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from netkit.record import Record
-
 from ipam.errors import INVALID_CONFIG, UNSUPPORTED_FIELD, IPAMError
+from netkit.record import Record
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 TYPE = "host-local"
@@ -38,7 +37,8 @@ class Range(Record):
 
     def contains(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         """True when ip lies within rangeStart..rangeEnd (as host-local's Range.Contains)."""
-        return ip.version == self.subnet.version and self.range_start <= ip <= self.range_end
+        # ints: same family is checked first, and IPv4/IPv6 unions do not compare as types
+        return ip.version == self.subnet.version and int(self.range_start) <= int(ip) <= int(self.range_end)
 
     def never_allocated(self) -> frozenset[int]:
         """Addresses (as ints) the allocator skips: network, gateway and the IPv4 broadcast."""
@@ -55,8 +55,8 @@ class Range(Record):
     def overlaps(self, other: Range) -> bool:
         return (
             self.version == other.version
-            and self.range_start <= other.range_end
-            and other.range_start <= self.range_end
+            and int(self.range_start) <= int(other.range_end)
+            and int(other.range_start) <= int(self.range_end)
         )
 
     def __str__(self) -> str:
@@ -227,7 +227,8 @@ def _parse_ranges(ipam: dict) -> tuple[RangeSet, ...]:
     for i, a in enumerate(sets):
         for j in range(i):
             if any(x.overlaps(y) for x in a for y in sets[j]):
-                raise _invalid("ipam.ranges", f"range set {j} ({range_set_str(sets[j])}) overlaps range set {i} ({range_set_str(a)})")
+                raise _invalid("ipam.ranges",
+                               f"range set {j} ({range_set_str(sets[j])}) overlaps range set {i} ({range_set_str(a)})")
     return tuple(sets)
 
 

@@ -20,6 +20,7 @@ import fcntl
 import ipaddress
 import os
 import time
+
 from ipam.errors import TRY_AGAIN, IPAMError, io_error
 
 LOCK_FILE = "lock"
@@ -166,6 +167,7 @@ class DiskStore(Store):
         return fd
 
     def _release(self, token: object) -> None:
+        assert isinstance(token, int)  # the descriptor _acquire returned
         os.close(token)  # closing the only descriptor drops the flock
 
     def entries(self) -> list[Entry]:

@@ -40,7 +40,7 @@ class Record:
         fields = self._fields
         if len(args) > len(fields):
             raise TypeError(f"{type(self).__name__} takes {len(fields)} fields, got {len(args)}")
-        values = dict(zip(fields, args))
+        values = dict(zip(fields, args, strict=False))  # args may be fewer: the rest by name or default
         for key, value in kwargs.items():
             if key not in fields:
                 raise TypeError(f"{type(self).__name__} has no field {key!r}")
