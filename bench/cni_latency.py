@@ -114,7 +114,8 @@ def main() -> int:
         print(f"ratio podwire/reference: ADD p50 {pct(pw['ADD'], .5) / pct(ref['ADD'], .5):.2f}x, "
               f"ADD p95 {pct(pw['ADD'], .95) / pct(ref['ADD'], .95):.2f}x, "
               f"DEL p50 {pct(pw['DEL'], .5) / pct(ref['DEL'], .5):.2f}x, "
-              f"burst {burst['podwire'] / burst['reference']:.2f}x, CPU per ADD {cpu['podwire'] / cpu['reference']:.2f}x")
+              f"burst {burst['podwire'] / burst['reference']:.2f}x, "
+              f"CPU per ADD {cpu['podwire'] / cpu['reference']:.2f}x")
         print(f"load average during the run: {os.getloadavg()[0]:.1f} (ratios are same-run; absolute times are noise)")
         if args.json:
             print(json.dumps({name: {"add_p50_ms": pct(lat[name]["ADD"], .5), "add_p95_ms": pct(lat[name]["ADD"], .95),

@@ -270,7 +270,7 @@ class Bench:
         binary = ROOT / "dist" / "podwire" / "podwire"
         if not binary.exists():
             raise RuntimeError("dist/podwire/podwire is missing: run `make dist`")
-        for i, (label, node) in enumerate(zip(PROXIES, self.cluster.nodes)):
+        for i, (label, node) in enumerate(zip(PROXIES, self.cluster.nodes, strict=True)):
             state = node.dir / "podwire-cni"
             plugin = CniPlugin(binary, {
                 "cniVersion": "1.1.0", "name": "podwire", "type": "podwire", "bridge": "podwire0",

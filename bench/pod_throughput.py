@@ -130,7 +130,7 @@ def main() -> int:
         for path in ("direct", "vxlan"):
             # each round measures the three paths back to back: the median of per-round ratios
             # is less sensitive to other load on a shared machine than a ratio of medians
-            ratios = [p / n for p, n in zip(results[path], results["node"])]
+            ratios = [p / n for p, n in zip(results[path], results["node"], strict=True)]
             ratio = statistics.median(ratios)
             ok = ratio >= TARGETS[path]
             missed |= not ok

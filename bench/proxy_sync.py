@@ -60,7 +60,7 @@ def run(size: int, netns: str, shards: int = 1) -> dict:
     t0 = time.perf_counter()
     states = [pl.plan(part[i], slices, NODE, cfgs[i]) for i, pl in enumerate(planners)]
     t1 = time.perf_counter()
-    size_b = sum(sy.sync(st).text_bytes for sy, st in zip(syncers, states))
+    size_b = sum(sy.sync(st).text_bytes for sy, st in zip(syncers, states, strict=True))
     t2 = time.perf_counter()
     tag = f"{size:>6} services" + (f" in {shards} tables" if shards > 1 else "")
     print(f"{tag} full sync: plan {t1 - t0:6.2f}s  render+apply {t2 - t1:6.2f}s  "

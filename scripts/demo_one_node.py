@@ -38,20 +38,22 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="podwire-demo-")
     conf = {"cniVersion": "1.1.0", "name": "demo", "type": "podwire", "bridge": "podwire0", "mtu": 1500,
             "logFile": f"{tmp}/cni.log", "stateDir": f"{tmp}/state",
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]],
+            "ipam": {"type": "host-local",
+                     "ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]],
                      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}], "dataDir": f"{tmp}/ipam"}}
     failures = 0
     try:
         for ns in (node, *pods):
             sh("ip", "netns", "add", ns)
         results = [cni(node, "ADD", conf, f"demo-{i}", p) for i, p in enumerate(pods)]
-        for pod, res in zip(pods, results):
+        for pod, res in zip(pods, results, strict=True):
             addrs = ", ".join(ip["address"] for ip in res["ips"])
             print(f"ADD  {pod}: eth0 {addrs} (host end {res['interfaces'][1]['name']} on podwire0)")
         checks = [
             ("pod1 -> pod2 (IPv4)", pods[0], ["ping", "-c2", "-W2", results[1]["ips"][0]["address"].split("/")[0]]),
             ("pod2 -> pod1 (IPv4)", pods[1], ["ping", "-c2", "-W2", results[0]["ips"][0]["address"].split("/")[0]]),
-            ("pod1 -> pod2 (IPv6)", pods[0], ["ping", "-6", "-c2", "-W2", results[1]["ips"][1]["address"].split("/")[0]]),
+            ("pod1 -> pod2 (IPv6)", pods[0],
+             ["ping", "-6", "-c2", "-W2", results[1]["ips"][1]["address"].split("/")[0]]),
             ("pod1 -> gateway", pods[0], ["ping", "-c2", "-W2", "10.244.1.1"]),
         ]
         for label, ns, cmd in checks:

@@ -25,7 +25,8 @@ from tests.integration.ociimage import busybox_image
 pytestmark = [pytest.mark.root, pytest.mark.frozen, pytest.mark.slow]
 
 IMAGE = "docker.io/library/busybox:podwire-test"
-CONTAINERD_BIN = os.path.join(os.environ.get("PODWIRE_CACHE", "/var/cache/podwire"), "tools", "containerd-v2.2.1", "bin")
+CONTAINERD_BIN = os.path.join(os.environ.get("PODWIRE_CACHE", "/var/cache/podwire"),
+                              "tools", "containerd-v2.2.1", "bin")
 MOUNTPOINTS = ("/etc/cni/net.d", "/opt/cni/bin")
 
 
@@ -92,7 +93,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
         assert sock.exists(), (root / "containerd.log").read_text()[-2000:]
 
         def ctr(*args, check=True, timeout=60):
-            mounts = " && ".join(f"mount --bind {src} {dst}" for src, dst in zip((netd, bindir), MOUNTPOINTS))
+            mounts = " && ".join(f"mount --bind {src} {dst}"
+                                 for src, dst in zip((netd, bindir), MOUNTPOINTS, strict=True))
             cmd = " ".join(["exec", "nsenter", f"--net=/run/netns/{node}", "ctr", "--address", str(sock),
                             "--namespace", namespace, *[f"'{a}'" for a in args]])
             r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{mounts} && {cmd}"],

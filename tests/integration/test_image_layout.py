@@ -29,7 +29,7 @@ def blob(files, digest: str) -> bytes:
     return files["blobs/sha256/" + digest.split(":", 1)[1]]
 
 
-def test_oci_layout_is_valid_and_named(image_tar):
+def test_oci_layout_is_valid_and_named(image_tar):  # noqa: F811
     index, files = read_layout(image_tar)
     assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
     for name, data in files.items():
@@ -46,12 +46,12 @@ def test_oci_layout_is_valid_and_named(image_tar):
         assert layer["size"] == len(blob(files, layer["digest"]))
 
 
-def test_rootfs_holds_the_bundles_the_userland_and_the_install_script(image_tar):
+def test_rootfs_holds_the_bundles_the_userland_and_the_install_script(image_tar):  # noqa: F811
     index, files = read_layout(image_tar)
     manifest = json.loads(blob(files, index["manifests"][0]["digest"]))
     config = json.loads(blob(files, manifest["config"]["digest"]))
     members: dict[str, tarfile.TarInfo] = {}
-    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"]):
+    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True):
         raw = gzip.decompress(blob(files, layer["digest"]))
         assert "sha256:" + hashlib.sha256(raw).hexdigest() == diff_id
         with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
@@ -72,7 +72,7 @@ def test_rootfs_holds_the_bundles_the_userland_and_the_install_script(image_tar)
     assert members["tmp"].mode == 0o1777
 
 
-def test_build_is_reproducible_from_a_cold_cache(image_tar, tmp_path):
+def test_build_is_reproducible_from_a_cold_cache(image_tar, tmp_path):  # noqa: F811
     """A second build with an empty cache (every layer re-made) gives the same manifest digest."""
     out = tmp_path / "again.tar"
     env = {**os.environ, "PODWIRE_CACHE": str(tmp_path / "cache")}

@@ -105,7 +105,7 @@ def test_service_account_may_do_exactly_what_the_daemon_does(applied, verb, reso
     assert r.stdout.strip() == ("yes" if allowed else "no"), (verb, resource, r.stdout, r.stderr)
 
 
-def test_image_runs_as_the_daemonset_would_with_only_the_service_accounts_rights(applied, image_tar, tmp_path):
+def test_image_runs_as_the_daemonset_would_with_only_the_service_accounts_rights(applied, image_tar, tmp_path):  # noqa: F811
     c = applied
     node = c.node("node1")
     # what the kubelet would give the container: the service account files and the env

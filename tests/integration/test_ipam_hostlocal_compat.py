@@ -52,7 +52,8 @@ def ref_env(command, cid, ifname="eth0"):
 
 def ref_start(command, data_dir, cid):
     """The reference plugin as a running process, its config already on stdin."""
-    p = subprocess.Popen([HOST_LOCAL], env=ref_env(command, cid), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([HOST_LOCAL], env=ref_env(command, cid), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
     p.stdin.write(ref_conf(data_dir))
     p.stdin.close()
     return p
@@ -60,7 +61,8 @@ def ref_start(command, data_dir, cid):
 
 def host_local(command, data_dir, cid, ifname="eth0"):
     """Run the reference plugin; (exit code, parsed stdout)."""
-    p = subprocess.run([HOST_LOCAL], input=ref_conf(data_dir), env=ref_env(command, cid, ifname), capture_output=True, text=True, timeout=30)
+    p = subprocess.run([HOST_LOCAL], input=ref_conf(data_dir), env=ref_env(command, cid, ifname),
+                       capture_output=True, text=True, timeout=30)
     return p.returncode, (json.loads(p.stdout) if p.stdout.strip() else None)
 
 

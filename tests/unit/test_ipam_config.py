@@ -23,7 +23,8 @@ def refuse(ipam, name="podwire", code=INVALID_CONFIG):
 def test_defaults_ipv4():
     c = parse({"ranges": [[{"subnet": "10.244.1.0/24"}]]})
     assert c.ranges == (
-        (Range(subnet=N("10.244.1.0/24"), range_start=A("10.244.1.1"), range_end=A("10.244.1.254"), gateway=A("10.244.1.1")),),
+        (Range(subnet=N("10.244.1.0/24"), range_start=A("10.244.1.1"), range_end=A("10.244.1.254"),
+               gateway=A("10.244.1.1")),),
     )
     assert c.type == "host-local"
     assert c.routes == ()
@@ -42,7 +43,8 @@ def test_explicit_values_and_routes():
     c = parse(
         {
             "ranges": [
-                [{"subnet": "10.0.0.0/16", "rangeStart": "10.0.1.10", "rangeEnd": "10.0.1.20", "gateway": "10.0.0.254"}],
+                [{"subnet": "10.0.0.0/16", "rangeStart": "10.0.1.10", "rangeEnd": "10.0.1.20",
+                  "gateway": "10.0.0.254"}],
                 [{"subnet": "fd00::/120"}],
             ],
             "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.96.0.0/12", "gw": "10.0.0.254"}, {"dst": "::/0"}],
@@ -144,28 +146,47 @@ BAD = [
     ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/31"}]]}, "too small"),
     ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/32"}]]}, "too small"),
     ({"type": "host-local", "ranges": [[{"subnet": "fd00::/127"}]]}, "too small"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.0.1.1"}]]}, "ipam.ranges[0][0].gateway: 10.0.1.1 is outside subnet 10.0.0.0/24"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "gateway": "fd00::1"}]]}, "ipam.ranges[0][0].gateway"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.0.1.1"}]]},
+     "ipam.ranges[0][0].gateway: 10.0.1.1 is outside subnet 10.0.0.0/24"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "gateway": "fd00::1"}]]},
+     "ipam.ranges[0][0].gateway"),
     ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.0.0.255"}]]}, "broadcast"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.0.0.0"}]]}, "ipam.ranges[0][0].gateway"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "gateway": "not-an-ip"}]]}, "ipam.ranges[0][0].gateway"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.5"}]]}, "ipam.ranges[0][0].rangeStart: 10.0.1.5 is outside"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "rangeEnd": "10.1.0.5"}]]}, "ipam.ranges[0][0].rangeEnd: 10.1.0.5 is outside"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.50", "rangeEnd": "10.0.0.40"}]]}, "comes after rangeEnd"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.1", "rangeEnd": "10.0.0.1"}]]}, "no allocatable address"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "fd00::/64"}]]}, "mixed address families"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.0.0.0"}]]},
+     "ipam.ranges[0][0].gateway"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "gateway": "not-an-ip"}]]},
+     "ipam.ranges[0][0].gateway"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.5"}]]},
+     "ipam.ranges[0][0].rangeStart: 10.0.1.5 is outside"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "rangeEnd": "10.1.0.5"}]]},
+     "ipam.ranges[0][0].rangeEnd: 10.1.0.5 is outside"),
+    ({"type": "host-local",
+      "ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.50", "rangeEnd": "10.0.0.40"}]]},
+     "comes after rangeEnd"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.1", "rangeEnd": "10.0.0.1"}]]},
+     "no allocatable address"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "fd00::/64"}]]},
+     "mixed address families"),
     ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.0/25"}]]}, "overlap"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.100"}, {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.100"}]]}, "overlap"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/16"}]]}, "range set 0 (10.0.0.1-10.0.0.254) overlaps range set 1"),
+    ({"type": "host-local",
+      "ranges": [[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.100"},
+                  {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.100"}]]},
+     "overlap"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/16"}]]},
+     "range set 0 (10.0.0.1-10.0.0.254) overlaps range set 1"),
     ({"type": "host-local", "subnet": "10.0.0.0/24", "ranges": [[{"subnet": "10.0.0.0/24"}]]}, "overlaps"),
-    ({"type": "host-local", "rangeStart": "10.0.0.5", "ranges": [[{"subnet": "10.0.0.0/24"}]]}, "ipam.rangeStart: given without ipam.subnet"),
+    ({"type": "host-local", "rangeStart": "10.0.0.5", "ranges": [[{"subnet": "10.0.0.0/24"}]]},
+     "ipam.rangeStart: given without ipam.subnet"),
     ({"type": "host-local", "subnet": "10.0.0.0/24", "gateway": "10.9.0.1"}, "ipam.gateway"),
     ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "dataDir": "relative/dir"}, "ipam.dataDir"),
     ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "dataDir": 5}, "ipam.dataDir"),
     ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": {"dst": "0.0.0.0/0"}}, "ipam.routes"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"gw": "10.0.0.1"}]}, "ipam.routes[0].dst: missing"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.0.0.1/8"}]}, "ipam.routes[1].dst"),
-    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "::/0", "gw": "10.0.0.1"}]}, "ipam.routes[0].gw"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"gw": "10.0.0.1"}]},
+     "ipam.routes[0].dst: missing"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]],
+      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "10.0.0.1/8"}]},
+     "ipam.routes[1].dst"),
+    ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "::/0", "gw": "10.0.0.1"}]},
+     "ipam.routes[0].gw"),
     ({"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": ["0.0.0.0/0"]}, "ipam.routes[0]"),
 ]
 
@@ -203,7 +224,8 @@ def test_empty_resolvconf_is_accepted(value):
     {"type": "host-local", "ranges": [[{"subnet": "fd00::/64", "gateway": "fd00::1%x y"}]]},
     {"type": "host-local", "ranges": [[{"subnet": "fd00::/64", "rangeStart": "fd00::5%eth0"}]]},
     {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "fd00::%eth0/64"}]},
-    {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0", "gw": "fe80::1%\n"}]},
+    {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]],
+     "routes": [{"dst": "0.0.0.0/0", "gw": "fe80::1%\n"}]},
 ])
 def test_scope_ids_are_refused(ipam):
     """ipaddress keeps a scope id as free text (newlines too) and prints it back: never accepted."""

@@ -21,7 +21,8 @@ def test_ipam_imports_nothing_beyond_the_allowed_stdlib_modules():
     out = subprocess.run([sys.executable, "-S", "-c", PROBE], cwd=REPO, capture_output=True, text=True, check=True)
     added = json.loads(out.stdout)
     # netkit.record: the project's frozen records, a fraction of dataclasses' import cost
-    assert added == ["__future__", "ipam", "ipam.allocator", "ipam.config", "ipam.errors", "ipam.store", "netkit", "netkit.record"]
+    assert added == ["__future__", "ipam", "ipam.allocator", "ipam.config", "ipam.errors", "ipam.store",
+                     "netkit", "netkit.record"]
 
 
 def test_ipam_does_not_load_heavy_modules():
