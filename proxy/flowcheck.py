@@ -20,7 +20,6 @@ from typing import Iterable
 from proxy.nft import Table
 
 
-
 @dataclass(frozen=True)
 class Outcome:
     verdict: str  # accept | drop | reject

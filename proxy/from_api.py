@@ -7,7 +7,9 @@ hands us plain dicts and the proxy stays testable without it.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 from datetime import datetime
 from typing import Any, Iterable
 
@@ -33,6 +35,7 @@ class Skip(Exception):
     """The object gets no rules; `reason` says why (for the caller's log)."""
 
     def __init__(self, kind: str, key: str, reason: str):
+        reason = reason if len(reason) <= 300 else reason[:300] + "..."  # hostile values are logged too
         super().__init__(f"{kind} {key}: {reason}")
         self.kind, self.key, self.reason = kind, key, reason
 
@@ -49,18 +52,48 @@ class Invalid(Skip):
     """Malformed or inconsistent object."""
 
 
+# What the API server allows (DNS-1123 subdomains and labels); anything else is not an object it
+# could have served. Names end up (hashed, and readable) in nft chain names.
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def is_name(value: Any) -> bool:
+    """A namespace, object or Node name the API server could have accepted."""
+    return isinstance(value, str) and _SUBDOMAIN.fullmatch(value) is not None
+
+
 def _meta(obj: Any, kind: str) -> tuple[str, str, dict, dict]:
     if not isinstance(obj, dict):
         raise Invalid(kind, "?", f"not an object: {type(obj).__name__}")
     meta = obj.get("metadata")
     if not isinstance(meta, dict) or not meta.get("name"):
         raise Invalid(kind, "?", "metadata.name missing")
-    ns = meta.get("namespace") or ""
+    ns, name = meta.get("namespace") or "", meta["name"]
+    if not is_name(name) or not (ns == "" or is_name(ns)):
+        raise Invalid(kind, f"{ns!r}/{name!r}"[:200], "bad metadata.name or metadata.namespace")
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
     if not isinstance(labels, dict) or not isinstance(annotations, dict):
-        raise Invalid(kind, f"{ns}/{meta['name']}", "labels/annotations not a map")
-    return ns, str(meta["name"]), labels, annotations
+        raise Invalid(kind, f"{ns}/{name}", "labels/annotations not a map")
+    return ns, name, labels, annotations
+
+
+def _map(value: Any, kind: str, key: str, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Invalid(kind, key, f"{what}: not a map")
+    return value
+
+
+def _str(value: Any, kind: str, key: str, what: str) -> str:
+    """An optional free-form string (zones, hints): compared, never rendered."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Invalid(kind, key, f"{what}: not a string: {value!r}"[:200])
+    return value
 
 
 def _sloppy(text: str) -> str:
@@ -78,13 +111,25 @@ def _sloppy(text: str) -> str:
     return f"{head}{colon}{quad}{slash}{bits}"
 
 
+def _text(value: Any) -> str:
+    # A string only (an int would be read as a packed address: 5 -> 0.0.0.5), and no IPv6 zone
+    # index: ipaddress keeps any text after "%" and prints it back, newlines included.
+    if not isinstance(value, str):
+        raise ValueError(f"not a string: {value!r}")
+    if "%" in value:
+        raise ValueError(f"zone index in {value!r}")
+    return value
+
+
 def parse_ip(value: Any):
-    """An address as Kubernetes reads it; ValueError when it is none."""
-    return ipaddress.ip_address(_sloppy(str(value).strip()))
+    """An address as Kubernetes reads it (ParseIPSloppy: no spaces, no zone); ValueError when
+    it is none."""
+    return ipaddress.ip_address(_sloppy(_text(value)))
 
 
 def parse_network(value: Any):
-    return ipaddress.ip_network(_sloppy(str(value).strip()), strict=False)
+    """A CIDR; surrounding spaces are trimmed, as the API server does for source ranges."""
+    return ipaddress.ip_network(_sloppy(_text(value).strip()), strict=False)
 
 
 def _ip(value: Any, kind: str, key: str, what: str):
@@ -104,9 +149,32 @@ def _port(value: Any, kind: str, key: str, what: str, allow_zero: bool = False) 
 
 def _protocol(value: Any, kind: str, key: str) -> str:
     proto = value or "TCP"
-    if proto not in PROTOCOLS:
-        raise Invalid(kind, key, f"unsupported protocol {proto!r}")
+    if not isinstance(proto, str) or proto not in PROTOCOLS:
+        raise Invalid(kind, key, f"unsupported protocol {proto!r}"[:200])
     return proto
+
+
+def _port_name(value: Any, kind: str, key: str) -> str:
+    name = value or ""
+    if name and not (isinstance(name, str) and _LABEL.fullmatch(name)):
+        raise Invalid(kind, key, f"bad port name {name!r}"[:200])
+    return name
+
+
+def _guarded(kind: str):
+    """A malformed object is Invalid, whatever the shape of the malformation: an exception of
+    any other type would escape the watch handler, or stop every later sync."""
+    def decorate(convert):
+        @functools.wraps(convert)
+        def wrapper(obj: Any):
+            try:
+                return convert(obj)
+            except Skip:
+                raise
+            except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError) as e:
+                raise Invalid(kind, "?", f"malformed: {type(e).__name__}: {e}") from None
+        return wrapper
+    return decorate
 
 
 def _list(value: Any, kind: str, key: str, what: str) -> list:
@@ -117,6 +185,7 @@ def _list(value: Any, kind: str, key: str, what: str) -> list:
     return value
 
 
+@_guarded("Service")
 def service_from_api(obj: Any) -> Service:
     kind = "Service"
     ns, name, labels, _ = _meta(obj, kind)
@@ -149,7 +218,7 @@ def service_from_api(obj: Any) -> Service:
             raise Invalid(kind, key, "port entry not an object")
         proto = _protocol(p.get("protocol"), kind, key)
         port = _port(p.get("port"), kind, key, "port")
-        pname = p.get("name") or ""
+        pname = _port_name(p.get("name"), kind, key)
         if (pname, proto) in seen or (proto, port) in seen:
             raise Invalid(kind, key, f"duplicate port {pname or port}/{proto}")
         seen.update({(pname, proto), (proto, port)})
@@ -173,7 +242,8 @@ def service_from_api(obj: Any) -> Service:
     if affinity not in ("None", "ClientIP"):
         raise Invalid(kind, key, f"bad sessionAffinity {affinity!r}")
     timeout = 10800
-    cfg = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {})
+    cfg = _map(_map(spec.get("sessionAffinityConfig"), kind, key, "sessionAffinityConfig").get("clientIP"),
+               kind, key, "sessionAffinityConfig.clientIP")
     if affinity == "ClientIP" and cfg.get("timeoutSeconds") is not None:
         timeout = cfg["timeoutSeconds"]
         if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 < timeout <= 86400:
@@ -187,12 +257,13 @@ def service_from_api(obj: Any) -> Service:
 
     ingress = []
     if svc_type == "LoadBalancer":
-        lb = ((obj.get("status") or {}).get("loadBalancer") or {})
+        lb = _map(_map(obj.get("status"), kind, key, "status").get("loadBalancer"), kind, key, "loadBalancer")
         for ing in _list(lb.get("ingress"), kind, key, "status.loadBalancer.ingress"):
             if isinstance(ing, dict) and ing.get("ip"):  # hostname-only ingress: nothing to match
-                ingress.append(
-                    LoadBalancerIngress(_ip(ing["ip"], kind, key, "ingress"), ing.get("ipMode") or "VIP")
-                )
+                mode = ing.get("ipMode") or "VIP"
+                if mode not in ("VIP", "Proxy"):
+                    raise Invalid(kind, key, f"bad ingress ipMode {mode!r}")
+                ingress.append(LoadBalancerIngress(_ip(ing["ip"], kind, key, "ingress"), mode))
     ranges = []
     for r in _list(spec.get("loadBalancerSourceRanges"), kind, key, "loadBalancerSourceRanges"):
         try:
@@ -218,14 +289,27 @@ def service_from_api(obj: Any) -> Service:
         external_traffic_policy=etp,
         internal_traffic_policy=itp,
         health_check_node_port=hc,
-        traffic_distribution=spec.get("trafficDistribution") or "",
+        traffic_distribution=_str(spec.get("trafficDistribution"), kind, key, "trafficDistribution"),
         ip_families=tuple(families),
     )
 
 
-def _condition(conds: dict, name: str, default: bool) -> bool:
+def _condition(conds: dict, name: str, default: bool, kind: str, key: str) -> bool:
     v = conds.get(name)
-    return default if v is None else bool(v)
+    if v is None:
+        return default
+    if not isinstance(v, bool):  # bool("false") is True
+        raise Invalid(kind, key, f"condition {name}: not a boolean: {v!r}")
+    return v
+
+
+def _hint_names(hints: dict, field: str, kind: str, key: str) -> tuple[str, ...]:
+    out = []
+    for h in _list(hints.get(field), kind, key, f"hints.{field}"):
+        name = _str(_map(h, kind, key, f"hints.{field}").get("name"), kind, key, f"hints.{field}.name")
+        if name:
+            out.append(name)
+    return tuple(out)
 
 
 def _trigger_time(value: Any) -> float | None:
@@ -237,6 +321,7 @@ def _trigger_time(value: Any) -> float | None:
         return None  # a bad annotation costs only the latency metric
 
 
+@_guarded("EndpointSlice")
 def slice_from_api(obj: Any) -> EndpointSlice:
     kind = "EndpointSlice"
     ns, name, labels, annotations = _meta(obj, kind)
@@ -244,6 +329,8 @@ def slice_from_api(obj: Any) -> EndpointSlice:
     svc_name = labels.get(SERVICE_NAME_LABEL)
     if not svc_name:
         raise NotOurs(kind, key, f"no label {SERVICE_NAME_LABEL}")
+    if not is_name(svc_name):
+        raise Invalid(kind, key, f"bad label {SERVICE_NAME_LABEL}={svc_name!r}")
     if SERVICE_PROXY_NAME in labels:
         raise NotOurs(kind, key, f"label {SERVICE_PROXY_NAME}")
     if HEADLESS_LABEL in labels:
@@ -261,7 +348,7 @@ def slice_from_api(obj: Any) -> EndpointSlice:
             raise Invalid(kind, key, "port entry not an object")
         if p.get("port") is None:  # "all ports" slices: nothing a proxy can DNAT to
             continue
-        ports.append(EndpointPort(p.get("name") or "", _protocol(p.get("protocol"), kind, key),
+        ports.append(EndpointPort(_port_name(p.get("name"), kind, key), _protocol(p.get("protocol"), kind, key),
                                   _port(p["port"], kind, key, "port")))
 
     endpoints = []
@@ -274,28 +361,29 @@ def slice_from_api(obj: Any) -> EndpointSlice:
             continue
         if any(a.version != family for a in addrs):
             raise Invalid(kind, key, f"address family does not match addressType {addr_type}")
-        conds = ep.get("conditions") or {}
-        ready = _condition(conds, "ready", True)  # nil: unknown, read as ready (API doc)
-        hints = ep.get("hints") or {}
+        conds = _map(ep.get("conditions"), kind, key, "conditions")
+        ready = _condition(conds, "ready", True, kind, key)  # nil: unknown, read as ready (API doc)
+        hints = _map(ep.get("hints"), kind, key, "hints")
         endpoints.append(Endpoint(
             addresses=addrs,
             ready=ready,
-            serving=_condition(conds, "serving", ready),
-            terminating=_condition(conds, "terminating", False),
-            node_name=ep.get("nodeName") or "",
-            zone=ep.get("zone") or "",
-            hint_zones=tuple(z["name"] for z in hints.get("forZones") or [] if z.get("name")),
-            hint_nodes=tuple(n["name"] for n in hints.get("forNodes") or [] if n.get("name")),
+            serving=_condition(conds, "serving", ready, kind, key),
+            terminating=_condition(conds, "terminating", False, kind, key),
+            node_name=_str(ep.get("nodeName"), kind, key, "nodeName"),
+            zone=_str(ep.get("zone"), kind, key, "zone"),
+            hint_zones=_hint_names(hints, "forZones", kind, key),
+            hint_nodes=_hint_names(hints, "forNodes", kind, key),
         ))
     return EndpointSlice(ns, name, svc_name, family, tuple(endpoints), tuple(ports),
                          _trigger_time(annotations.get(TRIGGER_TIME)))
 
 
+@_guarded("Node")
 def node_from_api(obj: Any) -> NodeInfo:
     kind = "Node"
     _, name, labels, _ = _meta(obj, kind)
     addrs = []
-    for a in _list((obj.get("status") or {}).get("addresses"), kind, name, "addresses"):
+    for a in _list(_map(obj.get("status"), kind, name, "status").get("addresses"), kind, name, "addresses"):
         if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP"):
             try:
                 addrs.append(parse_ip(a.get("address", "")))

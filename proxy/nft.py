@@ -4,11 +4,42 @@ A Table holds chains, sets and maps by name; rules are kept as nft statement tex
 (the planner writes them, proxy.flowcheck reads them back). Rendering is deterministic:
 base chains first in their given order, everything else sorted by name, so the same
 desired state always gives the same text (golden tests, cheap equality for diffs).
+
+Every name, rule and element is checked against a fixed alphabet as it is rendered. Values are
+typed long before (proxy.from_api), so the check never fires unless a bug lets raw text through;
+then the sync fails with UnsafeText instead of nft reading that text as commands.
 """
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
+
+
+class UnsafeText(ValueError):
+    """Text the renderer refuses to hand to nft (a bug upstream: values should be typed)."""
+
+
+# Nowhere: newline, ';' (both end a command), '#' (comment), quotes, '$' (variables), '%', '\\'.
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9/_.\-]{0,255}")  # an nft identifier, bounded
+_ELEMENT = re.compile(r"[A-Za-z0-9 .:/_\-]{1,2048}")  # set/map elements: no braces, no commas
+_STATEMENT = re.compile(r"[A-Za-z0-9 !\-./:=@\[\]_{},]{1,8192}")  # rules, set/map types
+_WORD = re.compile(r"[a-z]{1,32}")  # flags, hook types and hooks
+_FAMILIES = ("ip", "ip6", "inet")
+
+
+def _check(pattern: re.Pattern, text, what: str) -> str:
+    if type(text) is not str or pattern.fullmatch(text) is None:
+        raise UnsafeText(f"refusing {what} {text!r:.200}")
+    return text
+
+
+@functools.lru_cache(maxsize=64)
+def table_ref(family: str, name: str) -> str:
+    if family not in _FAMILIES:
+        raise UnsafeText(f"refusing table family {family!r:.50}")
+    return f"{family} {_check(_NAME, name, 'table name')}"
 
 
 @dataclass(frozen=True)
@@ -35,11 +66,11 @@ class Set:
     elements: frozenset[str] = frozenset()
 
     def header(self) -> str:
-        parts = [f"type {self.type} ;"]
+        parts = [f"type {_check(_STATEMENT, self.type, 'set type')} ;"]
         if self.flags:
-            parts.append(f"flags {','.join(self.flags)} ;")
+            parts.append(f"flags {','.join(_check(_WORD, f, 'set flag') for f in self.flags)} ;")
         if self.timeout:
-            parts.append(f"timeout {self.timeout}s ;")
+            parts.append(f"timeout {_int(self.timeout, 'set timeout')}s ;")
         return " ".join(parts)
 
 
@@ -51,7 +82,7 @@ class Map:
     elements: Mapping[str, str] = field(default_factory=dict)
 
     def header(self) -> str:
-        return f"type {self.type} ;"
+        return f"type {_check(_STATEMENT, self.type, 'map type')} ;"
 
 
 @dataclass
@@ -79,33 +110,60 @@ class Table:
 
     @property
     def ref(self) -> str:
-        return f"{self.family} {self.name}"
+        return table_ref(self.family, self.name)
 
     def ordered_chains(self) -> list[Chain]:
         base = [c for c in self.chains.values() if c.hook]  # insertion order: the plan's order
         return base + sorted((c for c in self.chains.values() if not c.hook), key=lambda c: c.name)
 
 
+def _int(value, what: str) -> int:
+    if type(value) is not int:
+        raise UnsafeText(f"refusing {what} {value!r:.50}")
+    return value
+
+
+def name(text: str) -> str:
+    """`text` if it is a valid identifier for a chain, set or map; else UnsafeText."""
+    return _check(_NAME, text, "name")
+
+
 # ---- command text -------------------------------------------------------------------------
 
 def chain_decl(t: Table, c: Chain) -> str:
     if c.hook:
-        return (f"add chain {t.ref} {c.name} {{ type {c.hook.type} hook {c.hook.hook} "
-                f"priority {c.hook.priority} ; }}")
-    return f"add chain {t.ref} {c.name}"
+        h = c.hook
+        return (f"add chain {t.ref} {name(c.name)} {{ type {_check(_WORD, h.type, 'hook type')} "
+                f"hook {_check(_WORD, h.hook, 'hook')} priority {_int(h.priority, 'priority')} ; }}")
+    return f"add chain {t.ref} {name(c.name)}"
 
 
 def rule_lines(t: Table, c: Chain) -> Iterable[str]:
+    prefix = f"add rule {t.ref} {name(c.name)} "
     for r in c.rules:
-        yield f"add rule {t.ref} {c.name} {r}"
+        yield prefix + _check(_STATEMENT, r, "rule")
+
+
+def chain_op(verb: str, t: Table, chain: str) -> str:
+    """`flush chain` / `delete chain` of one of our chains."""
+    if verb not in ("flush", "delete"):
+        raise UnsafeText(f"refusing chain verb {verb!r:.50}")
+    return f"{verb} chain {t.ref} {name(chain)}"
+
+
+def set_op(verb: str, kind: str, t: Table, set_name: str) -> str:
+    """`flush set|map` / `delete set|map` of one of our sets or maps."""
+    if verb not in ("flush", "delete") or kind not in ("set", "map"):
+        raise UnsafeText(f"refusing {verb!r:.50} {kind!r:.50}")
+    return f"{verb} {kind} {t.ref} {name(set_name)}"
 
 
 def set_decl(t: Table, s: Set) -> str:
-    return f"add set {t.ref} {s.name} {{ {s.header()} }}"
+    return f"add set {t.ref} {name(s.name)} {{ {s.header()} }}"
 
 
 def map_decl(t: Table, m: Map) -> str:
-    return f"add map {t.ref} {m.name} {{ {m.header()} }}"
+    return f"add map {t.ref} {name(m.name)} {{ {m.header()} }}"
 
 
 def _chunks(items: list[str], size: int = 1000) -> Iterable[list[str]]:
@@ -113,10 +171,17 @@ def _chunks(items: list[str], size: int = 1000) -> Iterable[list[str]]:
         yield items[i:i + size]
 
 
-def element_lines(t: Table, name: str, elems: Iterable[str], verb: str = "add") -> Iterable[str]:
+def element_lines(t: Table, set_name: str, elems: Iterable[str], verb: str = "add") -> Iterable[str]:
+    if verb not in ("add", "delete"):
+        raise UnsafeText(f"refusing element verb {verb!r:.50}")
+    prefix = f"{verb} element {t.ref} {name(set_name)} {{ "
     items = sorted(elems)
+    match = _ELEMENT.fullmatch
+    for e in items:
+        if type(e) is not str or match(e) is None:
+            _check(_ELEMENT, e, "element")  # raises with the message
     for chunk in _chunks(items):  # bounded line length, fewer parser round trips than one per line
-        yield f"{verb} element {t.ref} {name} {{ {', '.join(chunk)} }}"
+        yield f"{prefix}{', '.join(chunk)} }}"
 
 
 def map_items(m: Map, keys: Iterable[str] | None = None) -> list[str]:
@@ -143,8 +208,8 @@ def render_full(t: Table, keep_dynamic: bool = True) -> str:
     out += [set_decl(t, t.sets[n]) for n in sorted(t.sets)]
     out += [map_decl(t, t.maps[n]) for n in sorted(t.maps)]
     if keep_dynamic:
-        out += [f"flush set {t.ref} {n}" for n in sorted(t.sets) if "dynamic" not in t.sets[n].flags]
-        out += [f"flush map {t.ref} {n}" for n in sorted(t.maps)]
+        out += [set_op("flush", "set", t, n) for n in sorted(t.sets) if "dynamic" not in t.sets[n].flags]
+        out += [set_op("flush", "map", t, n) for n in sorted(t.maps)]
     for c in chains:
         out.extend(rule_lines(t, c))
     for n in sorted(t.sets):
@@ -154,5 +219,6 @@ def render_full(t: Table, keep_dynamic: bool = True) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_delete(family: str, name: str) -> str:
-    return f"add table {family} {name}\ndelete table {family} {name}\n"
+def render_delete(family: str, table: str) -> str:
+    ref = table_ref(family, table)
+    return f"add table {ref}\ndelete table {ref}\n"

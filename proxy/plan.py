@@ -267,7 +267,9 @@ class _ServicePlanner:
         if not has_external:
             return
         if cat.cluster:
-            target = f"goto {self.external_chain(key, cat, lambda: policy_chain(cluster_chain, cat.cluster), lambda: policy_chain(local_chain, cat.local))}"
+            ext = self.external_chain(key, cat, lambda: policy_chain(cluster_chain, cat.cluster),
+                                      lambda: policy_chain(local_chain, cat.local))
+            target = f"goto {ext}"
             dst, dst_np = services, self.f.elements[NODEPORTS]
         else:
             target, dst, dst_np = f"goto {REJECT}", noep, self.f.elements[NOEP_NODEPORTS]

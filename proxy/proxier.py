@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable
 
 from proxy import conntrack
-from proxy.from_api import Skip, node_from_api, service_from_api, slice_from_api
+from proxy.from_api import Skip, is_name, node_from_api, service_from_api, slice_from_api
 from proxy.healthz import ProxyHealth, ServiceHealthServers
 from proxy.metrics import FAMILY_LABEL, Metrics
 from proxy.model import EndpointSlice, NodeInfo, ProxyConfig, Service
@@ -29,10 +29,12 @@ log = logging.getLogger("podwire.proxy")
 
 
 def _key(obj: Any) -> tuple[str, str] | None:
+    """(namespace, name), or None when they are not names the API server could have served."""
     meta = obj.get("metadata") if isinstance(obj, dict) else None
-    if not isinstance(meta, dict) or not meta.get("name"):
+    if not isinstance(meta, dict):
         return None
-    return (meta.get("namespace") or "", meta["name"])
+    ns, name = meta.get("namespace") or "", meta.get("name")
+    return (ns, name) if is_name(name) and (ns == "" or is_name(ns)) else None
 
 
 class Proxier:
@@ -82,7 +84,7 @@ class Proxier:
     def _on_service(self, obj: dict, deleted: bool) -> None:
         key = _key(obj)
         if key is None:
-            log.warning("Service without metadata.name ignored")
+            log.warning("Service without a valid metadata.name/namespace ignored")
             return
         svc = None
         if not deleted:
@@ -105,7 +107,7 @@ class Proxier:
     def _on_slice(self, obj: dict, deleted: bool) -> None:
         key = _key(obj)
         if key is None:
-            log.warning("EndpointSlice without metadata.name ignored")
+            log.warning("EndpointSlice without a valid metadata.name/namespace ignored")
             return
         old = self.slices.pop(key, None)
         if old is not None:

@@ -2,8 +2,9 @@
 
 The first sync (and any sync after a failure) rewrites the whole table in one
 transaction, keeping the affinity sets the packet path filled (see nft.render_full).
-Later syncs diff the previous desired state against the new one in memory, never by listing the kernel's table (which is what made kube-proxy slow at scale), and send
-only what changed, ordered so each step is valid inside the transaction:
+Later syncs diff the previous desired state against the new one in memory, never by listing
+the kernel's table (which is what made kube-proxy slow at scale), and send only what changed,
+ordered so each step is valid inside the transaction:
   1. declare new chains, sets;            2. flush changed and removed chains;
   3. fill new and changed chains;          4. delete stale map/set elements, add new ones;
   5. delete removed chains (nothing references them any more), then removed sets.
@@ -14,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from netkit.nft import NftError, apply as nft_apply
+from netkit.nft import NftError
+from netkit.nft import apply as nft_apply
 from proxy import nft
 
 __all__ = ["NftError", "NftRunner", "Runner", "SyncResult", "TableSyncer", "element_changes", "render_diff"]
@@ -66,7 +68,7 @@ def render_diff(old: DesiredState, new: DesiredState) -> str | None:
 
     out = [nft.chain_decl(t, c) for c in sorted(new_chains, key=lambda c: c.name)]
     out += [nft.set_decl(t, s) for s in sorted(new_sets, key=lambda s: s.name)]
-    out += [f"flush chain {t.ref} {n}" for n in sorted([c.name for c in changed] + removed)]
+    out += [nft.chain_op("flush", t, n) for n in sorted([c.name for c in changed] + removed)]
     for c in sorted(new_chains + changed, key=lambda c: c.name):
         out.extend(nft.rule_lines(t, c))
 
@@ -76,8 +78,8 @@ def render_diff(old: DesiredState, new: DesiredState) -> str | None:
     for name in sorted(adds):
         items = list(adds[name]) if name in nb.sets else [f"{k} : {v}" for k, v in adds[name].items()]
         out.extend(nft.element_lines(t, name, items))
-    out += [f"delete chain {t.ref} {n}" for n in sorted(removed)]
-    out += [f"delete set {t.ref} {n}" for n in sorted(removed_sets)]
+    out += [nft.chain_op("delete", t, n) for n in sorted(removed)]
+    out += [nft.set_op("delete", "set", t, n) for n in sorted(removed_sets)]
     return "\n".join(out) + "\n" if out else ""
 
 
