@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
 import json
+import math
 import os
+import re
 import socket
 from dataclasses import dataclass
 
 from .cniconf import CniSettings
+from .model import IPNetwork, parse_ip, parse_network
 from .netlink import DEFAULT_ROUTE_PROTOCOL
 from .plan import Mode, VxlanSettings
 
@@ -47,34 +49,101 @@ _NESTED = {"vxlan": VxlanSettings, "cni": CniSettings}
 
 
 def from_dict(d: dict, base: Config) -> Config:
+    if not isinstance(d, dict):
+        raise ConfigError("the config must be a map of keys to values")
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = set(d) - known
     if unknown:
-        raise ConfigError(f"unknown config keys: {sorted(unknown)}")
+        raise ConfigError(f"unknown config keys: {sorted(map(str, unknown))}")
     updates = {}
     for k, v in d.items():
         if k in _NESTED:
             sub = _NESTED[k]
+            if not isinstance(v, dict):
+                raise ConfigError(f"{k}: must be a map")
             bad = set(v) - {f.name for f in dataclasses.fields(sub)}
             if bad:
-                raise ConfigError(f"unknown keys in {k}: {sorted(bad)}")
+                raise ConfigError(f"unknown keys in {k}: {sorted(map(str, bad))}")
             v = dataclasses.replace(getattr(base, k), **v)
         updates[k] = v
     return validate(dataclasses.replace(base, **updates))
 
 
+# Config values reach netlink (interface names), file paths, sockets and nft text (cluster CIDRs):
+# each is checked for its type and alphabet here, so nothing later needs to.
+_IFNAME = re.compile(r"[A-Za-z0-9_.\-]{1,15}")  # the kernel's rules (no '/', ':', spaces), ASCII only
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # what the API accepts for a Node
+_FILE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FIRST_ROUTE_PROTOCOL = 5  # 0-4 are the kernel's own (unspec, redirect, kernel, boot, static)
+
+
+def _check(ok: bool, what: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"bad {what}: {value!r:.100}")
+
+
+def _ifname(value, what: str) -> None:
+    _check(isinstance(value, str) and bool(_IFNAME.fullmatch(value)) and value not in (".", ".."),
+           f"{what} (an interface name: 1-15 of A-Z a-z 0-9 _ . -)", value)
+
+
+def _path(value, what: str) -> None:
+    _check(isinstance(value, str) and value != "" and not any(ch in value for ch in "\0\n\r"), what, value)
+
+
+def _int(value, what: str, lo: int, hi: int) -> None:
+    _check(type(value) is int and lo <= value <= hi, f"{what} (an integer {lo}-{hi})", value)
+
+
+def _address(value, what: str) -> None:
+    """host:port with an IP literal host ([..] for IPv6): a name would need resolving."""
+    try:
+        host, sep, port = value.rpartition(":")
+        parse_ip(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        ok = bool(sep) and port.isdigit() and port.isascii() and 0 < int(port) < 65536
+    except (AttributeError, ValueError):
+        ok = False
+    _check(ok, f"{what} (IP:port)", value)
+
+
 def validate(c: Config) -> Config:
     try:
         mode = Mode(c.mode)
-        cidrs = tuple(ipaddress.ip_network(x) for x in c.cluster_cidrs)
+    except (ValueError, TypeError):
+        raise ConfigError(f"bad mode {c.mode!r:.50}") from None
+    _check(isinstance(c.cluster_cidrs, (list, tuple)), "cluster_cidrs (a list)", c.cluster_cidrs)
+    try:
+        # already typed when flags refine a config file: checked again, through its text
+        cidrs = tuple(parse_network(str(x) if isinstance(x, IPNetwork) else x) for x in c.cluster_cidrs)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if not (1 <= c.vxlan.vni < 2**24) or not (1 <= c.vxlan.port < 65536):
-        raise ConfigError(f"bad VXLAN vni/port: {c.vxlan}")
     if not c.node_name:
         raise ConfigError("node name is required (--node-name or NODE_NAME)")
-    if len(c.vxlan.device) > 15:
-        raise ConfigError(f"interface name too long: {c.vxlan.device}")
+    _check(isinstance(c.node_name, str) and bool(_NODE_NAME.fullmatch(c.node_name)),
+           "node name (a lowercase DNS name, as Kubernetes names Nodes)", c.node_name)
+    _int(c.vxlan.vni, "VXLAN vni", 1, 2**24 - 1)
+    _int(c.vxlan.port, "VXLAN port", 1, 65535)
+    _ifname(c.vxlan.device, "VXLAN device")
+    if c.underlay_interface is not None:
+        _ifname(c.underlay_interface, "underlay interface")
+    _ifname(c.cni.bridge, "CNI bridge")
+    _check(isinstance(c.cni.conf_name, str) and bool(_FILE_NAME.fullmatch(c.cni.conf_name))
+           and c.cni.conf_name not in (".", ".."), "CNI conf_name (a file name)", c.cni.conf_name)
+    for what in ("conf_dir", "log_file", "data_dir"):
+        _path(getattr(c.cni, what), f"CNI {what}")
+    if c.kubeconfig is not None:
+        _path(c.kubeconfig, "kubeconfig")
+    _int(c.route_protocol, "route protocol", FIRST_ROUTE_PROTOCOL, 255)
+    _address(c.metrics_address, "metrics address")
+    _address(c.proxy_healthz_address, "proxy healthz address")
+    for what in ("min_sync_interval", "resync_interval"):
+        v = getattr(c, what)
+        _check(type(v) in (int, float) and math.isfinite(v) and v > 0, f"{what} (seconds > 0)", v)
+    for what in ("egress", "ensure_forwarding", "proxy_enabled"):
+        _check(type(getattr(c, what)) is bool, f"{what} (true or false)", getattr(c, what))
+    _check(isinstance(c.log_level, str) and c.log_level.upper() in _LOG_LEVELS,
+           f"log level ({', '.join(_LOG_LEVELS)})", c.log_level)
     return dataclasses.replace(c, mode=mode, cluster_cidrs=cidrs)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .model import IPAddress, IPNetwork
 
+
 @dataclass(frozen=True, order=True)
 class Route:
     """A route the daemon owns (marked with its route protocol in the main table)."""

@@ -10,6 +10,8 @@ InternalIP is in a set that is exempt too (flannel masquerades the latter; we do
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 
 from netkit import nft
@@ -24,15 +26,28 @@ class EgressError(RuntimeError):
     pass
 
 
+# Belt and braces: the inputs are typed (node_daemon.model, config), and this refuses anything
+# else rather than let nft read it: an ipaddress object still prints an IPv6 zone index ("%...").
+_ELEMENT = re.compile(r"[0-9a-f.:/]{2,43}")
+_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network, ipaddress.IPv6Network)
+
+
+def _family(values, version: int) -> set:
+    for v in values:
+        if not isinstance(v, _TYPES) or not _ELEMENT.fullmatch(str(v)):
+            raise EgressError(f"refusing {v!r:.100} as an element of the egress ruleset")
+    return {v for v in values if v.version == version}
+
+
 def render(cluster_cidrs: list[IPNetwork], node_ips: list[IPAddress]) -> str:
     """One transaction defining a table per family that has a cluster CIDR, removing the others."""
     lines = []
     for version, (family, addr_type, multicast) in _FAMILIES.items():
         lines += [f"add table {family} {TABLE}", f"delete table {family} {TABLE}"]
-        cidrs = sorted(str(c) for c in cluster_cidrs if c.version == version)
+        cidrs = sorted(str(c) for c in _family(cluster_cidrs, version))
         if not cidrs:
             continue
-        ips = sorted({ip for ip in node_ips if ip.version == version})
+        ips = [str(ip) for ip in sorted(_family(node_ips, version))]
         lines += [
             f"table {family} {TABLE} {{",
             "\tset cluster-cidrs {",
@@ -42,7 +57,7 @@ def render(cluster_cidrs: list[IPNetwork], node_ips: list[IPAddress]) -> str:
             "\t}",
             "\tset node-ips {",
             f"\t\ttype {addr_type}",
-            *([f"\t\telements = {{ {', '.join(map(str, ips))} }}"] if ips else []),
+            *([f"\t\telements = {{ {', '.join(ips)} }}"] if ips else []),
             "\t}",
             "\tchain postrouting {",
             "\t\ttype nat hook postrouting priority srcnat; policy accept;",

@@ -84,7 +84,8 @@ class NetlinkDataplane:
             for r in self.ipr.get_routes(family=family, table=MAIN_TABLE):
                 if r["proto"] != self.proto or r.get("RTA_TABLE", r["table"]) != MAIN_TABLE:
                     continue
-                dst = ipaddress.ip_network(f"{r.get('RTA_DST') or ('::' if family == socket.AF_INET6 else '0.0.0.0')}/{r['dst_len']}")
+                any_addr = "::" if family == socket.AF_INET6 else "0.0.0.0"
+                dst = ipaddress.ip_network(f"{r.get('RTA_DST') or any_addr}/{r['dst_len']}")
                 gw = r.get("RTA_GATEWAY")
                 yield Route(dst=dst, gateway=ipaddress.ip_address(gw) if gw else None,
                             dev=names.get(r.get("RTA_OIF"), ""), onlink=bool(r["flags"] & RTNH_F_ONLINK))

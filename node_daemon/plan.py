@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .dataplane import Dataplane, FdbEntry, Neighbour, Route, VxlanDevice
@@ -62,6 +62,7 @@ class Context:
 
     underlay: Underlay
     vxlan: VxlanDevice | None
+    mac_conflicts: dict[str, str] = field(default_factory=dict)  # peer -> who owns its MAC
 
 
 class Transport(Protocol):
@@ -94,6 +95,9 @@ class VxlanOverlay:
             return f"no IPv{ctx.vxlan.local.version} InternalIP to reach its VTEP"
         if peer.vtep_mac is None:
             return "no valid podwire.io/vtep-mac annotation yet"
+        if peer.name in ctx.mac_conflicts:
+            # Two FDB entries for one MAC make the kernel send each frame to both VTEPs.
+            return f"podwire.io/vtep-mac {peer.vtep_mac} is already {ctx.mac_conflicts[peer.name]}'s"
         vtep = vtep_ip(cidr)
         return Dataplane(
             routes=frozenset({Route(cidr, vtep, ctx.vxlan.name, onlink=True)}),
@@ -152,6 +156,21 @@ def refusals(me: NodeInfo, peers: list[NodeInfo], underlay: Underlay,
     return refused
 
 
+def mac_conflicts(me: NodeInfo, peers: list[NodeInfo], my_mac: str, refused) -> dict[str, str]:
+    """Peers whose VTEP MAC is ours or an older served Node's: {peer: owner}. A Node writes its own
+    annotation, so without this one node could receive a copy of every frame meant for another."""
+    owners = {my_mac: me.name}
+    out = {}
+    for peer in sorted(peers, key=lambda p: (p.created, p.name)):
+        if peer.name == me.name or peer.vtep_mac is None \
+                or all((peer.name, c) in refused for c in peer.pod_cidrs):  # a refused Node claims nothing
+            continue
+        owner = owners.setdefault(peer.vtep_mac, peer.name)
+        if owner != peer.name:
+            out[peer.name] = owner
+    return out
+
+
 def _overlap(cidr, me, underlay, cluster_cidrs, claimed) -> str | None:
     same = lambda nets: [n for n in nets if n.version == cidr.version]  # noqa: E731 - overlaps() ignores versions
     for own in same(me.pod_cidrs):
@@ -172,10 +191,10 @@ def _overlap(cidr, me, underlay, cluster_cidrs, claimed) -> str | None:
 def plan(me: NodeInfo, peers: list[NodeInfo], underlay: Underlay, mode: Mode,
          vxlan: VxlanSettings, vtep_mac: str, cluster_cidrs=()) -> Plan:
     device = _vxlan_device(me, underlay, mode, vxlan, vtep_mac)
-    ctx = Context(underlay, device)
+    refused = refusals(me, peers, underlay, cluster_cidrs)
+    ctx = Context(underlay, device, mac_conflicts(me, peers, vtep_mac, refused))
     routes, fdb, neigh, transports, skipped = set(), set(), set(), [], []
     overlay_wanted = mode is Mode.VXLAN
-    refused = refusals(me, peers, underlay, cluster_cidrs)
     for peer in sorted(peers, key=lambda p: p.name):
         if peer.name == me.name:
             continue

@@ -86,7 +86,8 @@ def peer(name, cidr, ip="192.168.9.8", created=""):
     (peer("x", "0.0.0.0/0"), "overlaps this node's podCIDR 10.244.1.0/24"),  # not our default route
     (peer("x", "192.168.1.128/25"), "overlaps the underlay subnet 192.168.1.0/24"),
     (peer("x", "10.99.0.0/24"), "outside the cluster CIDRs 10.244.0.0/16"),
-    (peer("x", "10.244.3.0/25", created="2026-01-02T00:00:00Z"), "overlaps 10.244.3.0/24 of n3, a Node created earlier"),
+    (peer("x", "10.244.3.0/25", created="2026-01-02T00:00:00Z"),
+     "overlaps 10.244.3.0/24 of n3, a Node created earlier"),
     (peer("x", "10.244.8.0/24", ip="192.168.1.1"), "InternalIP 192.168.1.1 is not a usable peer address"),
     (peer("x", "10.244.8.0/24", ip="127.0.0.1"), "InternalIP 127.0.0.1 is not a usable peer address"),
     (peer("x", "10.244.8.0/24", ip="0.0.0.0"), "InternalIP 0.0.0.0 is not a usable peer address"),
@@ -102,7 +103,8 @@ def test_peer_claiming_addresses_not_its_own_is_skipped_and_touches_nobody(rogue
 
 
 def test_of_two_nodes_claiming_a_podcidr_the_older_keeps_it_whatever_the_names():
-    old, new = peer("zz", "10.244.5.0/24", created="2026-01-01T00:00:00Z"), peer("aa", "10.244.5.0/24", created="2026-01-02T00:00:00Z")
+    old = peer("zz", "10.244.5.0/24", created="2026-01-01T00:00:00Z")
+    new = peer("aa", "10.244.5.0/24", created="2026-01-02T00:00:00Z")
     p = mk([new, old])
     assert [s.node for s in p.skipped] == ["aa"]
     assert [t[0] for t in p.transports] == ["zz"]
@@ -206,3 +208,27 @@ def test_routing_view_ignores_heartbeats_but_not_what_routes_depend_on():
         other = copy.deepcopy(base)
         change(other)
         assert routing_view(other) != routing_view(base)
+
+
+def test_a_vtep_mac_already_claimed_is_refused_for_the_later_node():
+    """Two FDB entries for one MAC make the kernel replicate each frame to both VTEPs: a Node
+    announcing another's MAC (it writes its own annotation) would get a copy of that traffic."""
+    older = NodeInfo("n3", FAR.internal_ips, FAR.pod_cidrs, MAC3, created="2024-01-01T00:00:00Z")
+    thief = NodeInfo("n4", (ipa.ip_address("192.168.9.4"),), (ipa.ip_network("10.244.4.0/24"),), MAC3,
+                     created="2024-01-02T00:00:00Z")
+    mine = NodeInfo("n5", (ipa.ip_address("192.168.9.5"),), (ipa.ip_network("10.244.5.0/24"),),
+                    "0a:00:00:00:00:01")  # this node's own MAC (mk's vtep_mac)
+    p = mk([thief, older, mine])
+    assert {f.dst for f in p.dataplane.fdb} == {ipa.ip_address("192.168.9.3")}
+    reasons = {s.node: s.reason for s in p.skipped}
+    assert "already n3's" in reasons["n4"] and "already n1's" in reasons["n5"]
+
+
+def test_node_from_api_refuses_untyped_values():
+    assert node_from_api(api_node(mac="01:00:5e:00:00:01")).vtep_mac is None  # multicast
+    assert node_from_api(api_node(mac="00:00:00:00:00:00")).vtep_mac is None  # the FDB default entry
+    for bad in (api_node(ips=("fd00::2%eth0",)), api_node(ips=(5,)), api_node(ips=(" 192.168.1.2",)),
+                api_node(cidrs=("fd10::%x/64",)), api_node(name="N2"), api_node(name="a\nb"), [],
+                {"metadata": "x"}, {"metadata": {"name": "n"}, "status": {"addresses": ["192.168.1.2"]}}):
+        with pytest.raises(BadNode):
+            node_from_api(bad)
