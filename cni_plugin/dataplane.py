@@ -1,22 +1,36 @@
-"""Applying a PodPlan to the kernel (and taking it away) through netkit's batched rtnetlink."""
+"""Applying a PodPlan to the kernel (and taking it away) through netkit's batched rtnetlink.
+
+What the plugin touches on the node is only ever named by us (the `pw…` host veth) or checked first:
+the bridge must be a bridge whose addresses agree with the config, and the pod's namespace must be a
+network namespace other than the node's.
+"""
 
 from __future__ import annotations
 
+import ipaddress  # already loaded by ipam
 import os
+import zlib
 
-from cni_plugin.errors import STATE_DRIFT, UNKNOWN_CONTAINER, CNIError
+from cni_plugin.errors import INVALID_CONFIG, INVALID_ENV, IO_FAILURE, STATE_DRIFT, UNKNOWN_CONTAINER, CNIError
 from cni_plugin.plan import PodPlan, route_gateway
 from cni_plugin.result import Interface
 from netkit import netns, rtnl
 
 
 def open_pod_netns(path: str) -> int:
+    """An fd on the pod's network namespace, for ADD and CHECK (DEL: `teardown`)."""
     try:
-        return netns.open_netns(path)
+        fd = netns.open_netns(path)
     except FileNotFoundError:
         raise CNIError(UNKNOWN_CONTAINER, f"network namespace {path} does not exist") from None
+    except netns.NotANetns as e:
+        raise CNIError(INVALID_ENV, f"CNI_NETNS: {e}") from None
     except OSError as e:
         raise CNIError(UNKNOWN_CONTAINER, f"cannot open network namespace {path}: {e.strerror}") from None
+    if netns.is_host_netns(fd):
+        os.close(fd)
+        raise CNIError(INVALID_ENV, f"CNI_NETNS {path} is the node's own network namespace, not a pod's")
+    return fd
 
 
 def pod_socket(netns_fd: int) -> rtnl.RtnlSocket:
@@ -30,26 +44,69 @@ def assert_absent(pod: rtnl.RtnlSocket, ifname: str, netns_path: str) -> None:
         raise CNIError(UNKNOWN_CONTAINER, f"interface {ifname} already exists in {netns_path}")
 
 
+def bridge_mac(plan: PodPlan) -> bytes:
+    """The MAC the bridge is created with, locally administered (0a:58:…) and stable: the IPv4 gateway's
+    four bytes (unique per node, as each node has its own range), else a hash of the IPv6 gateway or of
+    the bridge's name. Stable also lets ADD tell a bridge we created from one we did not."""
+    for cidr in plan.bridge_addrs:
+        ip = cidr.split("/")[0]
+        if ":" not in ip:
+            return b"\x0a\x58" + bytes(int(x) for x in ip.split("."))
+    key = plan.bridge_addrs[0] if plan.bridge_addrs else plan.bridge
+    return b"\x0a\x58" + zlib.crc32(key.encode()).to_bytes(4, "big")
+
+
+def _mac_text(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
 def ensure_bridge(host: rtnl.RtnlSocket, plan: PodPlan) -> rtnl.Link:
+    """The bridge, up and carrying the gateways. A link of that name that is not a bridge, or a bridge with
+    another address in a gateway's subnet, is refused before anything is changed."""
     br = host.link(plan.bridge)
-    if br is None or not br.up:
-        # EEXIST is fine: a parallel ADD created it first
-        host.batch().new_bridge(plan.bridge, plan.mtu).commit()
+    if br is None:
+        # EEXIST is fine: a parallel ADD created it first (checked below like any existing link)
+        host.batch().new_bridge(plan.bridge, plan.mtu, bridge_mac(plan)).commit()
         br = host.link(plan.bridge)
-        if not br.up:
-            host.batch().set_up(br.index, plan.bridge).commit()
-    elif br.kind not in (None, "bridge"):
-        raise CNIError(UNKNOWN_CONTAINER, f"{plan.bridge} exists and is a {br.kind}, not a bridge")
-    if plan.bridge_addrs:
-        b = host.batch()
-        for cidr in plan.bridge_addrs:
-            b.new_addr(br.index, cidr, tolerate_exists=True)
-        b.commit()
+        if br is None:
+            raise CNIError(IO_FAILURE, f"bridge {plan.bridge} vanished right after it was created")
+    if br.kind != "bridge":
+        what = f"of kind {br.kind}" if br.kind else "without a link kind (loopback or a physical device)"
+        raise CNIError(INVALID_CONFIG, f"invalid network config: 'bridge' names {plan.bridge}, an existing link "
+                                       f"{what}, not a bridge; refusing to touch it")
+    missing = _missing_gateways(host, br, plan)
+    b = host.batch()
+    if not br.up:
+        b.set_up(br.index, plan.bridge)
+    for cidr in missing:
+        b.new_addr(br.index, cidr, tolerate_exists=True)  # a parallel ADD may add it first
+    b.commit()
     if plan.forward_v4:
         netns.write_sysctl("net/ipv4/ip_forward", "1")
     if plan.forward_v6:
         netns.write_sysctl("net/ipv6/conf/all/forwarding", "1")
     return br
+
+
+def _missing_gateways(host: rtnl.RtnlSocket, br: rtnl.Link, plan: PodPlan) -> list[str]:
+    """The gateway addresses the bridge lacks. An address in a gateway's subnet that is not that gateway
+    is refused, as the reference plugin does ("already has an IP address different from"): pods would
+    get a gateway the node does not answer for, or IPAM could hand that address to a pod. Addresses of
+    other subnets stay allowed (several ranges, several networks on one bridge)."""
+    if not plan.bridge_addrs:
+        return []
+    want = [ipaddress.ip_interface(c) for c in plan.bridge_addrs]
+    families = {w.version for w in want}
+    family = rtnl.AF_UNSPEC if len(families) == 2 else rtnl.AF_INET if 4 in families else rtnl.AF_INET6
+    live = [ipaddress.ip_interface(f"{a.address}/{a.prefixlen}") for a in host.addrs(br.index, family)]
+    for a in live:
+        if a in want:
+            continue
+        for w in want:
+            if a.version == w.version and a.network.overlaps(w.network):
+                raise CNIError(INVALID_CONFIG, f"invalid network config: bridge {plan.bridge} carries {a}, not the "
+                                               f"gateway {w} of {w.network}; remove that address or change the range")
+    return [c for c, w in zip(plan.bridge_addrs, want, strict=True) if w not in live]
 
 
 def setup(plan: PodPlan, pod: rtnl.RtnlSocket, netns_fd: int, netns_path: str, undo) -> tuple[Interface, ...]:
@@ -59,13 +116,20 @@ def setup(plan: PodPlan, pod: rtnl.RtnlSocket, netns_fd: int, netns_path: str, u
         stale = host.link(plan.host_if)
         if stale is not None:  # left by an ADD whose pod end is gone (crash, netns removed)
             host.batch().del_link(stale.index, plan.host_if).commit()
-        host.batch().new_veth(plan.host_if, plan.container_if, netns_fd, plan.mtu, br.index).commit()
-        undo.callback(_delete_host_end, plan.host_if)
-        veth = host.link(plan.host_if)
+        b = host.batch()
+        mac = bridge_mac(plan)
+        if br.mac != _mac_text(mac):
+            # A bridge we did not create pinned (an older podwire, an admin): pin the MAC it has now, as
+            # the reference does on every ADD, before our port joins and may displace it.
+            b.set_mac(br.index, bytes.fromhex(br.mac.replace(":", "")), plan.bridge)
+        b.new_veth(plan.host_if, plan.container_if, netns_fd, plan.mtu, br.index)
+        undo.callback(_delete_host_end, plan.host_if)  # before commit: the veth may exist when the pin failed
+        b.commit()
+        veth = _created(host.link(plan.host_if), plan.host_if)
         if plan.hairpin:
             host.batch().set_hairpin(veth.index, True).commit()
 
-        lo, eth = pod.link("lo"), pod.link(plan.container_if)
+        lo, eth = pod.link("lo"), _created(pod.link(plan.container_if), plan.container_if)
         b = pod.batch()
         if lo is not None and not lo.up:
             b.set_up(lo.index, "lo")
@@ -83,26 +147,42 @@ def setup(plan: PodPlan, pod: rtnl.RtnlSocket, netns_fd: int, netns_path: str, u
         )
 
 
+def _created(link: rtnl.Link | None, name: str) -> rtnl.Link:
+    if link is None:
+        raise CNIError(IO_FAILURE, f"interface {name} vanished right after it was created")
+    return link
+
+
 def _delete_host_end(name: str) -> None:
     with rtnl.RtnlSocket() as host:
         link = host.link(name)
-        if link is not None:
+        if link is not None and link.kind == "veth":
             host.batch().del_link(link.index, name).commit()
 
 
-def teardown(container_if: str, host_if: str, netns_path: str | None) -> None:
-    """Best effort and idempotent: whatever is already gone is fine."""
+def teardown(container_if: str, host_if: str, netns_path: str | None, log=None) -> None:
+    """Best effort and idempotent: whatever is already gone is fine.
+
+    Only our host veth is deleted: the kernel takes its peer, the pod's end, with it. So a link named
+    `container_if` in the pod's namespace is removed exactly when it is our peer, and nothing else there
+    is touched; the pod's namespace is not even entered. A CNI_NETNS that names the node's own namespace
+    is refused (code 4) before anything; one that is not a network namespace counts as gone (a runtime
+    may leave the unmounted placeholder file behind) so the address is still released.
+    """
     if netns_path:
         try:
             fd = netns.open_netns(netns_path)
+        except netns.NotANetns as e:
+            fd = None
+            if log:
+                log(f"DEL: CNI_NETNS: {e}; treating the namespace as gone")
         except OSError:
             fd = None  # the namespace is gone, and with it the pod end of the veth
         if fd is not None:
             try:
-                with pod_socket(fd) as pod:
-                    link = pod.link(container_if)
-                    if link is not None:
-                        pod.batch().del_link(link.index, container_if).commit()
+                if netns.is_host_netns(fd):
+                    raise CNIError(INVALID_ENV, f"CNI_NETNS {netns_path} is the node's own network namespace, "
+                                                f"not a pod's; nothing was deleted")
             finally:
                 os.close(fd)
     _delete_host_end(host_if)
@@ -131,8 +211,8 @@ def check(plan_host_if: str, bridge: str, container_if: str, netns_fd: int, prev
                   for r in pod.routes() if r.table == rtnl.RT_TABLE_MAIN]
         for r in prev.routes:
             dst, plen = r.dst.split("/")
-            if not any(_same_ip(d, dst) and l == int(plen) and (not r.gw or _same_ip(g or "", r.gw))
-                       for d, l, g in routes):
+            if not any(_same_ip(d, dst) and n == int(plen) and (not r.gw or _same_ip(g or "", r.gw))
+                       for d, n, g in routes):
                 drift(f"route to {r.dst} is missing from the pod")
         veth = host.link(plan_host_if)
         br = host.link(bridge)

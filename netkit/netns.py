@@ -6,9 +6,11 @@ imported lazily because ctypes costs ~3 ms and DEL without a netns never needs i
 """
 
 import contextlib
+import fcntl  # a builtin module, already loaded by ipam
 import os
 
 CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3): the CLONE_NEW* type of an nsfs fd
 _setns = None
 
 
@@ -18,7 +20,7 @@ def setns(fd: int) -> None:
         # _ctypes directly: the ctypes package's own set-up costs ~2 ms per plugin start
         import _ctypes
 
-        address = _ctypes.dlsym(_ctypes.dlopen(None), "setns")
+        address = _ctypes.dlsym(_ctypes.dlopen(None), "setns")  # type: ignore[arg-type]
         _setns = lambda f: _ctypes.call_function(address, (f, CLONE_NEWNET))  # noqa: E731
     if _setns(fd) != 0:
         import ctypes  # only on failure: errno needs ctypes' use_errno machinery
@@ -29,9 +31,40 @@ def setns(fd: int) -> None:
             raise OSError(err, f"setns: {os.strerror(err)}")
 
 
+class NotANetns(ValueError):
+    """`path` exists but is no network namespace (a plain file, a directory, another namespace type)."""
+
+
 def open_netns(path: str) -> int:
-    """An fd on the namespace at `path`; FileNotFoundError when the namespace is gone."""
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """An fd on the network namespace at `path`; FileNotFoundError when it is gone, NotANetns when the
+    path is something else (setns would fail later with a bare EINVAL)."""
+    # O_NONBLOCK: a FIFO at `path` must not hang us; O_NOCTTY: nor may a terminal become ours
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:  # ENOTTY: not an nsfs file at all
+        kind = None
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        what = "a namespace of another type" if kind is not None else "not a namespace file"
+        raise NotANetns(f"{path} is not a network namespace ({what})")
+    return fd
+
+
+def is_host_netns(fd: int) -> bool:
+    """Whether `fd` is our own network namespace or PID 1's (the node's): nothing a pod may name.
+
+    nsfs gives every namespace one inode, so (st_dev, st_ino) identifies it.
+    """
+    st = os.fstat(fd)
+    for own in ("/proc/thread-self/ns/net", "/proc/1/ns/net"):
+        try:
+            o = os.stat(own)
+        except OSError:  # PID 1's may be hidden from us (hidepid, no ptrace right): ours still counts
+            continue
+        if (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
 
 
 @contextlib.contextmanager

@@ -5,15 +5,15 @@ runs once per pod; the plugin needs only a dozen message shapes (links, addresse
 flags), which this module encodes with `struct`. The long-lived node daemon uses pyroute2.
 
 Requests are batched: `Batch` packs several messages into one sendmsg and reads every ACK, so a pod's
-whole container-side setup is one round trip.
+whole container-side setup is one round trip. A batch larger than the socket's receive buffer can hold
+ACKs for goes out in chunks (the kernel drops ACKs that do not fit and the reader gets ENOBUFS).
 """
-
-import errno
-import os
-import struct
 
 # _socket, not socket: socket.py builds enums and imports selectors (~3 ms at every plugin start)
 import _socket as socket
+import errno
+import os
+import struct
 
 # message types
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
@@ -27,6 +27,8 @@ F_DUMP = 0x300
 F_REPLACE, F_EXCL, F_CREATE = 0x100, 0x200, 0x400
 
 AF_UNSPEC, AF_INET, AF_BRIDGE, AF_INET6 = 0, 2, 7, 10
+SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK = 270, 10, 12
+SOL_SOCKET, SO_RCVBUF = 1, 8
 IFF_UP = 0x1
 NLA_F_NESTED = 0x8000
 
@@ -158,13 +160,27 @@ def _ip_bytes(text: str) -> tuple[int, bytes]:
     return AF_INET, socket.inet_pton(socket.AF_INET, text)
 
 
+# Batches up to this many messages go out in one sendmsg without asking the socket anything.
+_SMALL_BATCH = 64
+# What one queued ACK costs in the receive buffer (skb truesize; measured ~830 bytes on 6.x kernels),
+# with room to spare.
+_ACK_COST = 1024
+
+
 class RtnlSocket:
     """A NETLINK_ROUTE socket. It stays in the network namespace it was created in."""
 
     def __init__(self):
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        # error ACKs without a copy of the request: every ACK costs the same, whatever failed
+        self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self._sock.bind((0, 0))
         self._seq = 0
+        self._strict = False
+
+    def ack_room(self) -> int:
+        """How many requests may be in flight before their ACKs could overflow the receive buffer."""
+        return max(8, min(256, self._sock.getsockopt(SOL_SOCKET, SO_RCVBUF) // _ACK_COST))
 
     def close(self) -> None:
         self._sock.close()
@@ -201,7 +217,7 @@ class RtnlSocket:
     def dump(self, msg_type: int, body: bytes) -> list[bytes]:
         seq, frame = self._frame(msg_type, F_DUMP, body)
         self._sock.send(frame)
-        out = []
+        out: list[bytes] = []
         for mtype, _flags, mseq, payload in self._messages():
             if mseq != seq:
                 continue
@@ -213,6 +229,7 @@ class RtnlSocket:
                     raise NetlinkError(err, f"dump {msg_type}")
                 return out
             out.append(payload)
+        raise AssertionError("unreachable: _messages() never ends")
 
     # --- queries --------------------------------------------------------------------------------
     def link(self, name: str) -> Link | None:
@@ -227,10 +244,19 @@ class RtnlSocket:
                     return None
                 raise NetlinkError(err, f"get link {name}")
             return _decode_link(payload)
+        raise AssertionError("unreachable: _messages() never ends")
 
-    def addrs(self, index: int = 0) -> list[Addr]:
+    def addrs(self, index: int = 0, family: int = AF_UNSPEC) -> list[Addr]:
+        """Addresses (of one link when `index`); the kernel filters by link under strict checking, so a
+        node with hundreds of veths (each with an IPv6 link-local address) answers with a few messages."""
+        if index and not self._strict:
+            try:
+                self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+            except OSError:  # kernel < 4.20: the filter below still applies
+                pass
+            self._strict = True
         out = []
-        for body in self.dump(RTM_GETADDR, _IFADDR.pack(AF_UNSPEC, 0, 0, 0, 0)):
+        for body in self.dump(RTM_GETADDR, _IFADDR.pack(family, 0, 0, 0, index)):
             family, prefixlen, _flags, _scope, idx = _IFADDR.unpack_from(body)
             if index and idx != index:
                 continue
@@ -283,33 +309,43 @@ class Batch:
         return self
 
     def commit(self) -> list[int]:
-        if not self._frames:
-            return []
-        self._sock._sock.send(b"".join(self._frames))
-        pending = {seq: i for i, (seq, _w, _t) in enumerate(self._meta)}
-        results = [0] * len(self._meta)
-        failure = None
-        for mtype, _flags, seq, payload in self._sock._messages():
-            if mtype != NLMSG_ERROR or seq not in pending:
-                continue
-            i = pending.pop(seq)
-            err = -struct.unpack_from("=i", payload)[0]
-            _seq, what, tolerate = self._meta[i]
-            if err and err not in tolerate and failure is None:
-                failure = NetlinkError(err, what)
-            results[i] = err
-            if not pending:
-                break
+        """Send everything and read every ACK; a batch too large for the receive buffer goes out in
+        chunks (one sendmsg each, its ACKs read before the next), stopping after a chunk that failed."""
+        frames, meta = self._frames, self._meta
         self._frames, self._meta = [], []
-        if failure:
-            raise failure
+        if not frames:
+            return []
+        step = len(frames) if len(frames) <= _SMALL_BATCH else self._sock.ack_room()
+        results = [0] * len(meta)
+        for start in range(0, len(frames), step):
+            end = min(start + step, len(frames))
+            self._sock._sock.send(b"".join(frames[start:end]))
+            pending = {meta[i][0]: i for i in range(start, end)}
+            failure = None
+            for mtype, _flags, seq, payload in self._sock._messages():
+                if mtype != NLMSG_ERROR or seq not in pending:
+                    continue
+                i = pending.pop(seq)
+                err = -struct.unpack_from("=i", payload)[0]
+                _seq, what, tolerate = meta[i]
+                if err and err not in tolerate and failure is None:
+                    failure = NetlinkError(err, what)
+                results[i] = err
+                if not pending:
+                    break
+            if failure:
+                raise failure
         return results
 
     # --- message builders -----------------------------------------------------------------------
-    def new_bridge(self, name: str, mtu: int = 0) -> "Batch":
+    def new_bridge(self, name: str, mtu: int = 0, mac: bytes = b"") -> "Batch":
+        """`mac` pins the bridge's address: without one it takes the lowest MAC among its ports and
+        changes whenever that port leaves (every pod's ARP entry for the gateway goes stale)."""
         attrs = nla_str(IFLA_IFNAME, name) + nla_nested(IFLA_LINKINFO, nla_str(IFLA_INFO_KIND, "bridge"))
         if mtu:
             attrs += nla_u32(IFLA_MTU, mtu)
+        if mac:
+            attrs += nla(IFLA_ADDRESS, mac)
         return self.add(f"create bridge {name}", RTM_NEWLINK, F_CREATE | F_EXCL,
                         ifinfo(flags=IFF_UP, change=IFF_UP) + attrs, tolerate=(errno.EEXIST,))
 
@@ -332,6 +368,10 @@ class Batch:
     def set_up(self, index: int, what: str) -> "Batch":
         return self.add(f"set {what} up", RTM_NEWLINK, 0, ifinfo(index, IFF_UP, IFF_UP))
 
+    def set_mac(self, index: int, mac: bytes, what: str) -> "Batch":
+        """Setting a MAC, even the one the link has, marks it chosen (a bridge then keeps it)."""
+        return self.add(f"set MAC of {what}", RTM_NEWLINK, 0, ifinfo(index) + nla(IFLA_ADDRESS, mac))
+
     def set_hairpin(self, index: int, on: bool) -> "Batch":
         body = ifinfo(index, family=AF_BRIDGE) + nla_nested(IFLA_PROTINFO, nla(IFLA_BRPORT_MODE, bytes([int(on)])))
         return self.add(f"set hairpin on {index}", RTM_SETLINK, 0, body)
@@ -342,7 +382,8 @@ class Batch:
     def new_addr(self, index: int, cidr: str, tolerate_exists: bool = False) -> "Batch":
         ip, plen = cidr.split("/")
         family, raw = _ip_bytes(ip)
-        body = _IFADDR.pack(family, int(plen), 0, RT_SCOPE_UNIVERSE, index) + nla(IFA_LOCAL, raw) + nla(IFA_ADDRESS, raw)
+        body = _IFADDR.pack(family, int(plen), 0, RT_SCOPE_UNIVERSE, index)
+        body += nla(IFA_LOCAL, raw) + nla(IFA_ADDRESS, raw)
         if family == AF_INET6:
             # No DAD: the address is unique by IPAM, and a tentative address would fail the pod's first packets.
             body += nla_u32(IFA_FLAGS, IFA_F_NODAD)
