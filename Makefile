@@ -3,7 +3,22 @@ PYTHON ?= python3
 SOURCES := $(shell find cni_plugin ipam netkit -name '*.py') packaging/podwire.spec
 DAEMON_SOURCES := $(shell find node_daemon proxy netkit -name '*.py') packaging/podwire-daemon.spec packaging/daemon_entry.py
 
-.PHONY: dist dist-daemon image kind test demo demo-one-node bench bench-all clean
+.PHONY: check lint types unit dist dist-daemon image kind test demo demo-one-node bench bench-all clean
+
+# The fast tier (no root, no build, no cluster; well under a minute): what CI gates on before the rest.
+FAST_TESTS := tests/unit e2e/tests
+FAST_MARKS := not root and not cluster and not frozen and not slow
+
+check: lint types unit
+
+lint:
+	$(PYTHON) -m ruff check .
+
+types:
+	$(PYTHON) -m mypy
+
+unit:
+	$(PYTHON) -m pytest -p no:cacheprovider -q -m "$(FAST_MARKS)" $(FAST_TESTS)
 
 dist: dist/podwire/podwire
 
@@ -23,7 +38,7 @@ image: dist dist-daemon
 kind:
 	packaging/kind-up.sh
 
-test: dist
+test: check dist
 	$(PYTHON) -m pytest
 
 demo: image
