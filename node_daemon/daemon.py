@@ -85,7 +85,7 @@ class Daemon:
                 log.info("dataplane: %d changes (%d drift repairs)", changes.count(), drift)
 
         text = cniconf.render(me.pod_cidrs, p.pod_mtu, cfg.cni)
-        if cniconf.write_if_changed(cfg.cni.path, text):
+        if text is not None and cniconf.write_if_changed(cfg.cni.path, text):
             log.info("wrote %s (pod MTU %d)", cfg.cni.path, p.pod_mtu)
         self._sync_egress(infos)
         self._update_gauges(p)
@@ -131,7 +131,7 @@ class Daemon:
             self._egress_text, self._egress_at = text, now
 
     def _update_gauges(self, p) -> None:
-        by = {"direct": set(), "vxlan": set()}
+        by: dict[str, set[str]] = {"direct": set(), "vxlan": set()}
         for peer, _, transport in p.transports:
             by[transport].add(peer)
         for transport, names in by.items():

@@ -17,7 +17,7 @@ class Route:
     """A route the daemon owns (marked with its route protocol in the main table)."""
 
     dst: IPNetwork
-    gateway: IPAddress
+    gateway: IPAddress | None  # None: read back from the kernel without one (not ours to plan)
     dev: str
     onlink: bool = False
 
@@ -45,7 +45,7 @@ class VxlanDevice:
     port: int
     mac: str
     mtu: int
-    local: IPAddress
+    local: IPAddress | None  # None only as read back from a device without one: recreated
     underlay: str  # underlay interface name (IFLA_VXLAN_LINK)
     up: bool = True
 

@@ -16,6 +16,7 @@ Callbacks run on the informer's thread and should only record and trigger a sync
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import random
@@ -151,7 +152,8 @@ class Informer:
 
     # ---- LIST --------------------------------------------------------------------------
     def _relist(self) -> None:
-        items, token, rv = [], None, None
+        items: list[dict] = []
+        token, rv = None, None
         while True:
             kwargs = dict(self.selectors, limit=self.page_size, _preload_content=False)
             if token:
@@ -182,7 +184,7 @@ class Informer:
         finally:
             resp.release_conn()
 
-    def _replace(self, items: list[dict]) -> None:
+    def _replace(self, items: builtins.list[dict]) -> None:
         fresh = {key_of(o): o for o in items}
         with self._lock:
             old, self._cache = self._cache, fresh

@@ -63,7 +63,7 @@ def run(cfg: Config, stop: threading.Event) -> None:
     def api_error(resource, _exc):
         metrics.api_errors.labels(resource).inc()
 
-    node_listeners = []  # extra consumers of Node events (the proxy)
+    node_listeners: list = []  # extra consumers of Node events (the proxy)
 
     def node_event(obj, deleted=False, old=None):
         if old is None or routing_view(old) != routing_view(obj):

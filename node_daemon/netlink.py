@@ -114,7 +114,7 @@ class NetlinkDataplane:
                 self._device(changes.device, desired.vxlan, actual.vxlan)
             except NetlinkError as e:
                 raise DataplaneError(f"VXLAN device {changes.device}: {e}") from None
-        failures = []
+        failures: list[str] = []
         names = {link["index"]: link.get("IFLA_IFNAME") for link in self.ipr.get_links()}
         index = {n: i for i, n in names.items()}
         vx = index.get(vxlan_name)
@@ -158,18 +158,24 @@ class NetlinkDataplane:
         self.ipr.route(cmd, **kw)
 
     def _device(self, change, want: VxlanDevice | None, have: VxlanDevice | None):
-        log.info("VXLAN device %s: %s", (want or have).name, change)
+        # dataplane.device_change: delete/recreate have a device, create/recreate/update want one
+        dev = want or have
+        assert dev is not None
+        log.info("VXLAN device %s: %s", dev.name, change)
         if change in ("delete", "recreate"):
+            assert have is not None
             self.ipr.link("del", index=self.ipr.link_lookup(ifname=have.name)[0])
+        if change == "delete":
+            return
+        assert want is not None and want.local is not None  # the plan always sets `local`
         if change in ("create", "recreate"):
             link = self.ipr.link_lookup(ifname=want.underlay)
             local = "vxlan_local" if want.local.version == 4 else "vxlan_local6"
             self.ipr.link("add", ifname=want.name, kind="vxlan", vxlan_id=want.vni,
                           vxlan_port=want.port, vxlan_learning=0, **{local: str(want.local)},
                           **({"vxlan_link": link[0]} if link else {}))
-        if change != "delete":
-            index = self.ipr.link_lookup(ifname=want.name)[0]
-            self.ipr.link("set", index=index, address=want.mac, mtu=want.mtu, state="up")
+        index = self.ipr.link_lookup(ifname=want.name)[0]
+        self.ipr.link("set", index=index, address=want.mac, mtu=want.mtu, state="up")
 
     @staticmethod
     def _try(failures, what, fn, *args, **kwargs):

@@ -140,7 +140,8 @@ def refusals(me: NodeInfo, peers: list[NodeInfo], underlay: Underlay,
     so the claim of the Node created first (then: name first) wins; a peer whose InternalIP is
     ours, loopback, multicast or unspecified cannot be a next hop or a VTEP.
     """
-    refused, claimed = {}, []  # claimed: (cidr, peer) already accepted, oldest Nodes first
+    refused: dict[tuple[str, IPNetwork], str] = {}
+    claimed: list[tuple[IPNetwork, str]] = []  # (cidr, peer) already accepted, oldest Nodes first
     for peer in sorted(peers, key=lambda p: (p.created, p.name)):
         if peer.name == me.name:
             continue
@@ -193,7 +194,10 @@ def plan(me: NodeInfo, peers: list[NodeInfo], underlay: Underlay, mode: Mode,
     device = _vxlan_device(me, underlay, mode, vxlan, vtep_mac)
     refused = refusals(me, peers, underlay, cluster_cidrs)
     ctx = Context(underlay, device, mac_conflicts(me, peers, vtep_mac, refused))
-    routes, fdb, neigh, transports, skipped = set(), set(), set(), [], []
+    routes: set[Route] = set()
+    fdb: set[FdbEntry] = set()
+    neigh: set[Neighbour] = set()
+    transports, skipped = [], []
     overlay_wanted = mode is Mode.VXLAN
     for peer in sorted(peers, key=lambda p: p.name):
         if peer.name == me.name:

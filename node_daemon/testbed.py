@@ -131,8 +131,8 @@ class Netbed:
     def add_node(self, subnet: int = 0) -> BedNode:
         i = len(self.nodes) + 1
         node = BedNode(name=f"node{i}", netns=self._netns(f"n{i}"), subnet=subnet, index=i,
-                        pod_cidr=ipaddress.ip_network(f"10.244.{i}.0/24"),
-                        pod_cidr6=ipaddress.ip_network(f"fd10:244:{i}::/64") if self.dual_stack else None)
+                        pod_cidr=ipaddress.IPv4Network(f"10.244.{i}.0/24"),
+                        pod_cidr6=ipaddress.IPv6Network(f"fd10:244:{i}::/64") if self.dual_stack else None)
         self._plug(node.netns, f"n{i}", subnet, node.ip, node.ip6)
         self._forwarding(node.netns)
         self.nodes.append(node)

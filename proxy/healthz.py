@@ -48,7 +48,7 @@ class ProxyHealth:
 
     def report(self, livez: bool) -> tuple[int, dict]:
         ok = self.healthy() and (livez or self.node_eligible)
-        body = {"lastUpdated": _iso(self.last_updated), "currentTime": _iso(self.clock())}
+        body: dict[str, str | bool] = {"lastUpdated": _iso(self.last_updated), "currentTime": _iso(self.clock())}
         if not livez:
             body["nodeEligible"] = self.node_eligible
         return (200 if ok else 503), body

@@ -393,7 +393,7 @@ class Planner:
         by_svc = slices if isinstance(slices, Mapping) else group_slices(slices)
         keys = (svc_map.keys() | self._cache.keys()) if dirty is None else set(dirty)
 
-        changes = []  # (key, old fragment or None, new fragment or None)
+        changes: list[tuple[tuple[str, str], Fragment | None, Fragment | None]] = []  # (key, old, new)
         for k in keys:
             svc, hit = svc_map.get(k), self._cache.get(k)
             if svc is None:
@@ -485,7 +485,7 @@ def health_checks(services: Iterable[Service], slices: Iterable[EndpointSlice],
     for svc in services:
         if not (svc.external_local and svc.health_check_node_port):
             continue
-        local = set()
+        local: set[IPAddress] = set()
         for sl in by_svc.get(svc.key, []):
             eps = [e for e in sl.endpoints if node.name and e.node_name == node.name]
             usable = [e for e in eps if e.ready] or [e for e in eps if e.serving and e.terminating]

@@ -34,7 +34,9 @@ def _key(obj: Any) -> tuple[str, str] | None:
     if not isinstance(meta, dict):
         return None
     ns, name = meta.get("namespace") or "", meta.get("name")
-    return (ns, name) if is_name(name) and (ns == "" or is_name(ns)) else None
+    if not (isinstance(name, str) and is_name(name) and (ns == "" or is_name(ns))):
+        return None
+    return (ns, name)
 
 
 class Proxier:

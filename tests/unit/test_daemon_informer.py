@@ -35,8 +35,8 @@ class Resp:
 
 
 def listing(items, rv, cont=None):
-    return Resp(body={"kind": "NodeList", "metadata": {"resourceVersion": str(rv), **({"continue": cont} if cont else {})},
-                      "items": items})
+    meta = {"resourceVersion": str(rv), **({"continue": cont} if cont else {})}
+    return Resp(body={"kind": "NodeList", "metadata": meta, "items": items})
 
 
 def watching(*events):
@@ -149,7 +149,8 @@ def test_iter_lines_joins_split_events_and_skips_blank_lines():
 
 
 def test_watches_closed_at_once_without_events_back_off_instead_of_spinning():
-    script = Script(listing([obj("a", 1)], rv=5), watching(), watching(), watching({"type": "ADDED", "object": obj("b", 6)}))
+    script = Script(listing([obj("a", 1)], rv=5), watching(), watching(),
+                    watching({"type": "ADDED", "object": obj("b", 6)}))
     inf, events, waits = run(script, backoff=Backoff(initial=1, cap=8), clock=lambda: 0.0)
     assert len(waits) == 2 and 0.5 <= waits[0] <= 1 and 1 <= waits[1] <= 2
     assert ("add", "b") in events

@@ -9,7 +9,7 @@ import pytest
 from node_daemon.cniconf import CniSettings
 from node_daemon.config import Config
 from node_daemon.daemon import Daemon
-from node_daemon.dataplane import Changes, Dataplane
+from node_daemon.dataplane import Changes
 from node_daemon.metrics import DaemonMetrics
 from node_daemon.netlink import DataplaneError
 from node_daemon.plan import Underlay

@@ -5,7 +5,14 @@ import sys
 import pytest
 
 from proxy.from_api import (
-    Invalid, NoRules, NotOurs, convert_all, node_from_api, parse_ip, service_from_api, slice_from_api,
+    Invalid,
+    NoRules,
+    NotOurs,
+    convert_all,
+    node_from_api,
+    parse_ip,
+    service_from_api,
+    slice_from_api,
 )
 from tests.unit.test_proxy_plan import ep, port, slc, svc
 

@@ -21,7 +21,8 @@ UDP_SVC = svc("dns", cip="10.96.0.11", type_="NodePort", externalIPs=["192.0.2.7
 
 def udp_slice(*addrs):
     return slc("dns", [ep(a) for a in addrs], name="dns-x",
-               ports=[{"name": "dns", "protocol": "UDP", "port": 53}, {"name": "dns-tcp", "protocol": "TCP", "port": 53}])
+               ports=[{"name": "dns", "protocol": "UDP", "port": 53},
+                      {"name": "dns-tcp", "protocol": "TCP", "port": 53}])
 
 
 def states(*slice_sets):
@@ -250,6 +251,7 @@ def test_event_during_a_sync_is_not_lost():
 
 def test_concurrent_events_and_syncs_converge():
     import threading
+
     from proxy.nft import render_full
     from proxy.plan import plan_family
     p, runners, ct = make_proxier()

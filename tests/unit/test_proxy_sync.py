@@ -50,7 +50,8 @@ add rule ip podwire-proxy nat-postrouting ct status dnat ip saddr . ip daddr @ha
 add rule ip podwire-proxy nat-postrouting jump masquerading
 add rule ip podwire-proxy endpoints-check ct status dnat return
 add rule ip podwire-proxy endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
-add rule ip podwire-proxy endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports
+add rule ip podwire-proxy endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th\
+ dport vmap @no-endpoint-nodeports
 add rule ip podwire-proxy endpoints-check ip daddr @cluster-ips reject
 add rule ip podwire-proxy ext-SUSTUHLJ-default/web/tcp/http jump mark-for-masquerade
 add rule ip podwire-proxy ext-SUSTUHLJ-default/web/tcp/http goto svc-SUSTUHLJ-default/web/tcp/http
@@ -62,9 +63,12 @@ add rule ip podwire-proxy masquerading masquerade fully-random
 add rule ip podwire-proxy reject-chain meta l4proto tcp reject with tcp reset
 add rule ip podwire-proxy reject-chain reject
 add rule ip podwire-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
-add rule ip podwire-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports
-add rule ip podwire-proxy svc-SUSTUHLJ-default/web/tcp/http ip daddr 10.96.0.10 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-add rule ip podwire-proxy svc-SUSTUHLJ-default/web/tcp/http numgen random mod 2 == 0 meta l4proto tcp dnat to 10.244.1.5:8080
+add rule ip podwire-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap\
+ @service-nodeports
+add rule ip podwire-proxy svc-SUSTUHLJ-default/web/tcp/http ip daddr 10.96.0.10 tcp dport 80 ip saddr !=\
+ 10.244.0.0/16 jump mark-for-masquerade
+add rule ip podwire-proxy svc-SUSTUHLJ-default/web/tcp/http numgen random mod 2 == 0 meta l4proto tcp dnat to\
+ 10.244.1.5:8080
 add rule ip podwire-proxy svc-SUSTUHLJ-default/web/tcp/http meta l4proto tcp dnat to 10.244.2.5:8080
 add element ip podwire-proxy cluster-ips { 10.96.0.10, 10.96.0.11 }
 add element ip podwire-proxy hairpin-endpoints { 10.244.1.5 . 10.244.1.5, 10.244.2.5 . 10.244.2.5 }
