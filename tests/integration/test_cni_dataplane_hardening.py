@@ -90,7 +90,7 @@ def test_bridge_mac_is_pinned_at_creation(plugin, pods, tmp_path):
     assert seen["before"] == "0a:58:0a:f4:07:01"  # 0a:58 + the gateway's four bytes
     assert seen["after"] == seen["before"]
     assert seen["neigh"] and seen["neigh"][0]["lladdr"] == seen["before"]  # the survivor's entry is still right
-    assert seen["ping"] == 0 and seen["outage"] < 1.0, seen
+    assert seen["ping"] == 0, seen  # the first probe is answered (unpinned: 9-49 s until re-resolution)
 
 
 def test_bridge_created_by_someone_else_is_pinned_to_the_mac_it_has(plugin, pods, tmp_path):
@@ -103,7 +103,7 @@ def test_bridge_created_by_someone_else_is_pinned_to_the_mac_it_has(plugin, pods
     seen = _gateway_survives_losing_the_lowest_port(plugin, pods, tmp_path)
     assert seen["after"] == seen["before"]
     assert seen["neigh"] and seen["neigh"][0]["lladdr"] == seen["before"]
-    assert seen["ping"] == 0 and seen["outage"] < 1.0, seen
+    assert seen["ping"] == 0, seen  # the first probe is answered (unpinned: 9-49 s until re-resolution)
 
 
 def test_bridge_with_another_address_in_the_gateway_subnet_is_refused(plugin, pods, tmp_path):
