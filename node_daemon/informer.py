@@ -37,10 +37,17 @@ class Gone(Exception):
     """The resourceVersion we hold is too old: relist."""
 
 
+def _meta(obj) -> dict:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def key_of(obj: dict) -> str:
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    return f"{ns}/{meta.get('name')}" if ns else meta.get("name", "")
+    """namespace/name as text, whatever the object holds: a malformed object stays in the cache
+    (the converters refuse it, with a reason) instead of failing the whole LIST."""
+    meta = _meta(obj)
+    ns, name = meta.get("namespace"), meta.get("name", "")
+    return f"{ns}/{name}" if ns else str(name)
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -259,4 +266,4 @@ class Informer:
 
 
 def _rv(obj: dict) -> str | None:
-    return (obj.get("metadata") or {}).get("resourceVersion")
+    return _meta(obj).get("resourceVersion")

@@ -154,3 +154,13 @@ def test_watches_closed_at_once_without_events_back_off_instead_of_spinning():
     inf, events, waits = run(script, backoff=Backoff(initial=1, cap=8), clock=lambda: 0.0)
     assert len(waits) == 2 and 0.5 <= waits[0] <= 1 and 1 <= waits[1] <= 2
     assert ("add", "b") in events
+
+
+def test_a_malformed_object_in_a_list_does_not_fail_the_list():
+    """Keys are text whatever the metadata holds: before, a list as name made the LIST's
+    cache unhashable (TypeError), so no object of that kind was ever seen again."""
+    bad = [{"metadata": {"name": ["x"], "resourceVersion": "2"}}, {"metadata": "junk"}, "junk"]
+    script = Script(listing([obj("a", 1), *bad], rv=5), watching())
+    inf, events, _ = run(script)
+    assert ("add", "a") in events and not [e for e in events if e[0] == "error"]
+    assert inf.synced.is_set() and bad[0] in inf.list()  # kept for the converters to refuse
