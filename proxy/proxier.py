@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable
 
 from proxy import conntrack
-from proxy.from_api import Skip, is_name, node_from_api, service_from_api, slice_from_api
+from proxy.from_api import Invalid, Skip, is_name, node_from_api, service_from_api, slice_from_api
 from proxy.healthz import ProxyHealth, ServiceHealthServers
 from proxy.metrics import FAMILY_LABEL, Metrics
 from proxy.model import EndpointSlice, NodeInfo, ProxyConfig, Service
@@ -95,7 +95,7 @@ class Proxier:
                 self.skipped.pop(("Service", *key), None)
             except Skip as e:
                 self.skipped[("Service", *key)] = e.reason
-                log.info("no rules for %s", e)
+                log.log(logging.WARNING if isinstance(e, Invalid) else logging.INFO, "no rules for %s", e)
         if svc is None:
             if self.services.pop(key, None) is None and key not in self.dirty:
                 return
@@ -121,7 +121,7 @@ class Proxier:
                 self.skipped.pop(("EndpointSlice", *key), None)
             except Skip as e:
                 self.skipped[("EndpointSlice", *key)] = e.reason
-                log.info("no rules for %s", e)
+                log.log(logging.WARNING if isinstance(e, Invalid) else logging.INFO, "no rules for %s", e)
                 sl = None
             if sl is not None:
                 self.slices[key] = sl
