@@ -78,7 +78,7 @@ def add(conf: NetConf, env: Env, log) -> dict:
 def delete(conf: NetConf, env: Env, log) -> None:
     env.need("container_id", "ifname")
     host_if = host_veth_name(env.container_id, env.ifname)
-    dataplane.teardown(env.ifname, host_if, env.netns or None)
+    dataplane.teardown(env.ifname, host_if, env.netns or None, log=log)
     hostport.remove(conf.state_dir, host_if)
     cfg, store = _ipam(conf)
     freed = allocator.release(store, env.container_id, env.ifname)

@@ -20,7 +20,7 @@ def frozen_plugin(tmp_path_factory) -> str:
     """
     if os.environ.get("PODWIRE_PLUGIN_FROM_SOURCE") == "1":
         wrapper = tmp_path_factory.mktemp("plugin") / "podwire"
-        wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -m cni_plugin "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} -P -m cni_plugin "$@"\n')
         wrapper.chmod(0o755)
         return str(wrapper)
     subprocess.run(["make", "-s", "dist"], cwd=ROOT, check=True, capture_output=True)

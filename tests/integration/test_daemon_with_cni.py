@@ -38,7 +38,9 @@ def plugin(tmp_path):
 def cni_add(plugin, node, conflist_path, pod_ns, cid, tmp_path):
     conflist = json.loads(open(conflist_path).read())
     assert len(conflist["plugins"]) == 1  # podwire does portMappings itself: one plugin
-    conf = dict(conflist["plugins"][0], name=conflist["name"], cniVersion=conflist["cniVersion"])
+    # as libcni >= 1.2 (containerd 2.x) does: the highest of `cniVersions`, else `cniVersion`
+    version = max(conflist.get("cniVersions") or [conflist["cniVersion"]], key=lambda v: tuple(map(int, v.split("."))))
+    conf = dict(conflist["plugins"][0], name=conflist["name"], cniVersion=version)
     # the conflist's host paths, redirected to this test's directory
     conf["ipam"] = dict(conf["ipam"], dataDir=str(tmp_path / node.name / "ipam"))
     conf.update(logFile=str(tmp_path / node.name / "cni.log"), stateDir=str(tmp_path / node.name / "state"))
