@@ -377,14 +377,15 @@ def _table(**kw):
     return t
 
 
-@pytest.mark.parametrize("field", ["element", "key", "value", "chain", "set", "table", "rule"])
-@pytest.mark.parametrize("bad", [INJECTION, "10.0.0.1 }\nadd table ip pwned", "fd00::1%x", "10.0.0.1, 10.0.0.9",
-                                 "a;add table ip pwned", "a # b", 'a "b"', "a\rb", "a$b", "ünï", "x" * 300])
+GUARD_CASES = [(f, bad) for f in ("element", "key", "value", "chain", "set", "table", "rule")
+               for bad in (INJECTION, "10.0.0.1 }\nadd table ip pwned", "fd00::1%x", "10.0.0.1, 10.0.0.9",
+                           "a;add table ip pwned", "a # b", 'a "b"', "a\rb", "a$b", "ünï", "x" * 300)
+               if not (f == "rule" and bad == "10.0.0.1, 10.0.0.9")  # commas are rule syntax (set literals)
+               and not (bad == "x" * 300 and f not in ("chain", "set", "table"))]  # only names have a length limit
+
+
+@pytest.mark.parametrize("field, bad", GUARD_CASES)
 def test_renderer_refuses_text_outside_its_alphabet(field, bad):
-    if field == "rule" and bad == "10.0.0.1, 10.0.0.9":
-        pytest.skip("commas are rule syntax (set literals)")
-    if bad == "x" * 300 and field not in ("chain", "set", "table"):
-        pytest.skip("only names have a length limit")
     with pytest.raises(nft.UnsafeText):
         nft.render_full(_table(**{field: bad}))
 
