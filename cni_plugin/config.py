@@ -6,9 +6,8 @@ through untouched (the spec lets runtimes and other plugins add their own).
 
 from __future__ import annotations
 
+from cni_plugin.errors import INCOMPATIBLE_VERSION, CNIError, invalid_config
 from netkit.record import Record
-
-from cni_plugin.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, CNIError
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 DEFAULT_BRIDGE = "podwire0"
@@ -75,20 +74,20 @@ class NetConf(Record):
 def _bool(raw: dict, key: str, default: bool) -> bool:
     value = raw.get(key, default)
     if not isinstance(value, bool):
-        raise CNIError(INVALID_CONFIG, f"invalid network config: '{key}' must be true or false, got {value!r}")
+        raise invalid_config(f"'{key}' must be true or false, got {value!r}")
     return value
 
 
 def _int(value, what: str, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise CNIError(INVALID_CONFIG, f"invalid network config: {what} must be an integer in {low}..{high}, got {value!r}")
+        raise invalid_config(f"{what} must be an integer in {low}..{high}, got {value!r}")
     return value
 
 
 def check_version(raw: dict) -> str:
     version = raw.get("cniVersion")
     if not isinstance(version, str) or not version:
-        raise CNIError(INVALID_CONFIG, "invalid network config: 'cniVersion' is missing")
+        raise invalid_config("'cniVersion' is missing")
     if version not in SUPPORTED_VERSIONS:
         raise CNIError(
             INCOMPATIBLE_VERSION,
@@ -112,7 +111,7 @@ def _host_ip(value, where: str):
             pass
         else:
             return None if ip.is_unspecified else ip
-    raise CNIError(INVALID_CONFIG, f"invalid network config: {where}.hostIP must be an IPv4 or IPv6 address, got {value!r}")
+    raise invalid_config(f"{where}.hostIP must be an IPv4 or IPv6 address, got {value!r}")
 
 
 def _port_mappings(raw: dict) -> tuple[PortMapping, ...]:
@@ -120,24 +119,24 @@ def _port_mappings(raw: dict) -> tuple[PortMapping, ...]:
     if runtime is None:
         runtime = {}
     if not isinstance(runtime, dict):
-        raise CNIError(INVALID_CONFIG, "invalid network config: 'runtimeConfig' must be an object")
+        raise invalid_config("'runtimeConfig' must be an object")
     items = runtime.get("portMappings")
     if items is None:
         items = []
     if not isinstance(items, list):
-        raise CNIError(INVALID_CONFIG, "invalid network config: runtimeConfig.portMappings must be a list")
+        raise invalid_config("runtimeConfig.portMappings must be a list")
     out = []
     for i, item in enumerate(items):
         where = f"runtimeConfig.portMappings[{i}]"
         if not isinstance(item, dict):
-            raise CNIError(INVALID_CONFIG, f"invalid network config: {where} must be an object")
+            raise invalid_config(f"{where} must be an object")
         # Keys match case-insensitively, as Go's encoding/json does for the reference portmap
         # plugin: containerd's CRI (go-cni's untagged PortMapping struct) sends "HostPort",
         # "ContainerPort", "Protocol", "HostIP".
         folded = {k.lower(): v for k, v in item.items()}
         protocol = folded.get("protocol") or "tcp"
         if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
-            raise CNIError(INVALID_CONFIG, f"invalid network config: {where}.protocol {protocol!r} is not tcp, udp or sctp")
+            raise invalid_config(f"{where}.protocol {protocol!r} is not tcp, udp or sctp")
         out.append(
             PortMapping(
                 _int(folded.get("hostport"), f"{where}.hostPort", 1, 65535),
@@ -155,7 +154,7 @@ def _path(raw: dict, key: str, default: str) -> str:
     if value is None or value == "":
         return default
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-        raise CNIError(INVALID_CONFIG, f"invalid network config: '{key}' must be an absolute path, got {value!r}")
+        raise invalid_config(f"'{key}' must be an absolute path, got {value!r}")
     return value
 
 
@@ -163,23 +162,23 @@ def parse_netconf(raw: dict, port_mappings: bool = True) -> NetConf:
     """`port_mappings=False` for verbs other than ADD: DEL removes what the state file says, so a
     config whose runtimeConfig ADD refused must still let the runtime clean up."""
     if not isinstance(raw, dict):
-        raise CNIError(INVALID_CONFIG, "invalid network config: expected a JSON object")
+        raise invalid_config("expected a JSON object")
     version = check_version(raw)
     name = raw.get("name")
     # the name is a directory of the IPAM store: one path component
     if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise CNIError(INVALID_CONFIG, f"invalid network config: 'name' must be a non-empty string without '/', got {name!r}")
+        raise invalid_config(f"'name' must be a non-empty string without '/', got {name!r}")
     bridge = raw.get("bridge", DEFAULT_BRIDGE)
     # the bridge name is quoted in nft text: letters, digits, '_', '.', '-' only
     if not is_safe_name(bridge) or len(bridge) >= IFNAMSIZ:
-        raise CNIError(INVALID_CONFIG, "invalid network config: 'bridge' must be an interface name of 1-15 letters, "
+        raise invalid_config("'bridge' must be an interface name of 1-15 letters, "
                        f"digits, '_', '.' or '-', got {bridge!r}")
     ipam = raw.get("ipam")
     if not isinstance(ipam, dict) or not ipam:
-        raise CNIError(INVALID_CONFIG, "invalid network config: 'ipam' section is missing")
+        raise invalid_config("'ipam' section is missing")
     prev = raw.get("prevResult")
     if prev is not None and not isinstance(prev, dict):
-        raise CNIError(INVALID_CONFIG, "invalid network config: 'prevResult' must be an object")
+        raise invalid_config("'prevResult' must be an object")
     return NetConf(
         cni_version=version,
         name=name,

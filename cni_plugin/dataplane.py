@@ -11,7 +11,7 @@ import ipaddress  # already loaded by ipam
 import os
 import zlib
 
-from cni_plugin.errors import INVALID_CONFIG, INVALID_ENV, IO_FAILURE, STATE_DRIFT, UNKNOWN_CONTAINER, CNIError
+from cni_plugin.errors import INVALID_ENV, IO_FAILURE, STATE_DRIFT, UNKNOWN_CONTAINER, CNIError, invalid_config
 from cni_plugin.plan import PodPlan, route_gateway
 from cni_plugin.result import Interface
 from netkit import netns, rtnl
@@ -72,7 +72,7 @@ def ensure_bridge(host: rtnl.RtnlSocket, plan: PodPlan) -> rtnl.Link:
             raise CNIError(IO_FAILURE, f"bridge {plan.bridge} vanished right after it was created")
     if br.kind != "bridge":
         what = f"of kind {br.kind}" if br.kind else "without a link kind (loopback or a physical device)"
-        raise CNIError(INVALID_CONFIG, f"invalid network config: 'bridge' names {plan.bridge}, an existing link "
+        raise invalid_config(f"'bridge' names {plan.bridge}, an existing link "
                                        f"{what}, not a bridge; refusing to touch it")
     missing = _missing_gateways(host, br, plan)
     b = host.batch()
@@ -104,7 +104,7 @@ def _missing_gateways(host: rtnl.RtnlSocket, br: rtnl.Link, plan: PodPlan) -> li
             continue
         for w in want:
             if a.version == w.version and a.network.overlaps(w.network):
-                raise CNIError(INVALID_CONFIG, f"invalid network config: bridge {plan.bridge} carries {a}, not the "
+                raise invalid_config(f"bridge {plan.bridge} carries {a}, not the "
                                                f"gateway {w} of {w.network}; remove that address or change the range")
     return [c for c, w in zip(plan.bridge_addrs, want, strict=True) if w not in live]
 

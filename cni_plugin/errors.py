@@ -25,6 +25,11 @@ class CNIError(Exception):
         self.code, self.msg, self.details = code, msg, details
 
 
+def invalid_config(problem: str, details: str = "") -> CNIError:
+    """Code 7 with the spec's wording; `problem` names the field."""
+    return CNIError(INVALID_CONFIG, f"invalid network config: {problem}", details)
+
+
 def to_cni_error(exc: BaseException) -> CNIError:
     """Translate anything raised below the dispatcher into a CNIError."""
     if isinstance(exc, CNIError):

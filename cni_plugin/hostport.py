@@ -134,7 +134,8 @@ def render_add(state: dict, bridge: str) -> str:
                 fam = _family(pod_ip)
                 if m["hostIP"] and _family(m["hostIP"]) != fam:
                     continue
-                match = f"{fam} daddr {m['hostIP']} " if m["hostIP"] else f"meta nfproto {'ipv6' if fam == 'ip6' else 'ipv4'} "
+                nfproto = "ipv6" if fam == "ip6" else "ipv4"
+                match = f"{fam} daddr {m['hostIP']} " if m["hostIP"] else f"meta nfproto {nfproto} "
                 target = f"[{pod_ip}]:{m['containerPort']}" if fam == "ip6" else f"{pod_ip}:{m['containerPort']}"
                 lines.append(
                     f'add rule inet {TABLE} {chain} {match}meta l4proto {m["protocol"]} th dport {m["hostPort"]} '
@@ -205,7 +206,8 @@ def program(conf, container_id: str, ifname: str, host_if: str, pod_ips, undo) -
         os.unlink(path)
         if "File exists" in e.stderr:
             ports = ", ".join(state["elements"])
-            raise CNIError(HOSTPORT_CONFLICT, f"hostPort already in use on this node ({ports})", e.stderr.strip()) from None
+            raise CNIError(HOSTPORT_CONFLICT, f"hostPort already in use on this node ({ports})",
+                           e.stderr.strip()) from None
         raise CNIError(5, "cannot program hostPort rules", e.stderr.strip()) from None
     undo.callback(remove, conf.state_dir, host_if)
 

@@ -43,7 +43,8 @@ def dispatch(environ, stdin: bytes) -> tuple[int, str]:
             except ValueError as e:
                 raise CNIError(DECODE_FAILURE, f"cannot decode network configuration on stdin: {e}") from None
             except RecursionError:
-                raise CNIError(DECODE_FAILURE, "cannot decode network configuration on stdin: nested too deeply") from None
+                raise CNIError(DECODE_FAILURE, "cannot decode network configuration on stdin: nested too deeply"
+                               ) from None
         if command == "VERSION":
             from cni_plugin.verbs import version_answer
 
@@ -56,7 +57,8 @@ def dispatch(environ, stdin: bytes) -> tuple[int, str]:
         if verb is None:
             if not command:
                 raise CNIError(INVALID_ENV, "CNI_COMMAND is not set (expected ADD, DEL, CHECK, STATUS, GC or VERSION)")
-            raise CNIError(INVALID_ENV, f"unknown CNI_COMMAND {command!r} (expected ADD, DEL, CHECK, STATUS, GC or VERSION)")
+            raise CNIError(INVALID_ENV, f"unknown CNI_COMMAND {command!r} "
+                           "(expected ADD, DEL, CHECK, STATUS, GC or VERSION)")
         if raw is None:
             raise CNIError(DECODE_FAILURE, "no network configuration on stdin")
         conf = parse_netconf(raw, port_mappings=command == "ADD")

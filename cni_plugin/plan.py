@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import zlib
-from netkit.record import Record
 
 from cni_plugin.result import IPConfig, RouteConfig
+from netkit.record import Record
 
 
 def host_veth_name(container_id: str, ifname: str) -> str:
@@ -34,7 +34,7 @@ class PodPlan(Record):
 
 def plan_pod(conf, allocations, ipam_routes, container_id: str, ifname: str) -> PodPlan:
     """`allocations`: ipam Allocation objects (address: ip_interface, gateway); `ipam_routes`: ipam Route."""
-    gateways = {}
+    gateways: dict[int, str] = {}
     bridge_addrs, container_addrs, ips = [], [], []
     for alloc in allocations:
         fam = alloc.address.version

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from netkit.record import Record
-
 from cni_plugin.config import version_tuple
-from cni_plugin.errors import INVALID_CONFIG, CNIError
+from cni_plugin.errors import invalid_config
+from netkit.record import Record
 
 
 class Interface(Record):
@@ -44,6 +43,7 @@ class Result(Record):
     def to_json(self, version: str) -> dict:
         v = version_tuple(version)
         ifaces = []
+        d: dict[str, object]
         for i in self.interfaces:
             d = {"name": i.name, "mac": i.mac}
             if i.mtu and v >= (1, 1, 0):
@@ -78,7 +78,7 @@ class Result(Record):
         import ipaddress
 
         def bad(where: str, what: str, value):
-            return CNIError(INVALID_CONFIG, f"invalid network config: prevResult.{where} {what}, got {value!r}"[:300])
+            return invalid_config(f"prevResult.{where} {what}, got {value!r}"[:300])
 
         def items(key: str) -> list:
             value = raw.get(key)
@@ -116,7 +116,8 @@ class Result(Record):
         interfaces, ips, routes = [], [], []
         for n, i in enumerate(items("interfaces")):
             w = f"interfaces[{n}]"
-            interfaces.append(Interface(text(i, "name", w), text(i, "mac", w), text(i, "sandbox", w), number(i, "mtu", w, 0)))
+            interfaces.append(Interface(text(i, "name", w), text(i, "mac", w), text(i, "sandbox", w),
+                                        number(i, "mtu", w, 0)))
         for n, ip in enumerate(items("ips")):
             w = f"ips[{n}]"
             gw = text(ip, "gateway", w)

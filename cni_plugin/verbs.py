@@ -7,7 +7,7 @@ import os
 
 from cni_plugin import dataplane, hostport
 from cni_plugin.config import SUPPORTED_VERSIONS, NetConf, ifname_problem, is_safe_name
-from cni_plugin.errors import INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV, CNIError
+from cni_plugin.errors import INCOMPATIBLE_VERSION, INVALID_ENV, CNIError, invalid_config
 from cni_plugin.plan import host_veth_name, plan_pod
 from cni_plugin.result import Result
 from ipam import allocator
@@ -31,7 +31,8 @@ class Env:
         name that is refused here never reaches the IPAM store, a file name or netlink (code 4)."""
         for name in names:
             if not getattr(self, name):
-                raise CNIError(INVALID_ENV, f"required environment variable CNI_{name.upper().replace('_', '')} is not set")
+                variable = "CNI_" + name.upper().replace("_", "")
+                raise CNIError(INVALID_ENV, f"required environment variable {variable} is not set")
         if self.container_id and not is_safe_name(self.container_id):
             raise CNIError(INVALID_ENV, f"CNI_CONTAINERID {self.container_id[:80]!r} must start with a letter or digit "
                            "and hold only letters, digits, '_', '.' and '-'")
@@ -48,7 +49,7 @@ class Env:
 
 def _ipam(conf: NetConf) -> tuple[IPAMConfig, DiskStore]:
     if conf.ipam.get("type") != "host-local":
-        raise CNIError(INVALID_CONFIG, f"invalid network config: unsupported IPAM type {conf.ipam.get('type')!r} (podwire has host-local built in)")
+        raise invalid_config(f"unsupported IPAM type {conf.ipam.get('type')!r} (podwire has host-local built in)")
     cfg = IPAMConfig.from_json(conf.ipam, conf.name)
     return cfg, DiskStore(cfg.data_dir, conf.name)
 
@@ -90,7 +91,7 @@ def check(conf: NetConf, env: Env, log) -> None:
         raise CNIError(INCOMPATIBLE_VERSION, f"config version {conf.cni_version} does not allow CHECK")
     env.need("container_id", "netns", "ifname")
     if conf.prev_result is None:
-        raise CNIError(INVALID_CONFIG, "CHECK needs prevResult in the network config")
+        raise invalid_config("CHECK needs prevResult in the network config")
     prev = Result.from_json(conf.prev_result)
     cfg, store = _ipam(conf)
     held = {str(ip) for ip in allocator.find(store, env.container_id, env.ifname)}
@@ -118,12 +119,13 @@ def gc(conf: NetConf, env: Env, log) -> None:
     if raw is None:
         raw = []
     if not isinstance(raw, list):
-        raise CNIError(INVALID_CONFIG, "invalid network config: cni.dev/valid-attachments must be a list")
+        raise invalid_config("cni.dev/valid-attachments must be a list")
     valid = set()
     for i, item in enumerate(raw):
         # an entry without ifname would match no allocation and free a running pod's address
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k] for k in ("containerID", "ifname")):
-            raise CNIError(INVALID_CONFIG, f"invalid network config: cni.dev/valid-attachments[{i}] needs containerID "
+        keys = ("containerID", "ifname")
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k] for k in keys):
+            raise invalid_config(f"cni.dev/valid-attachments[{i}] needs containerID "
                            f"and ifname as non-empty strings, got {item!r}"[:300])
         valid.add((item["containerID"], item["ifname"]))
     cfg, store = _ipam(conf)

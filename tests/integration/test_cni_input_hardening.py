@@ -55,7 +55,8 @@ def test_state_file_of_an_injected_version_does_not_inject_on_del(plugin, pods, 
     can prove is ours and renders nothing else."""
     node = plugin.node
     in_ns(node, "nft", "add", "table", "ip", "victim")
-    conf = netconf(str(tmp_path), ipMasq=True, runtimeConfig={"portMappings": [{"hostPort": 8080, "containerPort": 80}]})
+    conf = netconf(str(tmp_path), ipMasq=True,
+                   runtimeConfig={"portMappings": [{"hostPort": 8080, "containerPort": 80}]})
     pod = pods()
     add = plugin.add(conf, "c1", pod)
     assert add.rc == 0
@@ -63,7 +64,8 @@ def test_state_file_of_an_injected_version_does_not_inject_on_del(plugin, pods, 
     state_file = tmp_path / "state" / "hostport" / f"{host_if}.json"
     state = json.loads(state_file.read_text())
     # shaped so that the old renderer's delete transaction is valid nft: it would have run
-    state["masq"] = ["10.244.7.2 }\nadd table ip pwned\ndelete table ip victim\nadd element inet podwire-cni masq4 { 10.244.7.2"]
+    state["masq"] = ["10.244.7.2 }\nadd table ip pwned\ndelete table ip victim\n"
+                     "add element inet podwire-cni masq4 { 10.244.7.2"]
     state["elements"].append(INJECTION)
     state_file.write_text(json.dumps(state))
     assert plugin.delete(conf, "c1", pod).rc == 0
@@ -80,7 +82,8 @@ def test_bad_container_id_leaves_nothing(plugin, pods, tmp_path, cid):
     r = plugin.add(conf, cid, pod)
     assert r.rc == 1 and r.json["code"] == 4, r
     assert allocated(str(tmp_path)) == [] and links(pod) == ["lo"]
-    assert not os.path.exists(tmp_path / "ipam" / "podnet") or os.listdir(tmp_path / "ipam" / "podnet") in ([], ["lock"])
+    store = tmp_path / "ipam" / "podnet"
+    assert not os.path.exists(store) or os.listdir(store) in ([], ["lock"])
 
 
 def test_gc_with_an_attachment_missing_ifname_keeps_the_live_pod(plugin, pods, tmp_path):

@@ -169,7 +169,8 @@ def test_fifty_parallel_adds_get_distinct_addresses(plugin, pods, tmp_path):
 
 @pytest.mark.slow
 def test_thousand_add_del_cycles_leave_nothing_behind(plugin, pods, tmp_path):
-    conf = netconf(str(tmp_path), runtimeConfig={"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]})
+    conf = netconf(str(tmp_path),
+                   runtimeConfig={"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]})
     pod = pods()
     for i in range(1000):
         a = plugin.add(conf, f"cycle-{i}", pod)

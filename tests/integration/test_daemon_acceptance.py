@@ -45,8 +45,21 @@ import pytest
 
 from node_daemon.testbed import eventually, nsexec, sh
 from tests.integration.daemon_cluster_helpers import (
-    core, daemon_cluster, del_pods, healthy, kill_leftovers, metrics, ping, ping_df, pod_in, routes,
-    start_daemon, start_daemons, stop_daemons, too_big)
+    core,
+    daemon_cluster,
+    del_pods,
+    healthy,
+    kill_leftovers,
+    metrics,
+    ping,
+    ping_df,
+    pod_in,
+    routes,
+    start_daemon,
+    start_daemons,
+    stop_daemons,
+    too_big,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
@@ -346,7 +359,8 @@ def test_node_added_is_routed_everywhere_within_2s_and_deleted_leaves_nothing(cl
     afterwards, as when its daemon starts after the kubelet registered (timed from the MAC)."""
     api = core(cluster)
     t = running.tag
-    peers = {f"a{t}-new": (FAR_IP.format(7), "0a:58:0a:00:00:07"), f"a{t}-late": (FAR_IP.format(6), "0a:58:0a:00:00:06")}
+    peers = {f"a{t}-new": (FAR_IP.format(7), "0a:58:0a:00:00:07"),
+             f"a{t}-late": (FAR_IP.format(6), "0a:58:0a:00:00:06")}
     (new, (new_ip, new_mac)), (late, (late_ip, late_mac)) = peers.items()
     try:
         created = time.monotonic()

@@ -22,7 +22,15 @@ import pytest
 from e2e import cluster as cluster_mod
 from node_daemon.testbed import eventually, nsexec, sh
 from tests.integration.daemon_cluster_helpers import (
-    core, daemon_cluster, healthy, kill_leftovers, ping, pod_in, start_daemons, stop_daemons)
+    core,
+    daemon_cluster,
+    healthy,
+    kill_leftovers,
+    ping,
+    pod_in,
+    start_daemons,
+    stop_daemons,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]

@@ -31,11 +31,23 @@ from e2e import cluster as cluster_mod
 from node_daemon.testbed import eventually, nsexec, sh
 
 try:  # the helpers may move out of the daemon's test module
-    from tests.integration.daemon_cluster_helpers import (PROXY_RBAC_RULES, RBAC_RULES, grant_role,
-                                                          kill_leftovers, start_daemons, stop_daemons)
+    from tests.integration.daemon_cluster_helpers import (
+        PROXY_RBAC_RULES,
+        RBAC_RULES,
+        grant_role,
+        kill_leftovers,
+        start_daemons,
+        stop_daemons,
+    )
 except ImportError:
-    from tests.integration.test_daemon_cluster import (PROXY_RBAC_RULES, RBAC_RULES, grant_role,
-                                                       kill_leftovers, start_daemons, stop_daemons)
+    from tests.integration.test_daemon_cluster import (
+        PROXY_RBAC_RULES,
+        RBAC_RULES,
+        grant_role,
+        kill_leftovers,
+        start_daemons,
+        stop_daemons,
+    )
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]

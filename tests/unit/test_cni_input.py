@@ -163,7 +163,8 @@ def test_undecodable_stdin_is_code_6(tmp_path, stdin):
 
 @pytest.mark.parametrize("key,value,field", [
     ("runtimeConfig", [], "runtimeConfig"), ("runtimeConfig", "x", "runtimeConfig"),
-    ("runtimeConfig", {"portMappings": {}}, "portMappings"), ("runtimeConfig", {"portMappings": [5]}, "portMappings[0]"),
+    ("runtimeConfig", {"portMappings": {}}, "portMappings"),
+    ("runtimeConfig", {"portMappings": [5]}, "portMappings[0]"),
     ("logFile", 5, "logFile"), ("logFile", ["/x"], "logFile"), ("logFile", "relative.log", "logFile"),
     ("stateDir", {"a": 1}, "stateDir"), ("stateDir", "state", "stateDir"), ("stateDir", "/a\0b", "stateDir"),
     ("name", "..", "name"), ("name", 5, "name"), ("bridge", "br\n0", "bridge"), ("bridge", 'br"0', "bridge"),
@@ -213,7 +214,8 @@ def _mutations(rng: random.Random, value, depth=0):
 def valid_config(tmp) -> dict:
     raw = conf(
     bridge="podwire0", mtu=1450, ipMasq=True, logFile=f"{tmp}/cni.log", stateDir=f"{tmp}/state",
-    ipam={"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24", "gateway": "10.1.0.1"}], [{"subnet": "fd00::/64"}]],
+    ipam={"type": "host-local",
+          "ranges": [[{"subnet": "10.1.0.0/24", "gateway": "10.1.0.1"}], [{"subnet": "fd00::/64"}]],
           "routes": [{"dst": "0.0.0.0/0"}, {"dst": "192.0.2.0/24", "gw": "10.1.0.9"}], "dataDir": f"{tmp}/ipam"},
     runtimeConfig={"portMappings": [{"hostPort": 80, "containerPort": 8080, "protocol": "udp", "hostIP": "192.0.2.1"}]},
     prevResult={"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "mac": "aa:bb:cc:dd:ee:ff", "sandbox": "/x"}],
