@@ -1,7 +1,8 @@
 """A whole test cluster: topology + control plane + registered Nodes, and its CLI.
 
     python3 -m e2e.cluster up     [--name dev] [--shape l2|routed] [--nodes 3]
-                                  [--full [--cni podwire] [--kube-proxy] [--no-coredns]]
+                                  [--full [--cni podwire] [--kube-proxy] [--no-coredns]
+                                   [--containerd NODE=1.6]...]
     python3 -m e2e.cluster load   [--name dev] IMAGE.tar...     (full nodes: like `kind load`)
     python3 -m e2e.cluster status [--name dev]
     python3 -m e2e.cluster down   [--name dev]
@@ -40,7 +41,7 @@ class Cluster:
     def __init__(self, name: str = "dev", shape: str = "l2", nodes: int = 3, *, bin_dir: Path | None = None,
                  register_nodes: bool = True, config: ControlPlaneConfig = ControlPlaneConfig(),
                  owner: ns.Proc | None = None, full_nodes: bool = False, kube_proxy: bool = False,
-                 coredns: bool = True):
+                 coredns: bool = True, containerd: dict[str, str] | None = None):
         if len(f"pwe-{name}-") > 12 or not name.isalnum():
             raise ValueError("cluster name: a few alphanumerics (it prefixes namespace names)")
         self.name = name
@@ -51,10 +52,15 @@ class Cluster:
         self.full_nodes = full_nodes
         self.kube_proxy = kube_proxy  # full nodes only: kube-proxy per node (the anchor)
         self.coredns = coredns  # full nodes only: CoreDNS Deployment + kube-dns Service, as kind has
+        # full nodes only: node name -> containerd (node_runtime.CONTAINERDS key) other than the default
+        self.containerd = dict(containerd or {})
         self.runtimes: dict = {}  # node name -> NodeRuntime (full nodes, in the process that made them)
         self.owner = owner  # a process whose death means the cluster is abandoned (pytest)
         self.ledger = Ledger(self.dir / "ledger.json")
         self.topology = Topology(plan(name, shape, nodes), self.dir, self.ledger)
+        unknown = sorted(set(self.containerd) - {n.name for n in self.nodes})
+        if unknown:
+            raise ValueError(f"containerd for nodes this cluster does not have: {unknown}")
         self.control_plane = ControlPlane(self.topology.cp, self.dir / "control-plane", self.bin_dir, config)
 
     # -- views -------------------------------------------------------------------------
@@ -81,8 +87,12 @@ class Cluster:
         if self.full_nodes and not self.runtimes:
             from e2e.node_runtime import NodeRuntime
 
-            self.runtimes = {n.name: NodeRuntime(n, self.name, self.control_plane, self.bin_dir) for n in self.nodes}
+            self.runtimes = {n.name: NodeRuntime(n, self.name, self.control_plane, self.bin_dir,
+                                                 **self._containerd_of(n.name)) for n in self.nodes}
         return self.runtimes
+
+    def _containerd_of(self, node: str) -> dict:
+        return {"containerd": self.containerd[node]} if node in self.containerd else {}
 
     def _node_procs_view(self) -> dict:
         if self.runtimes:
@@ -120,7 +130,7 @@ class Cluster:
             if self.full_nodes:
                 from e2e.node_runtime import start_nodes
 
-                self.runtimes = start_nodes(self, kube_proxy=self.kube_proxy)
+                self.runtimes = start_nodes(self, kube_proxy=self.kube_proxy, containerd=self.containerd)
                 if self.coredns:
                     from e2e import coredns
 
@@ -193,6 +203,7 @@ class Cluster:
             "name": self.name,
             "shape": self.topology.plan.shape,
             "full_nodes": self.full_nodes,
+            "containerd": self.containerd,
             "nodes": {n.name: {"ip": str(n.ip), "pod_cidr": n.pod_cidr and str(n.pod_cidr)} for n in self.nodes},
             "control_plane": self.control_plane.to_json(),
             "bin_dir": str(self.bin_dir),
@@ -221,7 +232,7 @@ class Cluster:
         state_file = base_dir() / name / "state.json"
         state = json.loads(state_file.read_text())
         cluster = cls(name, state["shape"], len(state["nodes"]), bin_dir=Path(state["bin_dir"]),
-                      full_nodes=state.get("full_nodes", False))
+                      full_nodes=state.get("full_nodes", False), containerd=state.get("containerd"))
         cluster._load_state()
         return cluster
 
@@ -275,6 +286,15 @@ def wait_pod_cidr(api, name: str, timeout: float = 60) -> ipaddress.IPv4Network:
 # -- CLI ------------------------------------------------------------------------------------
 
 
+def _node_containerd(text: str) -> tuple[str, str]:
+    from e2e.node_runtime import CONTAINERDS
+
+    node, _, version = text.partition("=")
+    if not node.startswith("node") or not node[4:].isdigit() or version not in CONTAINERDS:
+        raise argparse.ArgumentTypeError(f"NODE=VERSION with VERSION one of {sorted(CONTAINERDS)}, not {text!r}")
+    return node, version
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m e2e.cluster", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +312,9 @@ def main(argv=None) -> int:
             p.add_argument("--cni", choices=("podwire",), help="with --full: install dist/podwire on every node "
                            "directly (without podwire's DaemonSet); nodes turn Ready")
             p.add_argument("--no-coredns", action="store_true", help="with --full: do not deploy CoreDNS")
+            p.add_argument("--containerd", action="append", default=[], metavar="NODE=VERSION",
+                           type=_node_containerd, help="with --full: run another containerd on NODE "
+                           "(1.6: Debian's; default 2.2)")
             p.add_argument("--owner-pid", type=int, help="tear down (at the next sweep) once this process is gone")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -301,7 +324,8 @@ def main(argv=None) -> int:
         started = time.monotonic()
         owner = ns.Proc.of(args.owner_pid, "owner") if args.owner_pid else None
         cluster = Cluster(args.name, args.shape, args.nodes, owner=owner, full_nodes=args.full,
-                          kube_proxy=args.kube_proxy, coredns=not args.no_coredns).up()
+                          kube_proxy=args.kube_proxy, coredns=not args.no_coredns,
+                          containerd=dict(args.containerd)).up()
         if args.cni == "podwire":
             from e2e.node_runtime import install_podwire_cni
 

@@ -12,6 +12,7 @@ PODWIRE_ETCD (an etcd binary to use instead of the built one).
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from e2e import netns as ns
 from e2e.cluster import Cluster
 
 E2E_DIR = Path(__file__).parent
+REPO = E2E_DIR.parent
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,6 +44,14 @@ def k8s_bin(request) -> Path:
             print("\ne2e: building the missing Kubernetes binaries (cold: several minutes)", flush=True)
             build.ensure_built()
     return build.bin_dir()
+
+
+@pytest.fixture(scope="session")
+def podwire_dist() -> Path:
+    """dist/podwire (the frozen CNI plugin), (re)built when the sources are newer (make tracks that)."""
+    subprocess.run(["make", "-s", "dist"], cwd=REPO, check=True, capture_output=True)
+    assert os.access(REPO / "dist/podwire/podwire", os.X_OK)
+    return REPO / "dist/podwire"
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,20 @@ must be made per node explicitly:
   So a DaemonSet's hostPath install (/opt/cni/bin, /etc/cni/net.d, /var/lib/cni,
   /var/log/...) lands on *that* node only, as on a kind node, without touching the host's
   files. containerd and kubelet must share the namespace: kubelet mounts the secret and
-  service-account token tmpfs volumes, and containerd bind-mounts them into containers (in two namespaces the containers see empty
-  directories — what `ip netns exec` does). All mounts (overlays, tmpfs volumes, container
-  rootfs, pinned pod netns) live in that namespace and vanish with its last process, so
-  teardown never has to find and unmount them.
-* containerd 2.2 (scripts/install-deps.sh builds it; Debian's 1.6 rejects CNI 1.1.0
-  results) with private root, state, sockets and runc root; CRI with the node's CNI dirs,
-  the locally built pause image as sandbox, cgroupfs (SystemdCgroup=false), pod netns pinned
-  under its state dir.
+  service-account token tmpfs volumes, and containerd bind-mounts them into containers (in two
+  namespaces the containers see empty directories — what `ip netns exec` does). All mounts
+  (overlays, tmpfs volumes, container rootfs, pinned pod netns, the sysctl files below) live in
+  that namespace and vanish with its last process, so teardown never has to find and unmount them.
+* containerd 2.2 (scripts/install-deps.sh builds it), or per node Debian's 1.6.20 (`CONTAINERDS`:
+  the libcni of containerd 1.x speaks CNI 1.0.0 at most, what many clusters still run), with
+  private root, state, sockets and runc root; CRI with the node's CNI dirs, the locally built
+  pause image as sandbox, cgroupfs (SystemdCgroup=false), pod netns pinned under its state dir.
+* The machine's kernel settings stay as they are. kubelet wants six host-global sysctls
+  (`KUBELET_SYSCTLS`: vm.overcommit_memory=1, kernel.panic=10, kernel.panic_on_oops=1, ...) and,
+  unless protectKernelDefaults, writes them: on a shared machine any later kernel oops would
+  reboot it. In the node's mount namespace a regular file holding kubelet's value is bind-mounted
+  over each of those /proc/sys entries, so kubelet reads the value it wants and has nothing to
+  write; with protectKernelDefaults it would refuse to start rather than write, should one differ.
 * kubelet v1.34 with its own client certificate (system:node:NAME), root dir, podLogsDir,
   `cgroupRoot` (/pwe-<cluster>-<node>, created in every cgroup v1 hierarchy, in the ledger),
   resolv.conf without a 127.x stub, clusterDNS 10.96.0.10, image GC never (nothing can be
@@ -30,6 +36,7 @@ Images are imported at start (e2e/images.py); `import_image()` loads more later.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -42,9 +49,32 @@ import yaml
 from e2e import build, cgroups, images
 from e2e import netns as ns
 from e2e.topology import Node
+from node_daemon import cniconf
 
 CONTAINERD_BIN = build.cache_root() / "tools" / "containerd-v2.2.1" / "bin"
 RUNC = Path("/usr/sbin/runc")
+LOOPBACK_PLUGIN = Path("/usr/lib/cni/loopback")  # Debian's containernetworking-plugins
+
+
+@dataclasses.dataclass(frozen=True)
+class Containerd:
+    """A containerd a node can run: its binaries (containerd, ctr, shim) and config format."""
+
+    name: str
+    bin_dir: Path
+    config_version: int  # 3: containerd 2.x, 2: containerd 1.x
+    internal_loopback: bool  # else pods' `lo` needs the reference `loopback` plugin in /opt/cni/bin
+
+
+CONTAINERDS = {
+    "2.2": Containerd("2.2", CONTAINERD_BIN, 3, True),
+    # Debian 12's package (libcni v1.1.2: CNI 1.0.0 at most, no cniVersions negotiation)
+    "1.6": Containerd("1.6", Path("/usr/bin"), 2, False),
+}
+DEFAULT_CONTAINERD = "2.2"
+# What kubelet's setupKernelTunables wants (/proc/sys paths), all host-global: see the docstring.
+KUBELET_SYSCTLS = {"vm/overcommit_memory": 1, "vm/panic_on_oom": 0, "kernel/panic": 10, "kernel/panic_on_oops": 1,
+                   "kernel/keys/root_maxkeys": 1000000, "kernel/keys/root_maxbytes": 25000000}
 # Host trees each node sees as its own copy-on-write overlay (writes stay in the node dir).
 PRIVATE_TREES = ("/etc", "/opt", "/var/lib", "/var/log")
 CNI_CONF_DIR, CNI_BIN_DIR = "/etc/cni/net.d", "/opt/cni/bin"  # as seen inside a node
@@ -57,7 +87,12 @@ class NodeRuntimeError(RuntimeError):
 
 
 def containerd_config(rt: "NodeRuntime") -> str:
-    """config.toml (version 3) of a node's containerd. Pure: paths in, text out."""
+    """config.toml of a node's containerd, in the format of its version. Pure: paths in, text out."""
+    return containerd_config_v3(rt) if rt.containerd.config_version == 3 else containerd_config_v2(rt)
+
+
+def containerd_config_v3(rt: "NodeRuntime") -> str:
+    """config.toml (version 3, containerd 2.x)."""
     return f"""version = 3
 root = '{rt.dir}/containerd/root'
 state = '{rt.dir}/containerd/state'
@@ -111,6 +146,47 @@ imports = []
 """
 
 
+def containerd_config_v2(rt: "NodeRuntime") -> str:
+    """config.toml (version 2, containerd 1.6/1.7): the same node as containerd_config_v3, with the
+    1.x names (one CRI plugin, sandbox_image instead of pinned images, bin_dir not bin_dirs).
+    Without netns_mounts_under_state_dir the pod netns would be pinned in the host's /run/netns."""
+    cri = "plugins.'io.containerd.grpc.v1.cri'"
+    return f"""version = 2
+root = '{rt.dir}/containerd/root'
+state = '{rt.dir}/containerd/state'
+disabled_plugins = ['io.containerd.internal.v1.opt', 'io.containerd.snapshotter.v1.btrfs',
+  'io.containerd.snapshotter.v1.zfs', 'io.containerd.snapshotter.v1.devmapper', 'io.containerd.snapshotter.v1.aufs',
+  'io.containerd.tracing.processor.v1.otlp', 'io.containerd.internal.v1.tracing']
+
+[grpc]
+  address = '{rt.containerd_socket}'
+[ttrpc]
+  address = '{rt.containerd_socket}.ttrpc'
+
+[{cri}]
+  sandbox_image = '{images.PAUSE}'
+  netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = true
+  disable_tcp_service = true
+  stream_server_address = '127.0.0.1'
+  stream_server_port = '0'
+  [{cri}.containerd]
+    snapshotter = '{rt.snapshotter}'
+    default_runtime_name = 'runc'
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = 'io.containerd.runc.v2'
+      [{cri}.containerd.runtimes.runc.options]
+        BinaryName = '{RUNC}'
+        SystemdCgroup = false
+  [{cri}.cni]
+    bin_dir = '{CNI_BIN_DIR}'
+    conf_dir = '{CNI_CONF_DIR}'
+    max_conf_num = 1
+  [{cri}.registry]
+    config_path = ''
+"""
+
+
 def kubelet_config(rt: "NodeRuntime", client_ca: Path) -> dict:
     """KubeletConfiguration of a node's kubelet. Pure."""
     return {
@@ -146,7 +222,9 @@ def kubelet_config(rt: "NodeRuntime", client_ca: Path) -> dict:
         "rotateCertificates": False,
         "serverTLSBootstrap": False,
         "makeIPTablesUtilChains": False,
-        "protectKernelDefaults": False,
+        # Never write the host's kernel settings: fail instead (they are shown as wanted, see
+        # KUBELET_SYSCTLS).
+        "protectKernelDefaults": True,
         "nodeStatusReportFrequency": "10s",
         "registerNode": True,
     }
@@ -182,7 +260,11 @@ def _snapshotter() -> str:
 class NodeRuntime:
     """containerd + kubelet of one node, with files under <node dir>/rt."""
 
-    def __init__(self, node: Node, cluster_name: str, control_plane, bin_dir: Path):
+    def __init__(self, node: Node, cluster_name: str, control_plane, bin_dir: Path,
+                 containerd: str = DEFAULT_CONTAINERD):
+        if containerd not in CONTAINERDS:
+            raise ValueError(f"containerd must be one of {sorted(CONTAINERDS)}, not {containerd!r}")
+        self.containerd = CONTAINERDS[containerd]
         self.node = node
         self.cluster_name = cluster_name
         self.cp = control_plane
@@ -226,12 +308,18 @@ class NodeRuntime:
     def run(self, argv, **kw):
         return ns.run(self.argv(argv), **kw)
 
+    def proc_sys_mounts(self) -> set[str]:
+        """The /proc/sys entries something is mounted over in the node's mount namespace."""
+        assert self.holder is not None, "node runtime not started"
+        lines = Path(f"/proc/{self.holder.pid}/mountinfo").read_text().splitlines()
+        return {line.split()[4] for line in lines if line.split()[4].startswith("/proc/sys/")}
+
     def ctr(self, *args, **kw):
         """ctr against this node's containerd, namespace k8s.io. A plain client of the socket:
         it runs in the harness's namespaces (imports unpack inside containerd, through the
         transfer service), so it works from any process, e.g. `e2e.cluster load`."""
-        return ns.run([CONTAINERD_BIN / "ctr", "--address", self.containerd_socket, "--namespace", "k8s.io",
-                       *args], **kw)
+        return ns.run([self.containerd.bin_dir / "ctr", "--address", self.containerd_socket, "--namespace",
+                       "k8s.io", *args], **kw)
 
     def _spawn(self, name: str, argv, env=None) -> ns.Proc:
         proc = ns.spawn(name, self.argv(argv), self.node.dir / "logs" / f"{name}.log", env=env)
@@ -254,26 +342,12 @@ class NodeRuntime:
 
     def _start_holder(self) -> None:
         """The process that owns the node's mount namespace (mounts are made by its shell)."""
-        for d in (self.cni_conf_dir, self.cni_bin_dir, self.dir / "run-containerd"):
-            d.mkdir(parents=True, exist_ok=True)
         # /run/containerd is the shims' socket dir and runc's default root, fixed paths; the
         # node binds its own dir there. The host directory is only a mount point (it is what
         # containerd itself creates on a machine that runs it).
         Path("/run/containerd").mkdir(mode=0o711, exist_ok=True)
-        # Its own UTS namespace too: `hostname` on the node (and in its hostNetwork pods) is the
-        # node's name, as on a kind node.
-        script = ["set -e", "mount --make-rslave /", f"hostname {self.node.name}"]
-        for tree in PRIVATE_TREES:
-            upper = self.tree_upper(tree)
-            work = upper.with_name("work")
-            upper.mkdir(parents=True, exist_ok=True)
-            work.mkdir(parents=True, exist_ok=True)
-            script.append(f"mount -t overlay overlay -o lowerdir={tree},upperdir={upper},workdir={work} {tree}")
-        for src, dst in ((self.cni_conf_dir, CNI_CONF_DIR), (self.cni_bin_dir, CNI_BIN_DIR),
-                         (self.dir / "run-containerd", "/run/containerd")):
-            script += [f"mkdir -p {dst}", f"mount --bind {src} {dst}"]
         ready = self.dir / "mounts.ready"
-        script += [f"touch {ready}", "exec sleep infinity"]
+        script = [*self.holder_script(), f"touch {ready}", "exec sleep infinity"]
         argv = ["nsenter", f"--net={ns.netns_path(self.node.netns)}", "unshare", "--mount", "--uts",
                 "--propagation", "unchanged", "sh", "-c", "\n".join(script)]
         self.holder = ns.spawn("mounts", argv, self.node.dir / "logs" / "mounts.log")
@@ -285,13 +359,41 @@ class NodeRuntime:
                 raise NodeRuntimeError(f"{self.node.name}: mount namespace not made:\n{self.holder.log_tail()}")
             time.sleep(0.02)
 
+    def holder_script(self) -> list[str]:
+        """The holder's shell lines that make the node's mounts (run inside its new mount namespace,
+        slave to the host's: nothing propagates back). Creates the node directories they need."""
+        # Its own UTS namespace too: `hostname` on the node (and in its hostNetwork pods) is the
+        # node's name, as on a kind node.
+        script = ["set -e", "mount --make-rslave /", f"hostname {self.node.name}"]
+        for tree in PRIVATE_TREES:
+            upper = self.tree_upper(tree)
+            work = upper.with_name("work")
+            upper.mkdir(parents=True, exist_ok=True)
+            work.mkdir(parents=True, exist_ok=True)
+            script.append(f"mount -t overlay overlay -o lowerdir={tree},upperdir={upper},workdir={work} {tree}")
+        for src, dst in ((self.cni_conf_dir, CNI_CONF_DIR), (self.cni_bin_dir, CNI_BIN_DIR),
+                         (self.dir / "run-containerd", "/run/containerd")):
+            src.mkdir(parents=True, exist_ok=True)
+            script += [f"mkdir -p {dst}", f"mount --bind {src} {dst}"]
+        # kubelet's kernel tunables: it reads these files, the host's values stay untouched.
+        sysctl_dir = self.dir / "sysctl"
+        sysctl_dir.mkdir(parents=True, exist_ok=True)
+        for key, value in KUBELET_SYSCTLS.items():
+            f = sysctl_dir / key.replace("/", ".")
+            f.write_text(f"{value}\n")
+            script.append(f"mount --bind {f} /proc/sys/{key}")
+        return script
+
     def _start_containerd(self) -> None:
         config = self.dir / "containerd.toml"
         config.write_text(containerd_config(self))
-        ctrd = CONTAINERD_BIN / "containerd"
+        bin_dir = self.containerd.bin_dir
+        ctrd = bin_dir / "containerd"
         if not os.access(ctrd, os.X_OK):
-            raise NodeRuntimeError(f"{ctrd} missing: run scripts/install-deps.sh (builds containerd 2.2)")
-        env = {**os.environ, "PATH": f"{CONTAINERD_BIN}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+            raise NodeRuntimeError(f"{ctrd} missing: run scripts/install-deps.sh (builds containerd 2.2, "
+                                   "installs Debian's 1.6)")
+        # Its own shim first on PATH (containerd looks the shim up there).
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
         self._spawn("containerd", [ctrd, "--config", config, "--log-level", "warn"], env=env)
 
     def wait_containerd(self, deadline: float) -> None:
@@ -338,6 +440,10 @@ class NodeRuntime:
 
     # -- CNI for tests (before podwire's DaemonSet installs it) -------------------------
 
+    def support_plugins(self) -> dict[str, Path]:
+        """CNI plugins the runtime itself calls besides the conflist's (containerd 1.x: `loopback`)."""
+        return {} if self.containerd.internal_loopback else {"loopback": LOOPBACK_PLUGIN}
+
     def install_cni(self, conflist: dict, plugins: dict[str, Path], name: str = "10-podwire.conflist") -> Path:
         """Put plugin executables (symlinks) into the node's /opt/cni/bin and a conflist into its
         /etc/cni/net.d (atomically: containerd watches the directory)."""
@@ -354,35 +460,34 @@ class NodeRuntime:
 
 
 def podwire_conflist(rt: NodeRuntime, mtu: int = 1500) -> dict:
-    """The conflist node_daemon/cniconf.py renders, for this node's podCIDR, with the plugin's
-    state and IPAM store in the node's directory and its log next to the node's other logs
-    (hosts/<node>/logs/podwire-cni.log: kept by PODWIRE_E2E_KEEP_LOGS)."""
+    """The conflist node_daemon/cniconf.py renders (what podwire's daemon writes), for this node's
+    podCIDR, with the plugin's state and IPAM store in the node's directory and its log next to the
+    node's other logs (hosts/<node>/logs/podwire-cni.log: kept by PODWIRE_E2E_KEEP_LOGS)."""
     if rt.node.pod_cidr is None:
         raise ValueError(f"{rt.node.name} has no podCIDR yet")
     state = rt.dir / "podwire"
-    return {
-        "cniVersion": "1.1.0",
-        "name": "podwire",
-        "plugins": [{
-            "type": "podwire", "bridge": "podwire0", "isGateway": True, "hairpinMode": True, "ipMasq": False,
-            "mtu": mtu, "logFile": str(rt.node.dir / "logs" / "podwire-cni.log"), "stateDir": str(state / "state"),
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": str(rt.node.pod_cidr)}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(state / "ipam")},
-            "capabilities": {"portMappings": True},
-        }],
-    }
+    settings = cniconf.CniSettings(log_file=str(rt.node.dir / "logs" / "podwire-cni.log"), data_dir=str(state / "ipam"))
+    text = cniconf.render((rt.node.pod_cidr,), mtu, settings)
+    assert text is not None  # None only without a podCIDR
+    conf = json.loads(text)
+    conf["plugins"][0]["stateDir"] = str(state / "state")  # the daemon's default is /var/lib: per node too
+    return conf
 
 
 # -- all nodes -------------------------------------------------------------------------------
 
 
-def start_nodes(cluster, timeout: float = 120, kube_proxy: bool = False) -> dict[str, NodeRuntime]:
+def start_nodes(cluster, timeout: float = 120, kube_proxy: bool = False,
+                containerd: dict[str, str] | None = None) -> dict[str, NodeRuntime]:
     """Start every node's runtime, import the images, start kubelets (and kube-proxies if
     asked), wait until each Node is registered with a podCIDR (fills node.pod_cidr). Nodes
-    become Ready once a CNI config exists in their conf dir (install_cni, or podwire's DaemonSet)."""
+    become Ready once a CNI config exists in their conf dir (install_cni, or podwire's DaemonSet).
+    `containerd`: node name -> a CONTAINERDS key, for nodes that run another than the default."""
     deadline = time.monotonic() + timeout
     tarballs = images.images()
-    runtimes = {n.name: NodeRuntime(n, cluster.name, cluster.control_plane, cluster.bin_dir) for n in cluster.nodes}
+    containerd = containerd or {}
+    runtimes = {n.name: NodeRuntime(n, cluster.name, cluster.control_plane, cluster.bin_dir,
+                                    containerd.get(n.name, DEFAULT_CONTAINERD)) for n in cluster.nodes}
     for rt in runtimes.values():
         rt.start()
     for rt in runtimes.values():
@@ -434,7 +539,7 @@ def install_podwire_cni(cluster, dist: Path) -> None:
     if not copy.exists():
         shutil.copytree(dist, copy, symlinks=True)
     for rt in cluster.runtimes.values():
-        rt.install_cni(podwire_conflist(rt), {"podwire": copy / "podwire"})
+        rt.install_cni(podwire_conflist(rt), {"podwire": copy / "podwire", **rt.support_plugins()})
 
 
 def node_ready(node_obj) -> bool:

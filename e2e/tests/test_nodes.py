@@ -12,23 +12,22 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from e2e import cgroups, coredns, images
+from e2e import cgroups, coredns, host_sysctls, images
 from e2e import netns as ns
 from e2e.cluster import Cluster
-from e2e.node_runtime import CLUSTER_DNS, install_podwire_cni, node_ready
+from e2e.node_runtime import CLUSTER_DNS, KUBELET_SYSCTLS, install_podwire_cni, node_ready
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow, pytest.mark.frozen]
 
-REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "nodes-test"
 UP_TIMES: dict[str, float] = {}
 BEFORE_CNI: dict[str, object] = {}  # node -> its Ready condition before a CNI config existed
+SYSCTLS_BEFORE: dict[str, str] = {}  # the machine's host-global sysctls before the cluster came up
 
 
 def wait(fn, timeout=60.0, what="condition", interval=0.3):
@@ -43,18 +42,11 @@ def wait(fn, timeout=60.0, what="condition", interval=0.3):
 
 
 @pytest.fixture(scope="module")
-def podwire_dist() -> Path:
-    """dist/podwire, (re)built when the sources are newer (make tracks that)."""
-    subprocess.run(["make", "-s", "dist"], cwd=REPO, check=True, capture_output=True)
-    assert os.access(REPO / "dist/podwire/podwire", os.X_OK)
-    return REPO / "dist/podwire"
-
-
-@pytest.fixture(scope="module")
 def full(k8s_bin, podwire_dist):
     Cluster.sweep_abandoned()
     c = Cluster(f"kn{os.getpid() % 100000}", "l2", 3, bin_dir=k8s_bin, full_nodes=True,
                 owner=ns.this_process("pytest"))
+    SYSCTLS_BEFORE.update(host_sysctls.snapshot())
     started = time.monotonic()
     c.up()
     try:
@@ -132,6 +124,21 @@ def test_three_nodes_register_and_become_ready(full):
         assert internal == [str(node.ip)]
         assert ipaddress.ip_network(obj.spec.pod_cidr) == node.pod_cidr
     assert len({n.pod_cidr for n in full.nodes}) == 3
+
+
+def test_kubelets_leave_the_machines_kernel_settings_as_found(full):
+    """Issue 10 item 9: kubelets set vm.overcommit_memory=1, kernel.panic=10 and
+    kernel.panic_on_oops=1 on the whole machine. With three Ready kubelets running, every
+    host-global sysctl is as before; inside each node kubelet saw the values it wants."""
+    now = host_sysctls.snapshot()
+    print(f"\nhost sysctls before: {host_sysctls.kubelet_view(SYSCTLS_BEFORE)}"
+          f"\n  with 3 kubelets Ready: {host_sysctls.kubelet_view(now)}")
+    assert host_sysctls.changed(SYSCTLS_BEFORE, now) == {}
+    for rt in full.runtimes.values():
+        # kubelet's view: files of the node over those entries (whatever the host's values are)
+        assert rt.proc_sys_mounts() == {f"/proc/sys/{k}" for k in KUBELET_SYSCTLS}, rt.node.name
+        inside = rt.run(["cat", *(f"/proc/sys/{k}" for k in KUBELET_SYSCTLS)]).stdout.split()
+        assert [int(v) for v in inside] == list(KUBELET_SYSCTLS.values()), rt.node.name
 
 
 def test_a_pod_on_each_node_gets_an_address_from_its_pod_cidr(full):
@@ -304,6 +311,9 @@ def test_teardown_leaves_nothing(full):
     assert cgroups.list_roots(prefix) == []
     assert not Path(cluster_dir).exists()
     assert cluster_dir not in Path("/proc/self/mountinfo").read_text()
+    after = host_sysctls.snapshot()
+    print(f"\nhost sysctls after teardown: {host_sysctls.kubelet_view(after)}")
+    assert host_sysctls.changed(SYSCTLS_BEFORE, after) == {}
 
 
 def _cmdline(pid: int) -> str:

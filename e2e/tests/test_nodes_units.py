@@ -13,7 +13,15 @@ from pathlib import Path
 import yaml
 
 from e2e import coredns, images
-from e2e.node_runtime import NodeRuntime, containerd_config, kube_proxy_config, kubelet_config, podwire_conflist
+from e2e.node_runtime import (
+    KUBELET_SYSCTLS,
+    NodeRuntime,
+    containerd_config,
+    kube_proxy_config,
+    kubelet_config,
+    podwire_conflist,
+)
+from node_daemon import cniconf
 from e2e.topology import Node, plan
 
 
@@ -21,12 +29,12 @@ class FakeControlPlane:
     config = None
 
 
-def runtime(tmp_path, name="node2") -> NodeRuntime:
+def runtime(tmp_path, name="node2", containerd="2.2") -> NodeRuntime:
     p = plan("k1", "l2", 3)
     hp = next(h for h in p.hosts if h.name == name)
     node = Node(hp, p.netns(name), tmp_path / "hosts" / name, ledger=None)
     node.pod_cidr = ipaddress.ip_network("10.244.2.0/24")
-    return NodeRuntime(node, "k1", FakeControlPlane(), tmp_path / "bin")
+    return NodeRuntime(node, "k1", FakeControlPlane(), tmp_path / "bin", containerd)
 
 
 def test_containerd_config_keeps_everything_of_a_node_in_its_directory(tmp_path):
@@ -46,6 +54,53 @@ def test_containerd_config_keeps_everything_of_a_node_in_its_directory(tmp_path)
     assert runc["SystemdCgroup"] is False
     assert conf["plugins"]["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] == images.PAUSE
     assert "io.containerd.nri.v1.nri" in conf["disabled_plugins"]  # its socket is a fixed host path
+
+
+def test_containerd_1_6_node_gets_a_version_2_config_of_the_same_node(tmp_path):
+    """Debian's containerd 1.6.20 reads config version 2 (one CRI plugin, 1.x key names)."""
+    rt = runtime(tmp_path, containerd="1.6")
+    assert rt.containerd.bin_dir == Path("/usr/bin") and rt.containerd.config_version == 2
+    conf = tomllib.loads(containerd_config(rt))
+    assert conf["version"] == 2
+    for key in ("root", "state"):
+        assert conf[key].startswith(str(rt.dir))
+    assert conf["grpc"]["address"] == str(rt.containerd_socket)
+    cri = conf["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["sandbox_image"] == images.PAUSE
+    assert cri["netns_mounts_under_state_dir"] is True  # not the host's /run/netns
+    assert cri["restrict_oom_score_adj"] is True
+    assert cri["cni"] == {"bin_dir": "/opt/cni/bin", "conf_dir": "/etc/cni/net.d", "max_conf_num": 1}
+    assert cri["containerd"]["snapshotter"] == rt.snapshotter
+    runc = cri["containerd"]["runtimes"]["runc"]
+    assert runc["runtime_type"] == "io.containerd.runc.v2" and runc["options"]["SystemdCgroup"] is False
+    assert "io.containerd.cri.v1.runtime" not in conf["plugins"]  # 2.x names would be ignored by 1.6
+    try:
+        runtime(tmp_path, containerd="1.5")
+    except ValueError as err:
+        assert "1.6" in str(err) and "2.2" in str(err)
+    else:
+        raise AssertionError("unknown containerd accepted")
+
+
+def test_kubelet_never_writes_the_hosts_kernel_settings(tmp_path):
+    """Issue 10 item 9: kubelet wrote vm.overcommit_memory, kernel.panic, kernel.panic_on_oops on
+    the shared machine. Now each node's mount namespace shows it files holding the values it wants
+    over those /proc/sys entries, and protectKernelDefaults makes it fail rather than write."""
+    rt = runtime(tmp_path)
+    assert kubelet_config(rt, tmp_path / "ca.crt")["protectKernelDefaults"] is True
+    # exactly what kubelet 1.34's setupKernelTunables checks (pkg/kubelet/cm/container_manager_linux.go)
+    assert KUBELET_SYSCTLS == {"vm/overcommit_memory": 1, "vm/panic_on_oom": 0, "kernel/panic": 10,
+                               "kernel/panic_on_oops": 1, "kernel/keys/root_maxkeys": 1000000,
+                               "kernel/keys/root_maxbytes": 25000000}
+    script = rt.holder_script()
+    assert script[:2] == ["set -e", "mount --make-rslave /"]  # first: nothing propagates to the host
+    # the only lines touching /proc/sys: one bind mount of a node file per tunable
+    binds = {line.split()[3]: Path(line.split()[2]) for line in script if "/proc/sys" in line}
+    assert all(line.startswith("mount --bind ") and len(line.split()) == 4 for line in script if "/proc/sys" in line)
+    assert sorted(binds) == sorted(f"/proc/sys/{k}" for k in KUBELET_SYSCTLS)
+    for target, source in binds.items():
+        assert source.is_relative_to(rt.dir)  # a file of the node, removed with it
+        assert int(source.read_text()) == KUBELET_SYSCTLS[target.removeprefix("/proc/sys/")]
 
 
 def test_kubelet_config_is_per_node(tmp_path):
@@ -72,7 +127,9 @@ def test_kube_proxy_config_masquerades_service_traffic(tmp_path):
 def test_podwire_conflist_is_the_daemons_shape_with_per_node_paths(tmp_path):
     rt = runtime(tmp_path)
     conf = podwire_conflist(rt)
-    assert conf["cniVersion"] == "1.1.0"
+    # what node_daemon/cniconf.py renders: 1.0.0 for libcni without negotiation, 1.1.0 offered
+    assert conf["cniVersion"] == cniconf.CNI_VERSION == "1.0.0"
+    assert conf["cniVersions"] == list(cniconf.CNI_VERSIONS)
     plugin = conf["plugins"][0]
     assert plugin["type"] == "podwire"
     assert plugin["ipam"]["ranges"] == [[{"subnet": "10.244.2.0/24"}]]
@@ -123,3 +180,47 @@ def test_image_names_are_what_pods_ask_for():
     assert images.PAUSE == "registry.k8s.io/pause:3.10.1"
     assert {s.name for s in images.SPECS} == {images.PAUSE, images.BUSYBOX, images.COREDNS}
     assert Path(images.BUSYBOX_BIN).name == "busybox"
+
+
+def test_host_sysctl_snapshot_sees_every_setting_but_counters(tmp_path):
+    from e2e import host_sysctls
+
+    for key, value in {"kernel/panic": "1", "vm/overcommit_memory": "0", "kernel/keys/root_maxkeys": "1000000",
+                       "kernel/ns_last_pid": "4242", "fs/file-nr": "1 0 9", "fs/quota/lookups": "7",
+                       "net/ipv4/ip_forward": "0", "net/core/somaxconn": "4096"}.items():
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_text(value + "\n")
+    before = host_sysctls.snapshot(str(tmp_path))
+    assert before == {"kernel/panic": "1", "vm/overcommit_memory": "0", "kernel/keys/root_maxkeys": "1000000",
+                      "net/ipv4/ip_forward": "0"}
+    (tmp_path / "kernel/panic").write_text("10\n")  # what kubelet used to do
+    (tmp_path / "kernel/ns_last_pid").write_text("5000\n")
+    (tmp_path / "vm/new_module_knob").write_text("1\n")
+    assert host_sysctls.changed(before, host_sysctls.snapshot(str(tmp_path))) == {"kernel/panic": ("1", "10")}
+    assert "kernel.panic=1 " in host_sysctls.kubelet_view(before)
+
+
+def test_a_cluster_picks_containerd_per_node(tmp_path, monkeypatch):
+    import argparse
+
+    from e2e.cluster import Cluster, _node_containerd
+
+    monkeypatch.setenv("PODWIRE_E2E_DIR", str(tmp_path))
+    c = Cluster("u1", "l2", 2, bin_dir=tmp_path, full_nodes=True, containerd={"node2": "1.6"})
+    rts = c.node_runtimes()
+    assert rts["node1"].containerd.name == "2.2" and rts["node2"].containerd.name == "1.6"
+    assert rts["node2"].support_plugins() == {"loopback": Path("/usr/lib/cni/loopback")}
+    assert rts["node1"].support_plugins() == {}
+    try:
+        Cluster("u1", "l2", 2, bin_dir=tmp_path, containerd={"node3": "1.6"})
+    except ValueError as err:
+        assert "node3" in str(err)
+    else:
+        raise AssertionError("containerd for a missing node accepted")
+    assert _node_containerd("node2=1.6") == ("node2", "1.6")
+    for bad in ("node2=1.7", "node2", "cp=1.6", "node2=1.6;x"):
+        try:
+            _node_containerd(bad)
+        except argparse.ArgumentTypeError:
+            continue
+        raise AssertionError(f"{bad!r} accepted")
