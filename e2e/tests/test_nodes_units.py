@@ -21,8 +21,8 @@ from e2e.node_runtime import (
     kubelet_config,
     podwire_conflist,
 )
-from node_daemon import cniconf
 from e2e.topology import Node, plan
+from node_daemon import cniconf
 
 
 class FakeControlPlane:
