@@ -301,11 +301,13 @@ def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: 
         route_control_plane_to_pods(cluster)
         stamp = versions(cluster)
         ready = time.monotonic()
-        print(f"e2e.conformance: cluster ready in {ready - started:.0f}s; running e2e.test", file=sys.stderr, flush=True)
+        print(f"e2e.conformance: cluster ready in {ready - started:.0f}s; running e2e.test", file=sys.stderr,
+              flush=True)
         reports = run_shards(cluster, shard(selected, shards), work, list(extra))
         res = outcomes(reports, selected)
         stamp["focus"] = f"`{focus}`" + (f", skip `{skip}`" if skip else "")
-        stamp["run time"] = f"{time.monotonic() - ready:.0f} s e2e.test ({shards} shards), {ready - started:.0f} s setup"
+        stamp["run time"] = (f"{time.monotonic() - ready:.0f} s e2e.test ({shards} shards), "
+                             f"{ready - started:.0f} s setup")
         title = f"podwire: upstream e2e, {title}"
         md, junit = render_markdown(title, stamp, res, {}), render_junit(title, res)
         paths = []

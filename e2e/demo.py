@@ -108,7 +108,8 @@ class Demo:
 
     def deploy(self) -> None:
         manifest = SERVER % {"image": images.BUSYBOX}
-        r = subprocess.run([str(self.c.bin_dir / "kubectl"), "--kubeconfig", str(self.c.kubeconfig), "apply", "-f", "-"],
+        kubectl = [str(self.c.bin_dir / "kubectl"), "--kubeconfig", str(self.c.kubeconfig)]
+        r = subprocess.run([*kubectl, "apply", "-f", "-"],
                            input=manifest, capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             raise RuntimeError(r.stderr)
@@ -139,7 +140,8 @@ class Demo:
 
         for node in self.c.nodes:
             url = f"http://{node.ip}:{node_port}"
-            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] in servers, r[1]))(self.outside("curl", "-s", "-m", "3", url)))
+            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] in servers, r[1]))(
+                self.outside("curl", "-s", "-m", "3", url)))
             self.check(f"NodePort from outside the cluster via {node.name} {url}", ok, out)
 
         outside_ip = self.c.topology.outside.ip
@@ -148,7 +150,8 @@ class Demo:
         try:
             client = json.loads(self.kubectl("get", "pod", "client", "-o", "json"))
             node_ip = {str(n.ip) for n in self.c.nodes if n.name == client["spec"]["nodeName"]}
-            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] in node_ip, r[1]))(self.http_get(str(outside_ip), 9000)))
+            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] in node_ip, r[1]))(
+                self.http_get(str(outside_ip), 9000)))
             self.check(f"egress: the outside host sees the pod ({client['status']['podIP']}) as its node",
                        ok and out in node_ip, f"source {out}, node {''.join(node_ip)}")
         finally:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from e2e import build, netns as ns
+from e2e import build
+from e2e import netns as ns
 from e2e.cluster import Cluster, base_dir
 from e2e.pods import Pod, reference_bridge
 from e2e.topology import Topology, plan

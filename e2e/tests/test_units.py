@@ -13,7 +13,8 @@ import time
 import pytest
 from cryptography import x509
 
-from e2e import build, netns as ns, topology
+from e2e import build, topology
+from e2e import netns as ns
 from e2e.control_plane import FORWARDER, kubeconfig
 from e2e.ledger import Ledger
 from e2e.pki import CertificateAuthority
