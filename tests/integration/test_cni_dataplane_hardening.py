@@ -39,10 +39,11 @@ def _host_veths(ns: str) -> list[str]:
 
 
 # --- item 3: `bridge` naming an existing link that is not a bridge -------------------------------------
-@pytest.mark.parametrize("name,kind", [("notabr", "ifb"), ("lo", "")])
+# veth, not ifb or dummy: loading the ifb module creates ifb0/ifb1 in the machine's own namespace
+@pytest.mark.parametrize("name,kind", [("notabr", "veth"), ("lo", "")])
 def test_bridge_naming_a_non_bridge_link_is_refused_before_touching_it(plugin, pods, tmp_path, name, kind):
     if kind:
-        in_ns(plugin.node, "ip", "link", "add", name, "type", kind)  # created down, no address
+        in_ns(plugin.node, "ip", "link", "add", name, "type", kind, "peer", "name", name + "p")  # down, no address
     before = _link(plugin.node, name)
     conf = netconf(str(tmp_path), bridge=name)
     for attempt in range(2):  # every attempt: nothing accumulates
@@ -158,7 +159,7 @@ def test_netns_that_is_not_a_network_namespace_gets_code_4(plugin, pods, tmp_pat
 # --- item 6: the node's own namespace -------------------------------------------------------------------
 def test_node_namespace_is_refused_on_every_verb(plugin, pods, tmp_path):
     node = plugin.node
-    in_ns(node, "ip", "link", "add", "uplink0", "type", "ifb")  # stands for the node's uplink
+    in_ns(node, "ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p")  # the node's uplink
     conf = netconf(str(tmp_path))
     res = plugin.add(conf, "live", pods()).json
     for path in (f"/run/netns/{node}", "/proc/self/ns/net"):
@@ -186,7 +187,7 @@ def _call_under_init(plugin, init_ns: str, command: str, conf: dict, cid: str, i
 
 def test_init_namespace_is_refused(plugin, pods, tmp_path):
     init = pods()  # PID 1's namespace in the plugin's PID namespace (see _call_under_init)
-    in_ns(init, "ip", "link", "add", "uplink0", "type", "ifb")
+    in_ns(init, "ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink0p")
     conf = netconf(str(tmp_path))
     res = plugin.add(conf, "live", pods()).json
     r = _call_under_init(plugin, init, "DEL", conf, "c1", "uplink0")
@@ -203,7 +204,7 @@ def test_del_leaves_a_link_that_is_not_the_peer_of_our_veth(plugin, pods, tmp_pa
     conf = netconf(str(tmp_path))
     ours, other = pods(), pods()
     assert plugin.add(conf, "a", ours).rc == 0
-    in_ns(other, "ip", "link", "add", "eth0", "type", "ifb")  # same name, not ours
+    in_ns(other, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")  # same name, not ours
     r = plugin.delete(conf, "a", other)  # the runtime names the wrong namespace
     assert r.rc == 0, r
     assert _link(other, "eth0") is not None
