@@ -1,0 +1,246 @@
+"""NetworkPolicy's compiled desired state on one node, as plain data, and its nft text.
+
+Built so because of what this kernel showed (policy/DESIGN.md has the experiments): conntrack is
+refused in the bridge and netdev families (no nf_conntrack_bridge), so policy lives in one `inet`
+table on the forward hook (after the proxy's DNAT: policy sees the endpoint) plus the input hook
+(a pod's egress to the node). Same-node pod->pod traffic is bridged on podwire0; it reaches the inet
+hooks only with the bridge's own `nf_call_iptables`/`nf_call_ip6tables` link option set (a per-bridge
+switch, no host-global sysctl) — the daemon owns that, this module only renders the table.
+
+A packet meets a fixed number of lookups whatever the number of pods and policies: `ct state` first,
+then per direction one concatenated interval set of (isolated pod . peer . proto . port range), one
+of (isolated pod . peer) for allows without ports, and the set of isolated pods. Everything else is
+elements, so a change is element adds and deletes in one transaction (render_diff).
+
+The kernel refuses an element whose start or end point falls inside an existing element of a
+concatenated interval set (EEXIST), so allows are normalised into disjoint boxes before rendering.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable, Union
+
+from proxy import nft
+
+Addr = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Net = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+TABLE = "podwire-policy"
+PROTOCOLS = ("tcp", "udp", "sctp")
+DIRECTIONS = ("ingress", "egress")
+_ND = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
+
+
+def _addr(value, what: str) -> Addr:
+    if type(value) not in (ipaddress.IPv4Address, ipaddress.IPv6Address) or getattr(value, "scope_id", None):
+        raise ValueError(f"{what}: not an address without scope id: {value!r:.80}")
+    return value
+
+
+@dataclass(frozen=True, order=True)
+class Allow:
+    """Traffic `pod` may exchange with `peer` in one direction: ingress = from peer to pod,
+    egress = from pod to peer. proto None = every protocol and port (a rule without `ports`)."""
+    pod: Addr
+    peer: Net
+    proto: str | None = None
+    first_port: int = 1
+    last_port: int = 65535
+
+    def __post_init__(self) -> None:
+        _addr(self.pod, "allow pod")
+        if type(self.peer) not in (ipaddress.IPv4Network, ipaddress.IPv6Network) or "%" in str(self.peer):
+            raise ValueError(f"allow peer: not a network: {self.peer!r:.80}")
+        if self.peer.version != self.pod.version:
+            raise ValueError(f"allow {self.pod} <-> {self.peer}: mixed IP families")
+        if self.proto is not None and self.proto not in PROTOCOLS:
+            raise ValueError(f"allow protocol {self.proto!r:.20} is not one of {PROTOCOLS}")
+        for p in (self.first_port, self.last_port):
+            if type(p) is not int or not 1 <= p <= 65535:
+                raise ValueError(f"allow port {p!r:.20} is not an integer 1-65535")
+        if self.first_port > self.last_port:
+            raise ValueError(f"allow port range {self.first_port}-{self.last_port} is empty")
+        if self.proto is None and (self.first_port, self.last_port) != (1, 65535):
+            raise ValueError("an allow with ports needs a protocol")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Denied packets go to nflog `group`, at most `rate` per second per direction (+ `burst`)."""
+    group: int = 1
+    rate: int = 10
+    burst: int = 20
+
+    def __post_init__(self) -> None:
+        for what, v, hi in (("group", self.group, 65535), ("rate", self.rate, 100000), ("burst", self.burst, 100000)):
+            if type(v) is not int or not 0 <= v <= hi:
+                raise ValueError(f"log {what} {v!r:.20} is not an integer 0-{hi}")
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """This node's policy: which local pods are isolated per direction, and what is allowed.
+    An Allow whose pod is not isolated in that direction is refused (it would be dead text)."""
+    isolated_ingress: frozenset[Addr] = frozenset()
+    isolated_egress: frozenset[Addr] = frozenset()
+    ingress: frozenset[Allow] = frozenset()
+    egress: frozenset[Allow] = frozenset()
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        for direction in DIRECTIONS:
+            isolated = self.isolated(direction)
+            for a in isolated:
+                _addr(a, f"isolated {direction} pod")
+            for allow in self.allows(direction):
+                if type(allow) is not Allow:
+                    raise ValueError(f"{direction} allow {allow!r:.80} is not an Allow")
+                if allow.pod not in isolated:
+                    raise ValueError(f"{direction} allow for {allow.pod}, which is not isolated for {direction}")
+
+    def isolated(self, direction: str) -> frozenset[Addr]:
+        return self.isolated_ingress if direction == "ingress" else self.isolated_egress
+
+    def allows(self, direction: str) -> frozenset[Allow]:
+        return self.ingress if direction == "ingress" else self.egress
+
+
+# ---- elements ------------------------------------------------------------------------------
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Sorted, disjoint, adjacent ranges joined."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return tuple((lo, hi) for lo, hi in out)
+
+
+def _boxes(items: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """(peer lo, peer hi, port lo, port hi) rectangles -> disjoint rectangles covering the same
+    points: peer axis cut at every boundary, port ranges merged per segment, equal neighbours joined."""
+    cuts = sorted({b for lo, hi, _, _ in items for b in (lo, hi + 1)})
+    segments: list[tuple[int, int, tuple[tuple[int, int], ...]]] = []
+    for lo, nxt in zip(cuts, cuts[1:], strict=False):
+        ports = _merge((pl, ph) for a, b, pl, ph in items if a <= lo and nxt - 1 <= b)
+        if not ports:
+            continue
+        if segments and segments[-1][1] + 1 == lo and segments[-1][2] == ports:
+            segments[-1] = (segments[-1][0], nxt - 1, ports)
+        else:
+            segments.append((lo, nxt - 1, ports))
+    return [(lo, hi, pl, ph) for lo, hi, ports in segments for pl, ph in ports]
+
+
+def _peer_text(version: int, lo: int, hi: int) -> str:
+    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+    a, b = cls(lo), cls(hi)
+    if lo == hi:
+        return str(a)
+    nets = list(ipaddress.summarize_address_range(a, b))
+    return str(nets[0]) if len(nets) == 1 else f"{a}-{b}"
+
+
+def _port_text(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def set_name(direction: str, kind: str, version: int) -> str:
+    """e.g. ingress-ports4: kind is isolated | ports | any."""
+    return f"{direction}-{kind}{version}"
+
+
+def elements(rs: Ruleset) -> dict[str, frozenset[str]]:
+    """Every set of the table -> its element texts (disjoint, canonical)."""
+    out: dict[str, frozenset[str]] = {}
+    for direction in DIRECTIONS:
+        for v in (4, 6):
+            out[set_name(direction, "isolated", v)] = frozenset(
+                str(a) for a in rs.isolated(direction) if a.version == v)
+            groups: dict[tuple[Addr, str | None], list[tuple[int, int, int, int]]] = {}
+            for al in rs.allows(direction):
+                if al.pod.version == v:
+                    box = (int(al.peer.network_address), int(al.peer.broadcast_address), al.first_port, al.last_port)
+                    groups.setdefault((al.pod, al.proto), []).append(box)
+            ports: set[str] = set()
+            anys: set[str] = set()
+            for (pod, proto), items in groups.items():
+                for lo, hi, pl, ph in _boxes(items):
+                    peer = _peer_text(v, lo, hi)
+                    if proto is None:
+                        anys.add(f"{pod} . {peer}")
+                    else:
+                        ports.add(f"{pod} . {peer} . {proto} . {_port_text(pl, ph)}")
+            out[set_name(direction, "ports", v)] = frozenset(ports)
+            out[set_name(direction, "any", v)] = frozenset(anys)
+    return out
+
+
+# ---- the table -----------------------------------------------------------------------------
+
+def _direction_rules(direction: str) -> tuple[str, ...]:
+    pod, peer = ("daddr", "saddr") if direction == "ingress" else ("saddr", "daddr")
+    rules = []
+    for v, fam in ((4, "ip"), (6, "ip6")):
+        rules += [
+            f"{fam} {pod} . {fam} {peer} . meta l4proto . th dport @{set_name(direction, 'ports', v)} return",
+            f"{fam} {pod} . {fam} {peer} @{set_name(direction, 'any', v)} return",
+            f"{fam} {pod} @{set_name(direction, 'isolated', v)} goto {direction}-deny",
+        ]
+    return tuple(rules)
+
+
+def table(rs: Ruleset) -> nft.Table:
+    """The whole table: fixed chains and set declarations, the ruleset as elements.
+
+    forward (after DNAT at -100): established/related first, then egress of the source and
+    ingress of the destination; input: a pod's egress to the node itself (ND always passes).
+    Node-originated traffic (kubelet probes) takes output, which this table does not hook.
+    """
+    t = nft.Table("inet", TABLE)
+    t.add_chain(nft.Chain("forward", ("ct state established,related accept", "jump egress", "jump ingress"),
+                          nft.Hook("filter", "forward", 0)))
+    t.add_chain(nft.Chain("input", ("ct state established,related accept", f"meta l4proto ipv6-icmp {_ND}",
+                                    "jump egress"), nft.Hook("filter", "input", 0)))
+    lg = rs.log
+    for direction in DIRECTIONS:
+        t.add_chain(nft.Chain(direction, _direction_rules(direction)))
+        short = "in" if direction == "ingress" else "out"
+        t.add_chain(nft.Chain(f"{direction}-deny", (
+            f"limit rate {lg.rate}/second burst {lg.burst} packets log prefix pw-deny-{short} group {lg.group}",
+            "counter drop")))
+    els = elements(rs)
+    for direction in DIRECTIONS:
+        for v, addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+            n = set_name(direction, "isolated", v)
+            t.add_set(nft.Set(n, addr, elements=els[n]))
+            n = set_name(direction, "ports", v)
+            t.add_set(nft.Set(n, f"{addr} . {addr} . inet_proto . inet_service", ("interval",), elements=els[n]))
+            n = set_name(direction, "any", v)
+            t.add_set(nft.Set(n, f"{addr} . {addr}", ("interval",), elements=els[n]))
+    return t
+
+
+def render_full(rs: Ruleset) -> str:
+    """One `nft -f` transaction that makes the kernel's table exactly `rs`, whatever it held."""
+    return nft.render_full(table(rs))
+
+
+def render_diff(old: Ruleset, new: Ruleset) -> str | None:
+    """Element deletes, then adds, taking a kernel holding `old` to `new` in one transaction;
+    "" when nothing changed; None when the fixed part changed (then render_full). A delete of an
+    element the kernel lacks fails the whole transaction: the caller falls back to render_full."""
+    if old.log != new.log:
+        return None
+    t = nft.Table("inet", TABLE)
+    before, after = elements(old), elements(new)
+    out: list[str] = []
+    for verb, a, b in (("delete", before, after), ("add", after, before)):
+        for n in sorted(a):
+            changed = a[n] - b[n]
+            if changed:
+                out.extend(nft.element_lines(t, n, changed, verb=verb))
+    return "\n".join(out) + "\n" if out else ""
