@@ -29,7 +29,10 @@ Net = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 TABLE = "podwire-policy"
 PROTOCOLS = ("tcp", "udp", "sctp")
 DIRECTIONS = ("ingress", "egress")
-_ND = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
+# Neighbour discovery (ICMPv6 133-137) is not tracked by conntrack and, bridged through podwire0, crosses
+# forward with a pod's own address as source or destination: always accepted, as kube-network-policies does.
+_ND = ("meta l4proto ipv6-icmp icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+       "nd-neighbor-advert, nd-redirect } accept")
 
 
 def _addr(value, what: str) -> Addr:
@@ -201,16 +204,17 @@ def table(rs: Ruleset) -> nft.Table:
     Node-originated traffic (kubelet probes) takes output, which this table does not hook.
     """
     t = nft.Table("inet", TABLE)
-    t.add_chain(nft.Chain("forward", ("ct state established,related accept", "jump egress", "jump ingress"),
+    t.add_chain(nft.Chain("forward", ("ct state established,related accept", _ND, "jump egress", "jump ingress"),
                           nft.Hook("filter", "forward", 0)))
-    t.add_chain(nft.Chain("input", ("ct state established,related accept", f"meta l4proto ipv6-icmp {_ND}",
+    t.add_chain(nft.Chain("input", ("ct state established,related accept", _ND,
                                     "jump egress"), nft.Hook("filter", "input", 0)))
     lg = rs.log
     for direction in DIRECTIONS:
         t.add_chain(nft.Chain(direction, _direction_rules(direction)))
         short = "in" if direction == "ingress" else "out"
         t.add_chain(nft.Chain(f"{direction}-deny", (
-            f"limit rate {lg.rate}/second burst {lg.burst} packets log prefix pw-deny-{short} group {lg.group}",
+            f"limit rate {lg.rate}/second burst {lg.burst} packets counter log prefix pw-deny-{short} "
+            f"group {lg.group}",
             "counter drop")))
     els = elements(rs)
     for direction in DIRECTIONS:

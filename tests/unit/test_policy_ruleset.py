@@ -57,11 +57,13 @@ flush set inet podwire-policy ingress-isolated6
 flush set inet podwire-policy ingress-ports4
 flush set inet podwire-policy ingress-ports6
 add rule inet podwire-policy forward ct state established,related accept
+add rule inet podwire-policy forward meta l4proto ipv6-icmp icmpv6 type { nd-router-solicit, nd-router-advert, \
+nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept
 add rule inet podwire-policy forward jump egress
 add rule inet podwire-policy forward jump ingress
 add rule inet podwire-policy input ct state established,related accept
-add rule inet podwire-policy input meta l4proto ipv6-icmp icmpv6 type { nd-router-solicit, nd-neighbor-solicit, \
-nd-neighbor-advert } accept
+add rule inet podwire-policy input meta l4proto ipv6-icmp icmpv6 type { nd-router-solicit, nd-router-advert, \
+nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept
 add rule inet podwire-policy input jump egress
 add rule inet podwire-policy egress ip saddr . ip daddr . meta l4proto . th dport @egress-ports4 return
 add rule inet podwire-policy egress ip saddr . ip daddr @egress-any4 return
@@ -69,7 +71,7 @@ add rule inet podwire-policy egress ip saddr @egress-isolated4 goto egress-deny
 add rule inet podwire-policy egress ip6 saddr . ip6 daddr . meta l4proto . th dport @egress-ports6 return
 add rule inet podwire-policy egress ip6 saddr . ip6 daddr @egress-any6 return
 add rule inet podwire-policy egress ip6 saddr @egress-isolated6 goto egress-deny
-add rule inet podwire-policy egress-deny limit rate 10/second burst 20 packets log prefix pw-deny-out group 1
+add rule inet podwire-policy egress-deny limit rate 10/second burst 20 packets counter log prefix pw-deny-out group 1
 add rule inet podwire-policy egress-deny counter drop
 add rule inet podwire-policy ingress ip daddr . ip saddr . meta l4proto . th dport @ingress-ports4 return
 add rule inet podwire-policy ingress ip daddr . ip saddr @ingress-any4 return
@@ -77,7 +79,7 @@ add rule inet podwire-policy ingress ip daddr @ingress-isolated4 goto ingress-de
 add rule inet podwire-policy ingress ip6 daddr . ip6 saddr . meta l4proto . th dport @ingress-ports6 return
 add rule inet podwire-policy ingress ip6 daddr . ip6 saddr @ingress-any6 return
 add rule inet podwire-policy ingress ip6 daddr @ingress-isolated6 goto ingress-deny
-add rule inet podwire-policy ingress-deny limit rate 10/second burst 20 packets log prefix pw-deny-in group 1
+add rule inet podwire-policy ingress-deny limit rate 10/second burst 20 packets counter log prefix pw-deny-in group 1
 add rule inet podwire-policy ingress-deny counter drop
 add element inet podwire-policy egress-any4 { 10.0.1.4 . 10.0.1.0/24 }
 add element inet podwire-policy egress-isolated4 { 10.0.1.4 }
