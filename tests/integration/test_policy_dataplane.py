@@ -77,14 +77,19 @@ except OSError as e:
     print(type(e).__name__)
 """
 
-# n sequential new TCP connections; each one's SYN..SYN/ACK (connect) time in microseconds
+# n sequential new TCP connections to a port nobody listens on: SYN (a new flow: the whole policy path)
+# .. RST, all in the kernel, no server process to schedule; each one's time in microseconds
 BENCH = r"""
 import json, socket, sys, time
 dst, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 out = []
 for _ in range(n):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    t0 = time.perf_counter_ns(); s.connect((dst, port)); out.append((time.perf_counter_ns() - t0) / 1000)
+    s = socket.socket()
+    t0 = time.perf_counter_ns()
+    try:
+        s.connect((dst, port))
+    except ConnectionRefusedError:
+        out.append((time.perf_counter_ns() - t0) / 1000)
     s.close()
 print(json.dumps(out))
 """
@@ -275,37 +280,76 @@ def test_bridged_traffic_is_policed_only_through_the_bridge_option(topo):
     assert topo.check("c", "tcp", B_, 8080) == "timeout"
 
 
+def test_cross_node_over_vxlan_is_policed_the_same(topo):
+    """The same cross-node cases with the pod routes moved onto a VXLAN overlay (flannel's layout, as
+    node_daemon's vxlan dataplane builds it): decapsulated packets meet the same forward hook."""
+    topo.nft(render_full(base()))
+    macs = {"n1": "0a:58:0a:00:01:00", "n2": "0a:58:0a:00:02:00"}
+    ends = {"n1": ("192.168.0.1", "192.168.0.2", "10.0.1.0", "10.0.2.0", "n2"),
+            "n2": ("192.168.0.2", "192.168.0.1", "10.0.2.0", "10.0.1.0", "n1")}
+    try:
+        for node, (local, remote, own, peer, other) in ends.items():
+            topo.ip(node, "link", "add", "vx0", "address", macs[node], "type", "vxlan", "id", "42",
+                    "dstport", "4789", "local", local, "dev", "ul", "nolearning")
+            topo.ip(node, "addr", "add", f"{own}/32", "dev", "vx0")
+            topo.ip(node, "link", "set", "vx0", "up")
+            topo.ip(node, "neigh", "add", peer, "lladdr", macs[other], "dev", "vx0")
+            sh("bridge", "-n", topo.ns[node], "fdb", "append", macs[other], "dev", "vx0", "dst", remote)
+            topo.ip(node, "route", "replace", f"{peer}/24", "via", peer, "dev", "vx0", "onlink")
+        want = {("d", "tcp", B_, 8080): "ok:b", ("d", "tcp", B_, 9090): "timeout",
+                ("a", "tcp", "10.0.2.2", 8080): "timeout", ("c", "tcp", "10.0.2.2", 8080): "ok:d"}
+        assert topo.checks(list(want)) == want
+        counted = sh("ip", "-s", "-n", topo.ns["n1"], "link", "show", "vx0")
+        assert re.search(r"RX:.*\n\s*[1-9]", counted)  # the packets did take the overlay
+    finally:
+        for node, (_, remote, _, peer, _) in ends.items():
+            subprocess.run(["ip", "-n", topo.ns[node], "route", "replace", f"{peer}/24", "via", remote], check=True)
+            subprocess.run(["ip", "-n", topo.ns[node], "link", "del", "vx0"], capture_output=True)
+
+
 def _filler(n: int) -> tuple[frozenset, frozenset]:
     """n-1 other isolated pods (10.1.0.0/16) with one allow each, plus b's own."""
     pods = [ipaddress.IPv4Address(int(ipaddress.IPv4Address("10.1.0.1")) + i) for i in range(n - 1)]
     allows = {Allow(p, N(f"10.2.{i // 250}.{i % 250 + 1}/32"), "tcp", 1000 + i % 5000, 1000 + i % 5000)
               for i, p in enumerate(pods)}
-    return frozenset(pods) | {PB}, frozenset(allows) | {Allow(PB, N(f"{PA}/32"), "tcp", 8080, 8080)}
+    return frozenset(pods) | {PB}, frozenset(allows) | {Allow(PB, N(f"{PA}/32"), "tcp", 7070, 8080)}
 
 
 def test_first_connection_cost_is_flat_in_set_size(topo):
-    """Figures, not an assertion on time: median/p90 connect() through ingress-isolated b."""
-    connects = 1500
-    figures = {}
+    """Figures, not an assertion on time: connect() a->b:7070 (allowed, refused by b's kernel) through
+    ingress-isolated b, with 1, 100 and
+    10k isolated pods/allow entries in the sets, and with no policy table. Rounds interleave the
+    configurations so that load from elsewhere on the machine hits them alike; per configuration the
+    best round's median is reported (with every round's median)."""
+    connects, rounds = 1000, 3
+    configs = (("none", 0), ("1", 1), ("100", 100), ("10000", 10000))
+    rulesets = {n: Ruleset(isolated_ingress=_filler(n)[0], ingress=_filler(n)[1]) for _, n in configs if n}
+    medians: dict[str, list[float]] = {label: [] for label, _ in configs}
+    p90s: dict[str, list[float]] = {label: [] for label, _ in configs}
+    loads: dict[str, float] = {}
     try:
-        for label, n in (("none", 0), ("1", 1), ("100", 100), ("10000", 10000), ("none again", 0)):
-            if n == 0:
-                topo.nft("add table inet podwire-policy\ndelete table inet podwire-policy\n")
-            else:
-                iso, allows = _filler(n)
-                t0 = time.monotonic()
-                topo.nft(render_full(Ruleset(isolated_ingress=iso, ingress=allows)))
-                load = time.monotonic() - t0
-                assert topo.check("c", "tcp", B_, 8080, timeout=0.5) == "timeout"
-            out = sh("ip", "netns", "exec", topo.ns["a"], sys.executable, "-c", BENCH, B_, "8080", str(connects))
-            us = sorted(json.loads(out)[100:])  # the first ones warm caches
-            figures[label] = (statistics.median(us), us[int(len(us) * 0.9)], load if n else 0.0)
+        for _ in range(rounds):
+            for label, n in configs:
+                if n == 0:
+                    topo.nft("add table inet podwire-policy\ndelete table inet podwire-policy\n")
+                else:
+                    t0 = time.monotonic()
+                    topo.nft(render_full(rulesets[n]))
+                    loads[label] = time.monotonic() - t0
+                    assert topo.check("c", "tcp", B_, 8080, timeout=0.5) == "timeout"
+                out = sh("ip", "netns", "exec", topo.ns["a"], sys.executable, "-c", BENCH, B_, "7070", str(connects))
+                us = sorted(json.loads(out)[100:])  # the first ones warm caches
+                assert len(us) == connects - 100  # every one refused by b itself, none dropped
+                medians[label].append(statistics.median(us))
+                p90s[label].append(us[int(len(us) * 0.9)])
     finally:
         topo.nft("add table inet podwire-policy\ndelete table inet podwire-policy\n")
-    print("\npolicy first-connection cost (connect() a->b, µs): set size: median p90 [full sync s]")
-    for label, (med, p90, load) in figures.items():
-        print(f"  {label:>10}: {med:7.1f} {p90:7.1f}  [{load:.2f}]")
-    assert len(figures) == 5
+    print("\npolicy first-connection cost, connect() a->b:7070 (RST) in µs: best median, best p90, every round's median"
+          " [full sync of the table, s]")
+    for label, _ in configs:
+        print(f"  {label:>6}: {min(medians[label]):6.1f} {min(p90s[label]):6.1f}  "
+              f"{' '.join(f'{m:.1f}' for m in medians[label])}  [{loads.get(label, 0.0):.2f}]")
+    assert all(len(m) == rounds for m in medians.values())
 
 
 def test_denies_are_logged_at_a_bounded_rate(topo):
