@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+import weakref
 from typing import Any
 
 from policy.model import (
@@ -29,7 +30,15 @@ from policy.model import (
     Rule,
     default_policy_types,
 )
-from policy.selector import LabelSelector, SelectorError, intern_labels, is_label_key, is_label_value, parse_selector
+from policy.selector import (
+    LabelSelector,
+    SelectorError,
+    intern_labels,
+    is_interned,
+    is_label_key,
+    is_label_value,
+    parse_selector,
+)
 from proxy.from_api import (  # noqa: F401  (Skip, convert_all: re-exported for callers)
     Invalid,
     Skip,
@@ -55,6 +64,8 @@ def to_plain(obj: Any, depth: int = 0) -> Any:
     scalars pass through. Datetimes and other leaves are kept as they are."""
     if depth > _MAX_DEPTH:
         raise ValueError("nested too deeply")
+    if depth == 0 and isinstance(obj, dict):
+        return obj  # the informers' JSON: nothing to convert (and no per-object copy)
     amap = getattr(type(obj), "attribute_map", None)
     if isinstance(amap, dict) and hasattr(type(obj), "openapi_types"):
         out = {}
@@ -83,9 +94,10 @@ def _metadata(obj: Any, kind: str, namespaced: bool) -> tuple[str, str, dict, st
         raise Invalid(kind, f"{ns!r}/{name!r}"[:200], "bad metadata.namespace")
     key = f"{ns}/{name}" if namespaced else str(name)
     labels = _map(meta.get("labels"), kind, key, "metadata.labels")
-    for k, v in labels.items():
-        if not is_label_key(k) or not is_label_value(v):
-            raise Invalid(kind, key, f"bad label {k!r}={v!r}"[:200])
+    if not is_interned(labels):  # a label set already shared was checked when it was first seen
+        for k, v in labels.items():
+            if not is_label_key(k) or not is_label_value(v):
+                raise Invalid(kind, key, f"bad label {k!r}={v!r}"[:200])
     uid = meta.get("uid") or ""
     if not isinstance(uid, str) or not re.fullmatch(r"[A-Za-z0-9-]{0,64}", uid):
         raise Invalid(kind, key, f"bad metadata.uid {uid!r}"[:200])
@@ -101,7 +113,8 @@ def _text(value: Any, kind: str, key: str, what: str) -> str:
     return value
 
 
-_NAMED_PORTS: dict[tuple[NamedPort, ...], NamedPorts] = {}
+# Shared while some pod holds them (pods of one template have one table).
+_NAMED_PORTS: "weakref.WeakValueDictionary[tuple[NamedPort, ...], NamedPorts]" = weakref.WeakValueDictionary()
 
 
 def _named_ports(spec: dict, kind: str, key: str) -> NamedPorts:
@@ -125,7 +138,10 @@ def _named_ports(spec: dict, kind: str, key: str) -> NamedPorts:
     if not found:
         return NO_NAMED_PORTS
     table = tuple(found[k] for k in sorted(found))
-    return _NAMED_PORTS.setdefault(table, NamedPorts(table))
+    shared = _NAMED_PORTS.get(table)
+    if shared is None:
+        shared = _NAMED_PORTS[table] = NamedPorts(table)
+    return shared
 
 
 def _is_svc_name(value: Any) -> bool:

@@ -36,7 +36,7 @@ class NamedPort:
     port: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class NamedPorts:
     """A pod's named container ports (containers and restartable init containers), shared by
     every pod with the same table."""

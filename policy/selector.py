@@ -77,6 +77,14 @@ def intern_labels(items: Mapping[str, str]) -> Labels:
     return found
 
 
+def is_interned(items: Mapping) -> bool:
+    """These pairs are a label set already interned (so already validated); False for unhashable values."""
+    try:
+        return frozenset(items.items()) in _INTERNED
+    except TypeError:
+        return False
+
+
 EMPTY_LABELS = intern_labels({})
 
 
@@ -129,6 +137,9 @@ def parse_selector(obj: object) -> LabelSelector:
     """metav1.LabelSelector as a plain dict -> LabelSelector; SelectorError when invalid."""
     if not isinstance(obj, dict):
         raise SelectorError(f"not an object: {type(obj).__name__}")
+    unknown = set(obj) - {"matchLabels", "matchExpressions"}
+    if unknown:  # a typo such as matchLabel would otherwise select everything
+        raise SelectorError(f"unknown field {sorted(map(str, unknown))[0]!r}"[:200])
     reqs: set[Requirement] = set()
     match_labels = obj.get("matchLabels")
     if match_labels is not None:
@@ -150,6 +161,8 @@ def parse_selector(obj: object) -> LabelSelector:
 def _requirement(e: object) -> Requirement:
     if not isinstance(e, dict):
         raise SelectorError("matchExpressions: entry not an object")
+    if set(e) - {"key", "operator", "values"}:
+        raise SelectorError("matchExpressions: unknown field")
     key, op, values = e.get("key"), e.get("operator"), e.get("values")
     if not is_label_key(key):
         raise SelectorError(f"matchExpressions: bad key {key!r}"[:200])

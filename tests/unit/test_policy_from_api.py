@@ -13,9 +13,9 @@ from policy.model import EGRESS, INGRESS, IPBlock, Peer, Port, Rule
 from policy.selector import EVERYTHING, LabelSelector, Requirement
 
 INJECTION = "::1 . tcp . 1 : accept }\nadd table ip pwned"
-HOSTILE = (INJECTION, "fd00::1%" + INJECTION, "fd00::1%eth0", "fd00::%eth0/64", "10.0.0.0/8 }\nadd table ip pwned",
-           "a\nb", "a;b", "a{b", "a b", "x" * 300, "ünïcödé", "１０.0.0.1", "", 5, -1, 1.5, True, None, [], {},
-           ["a"], {"a": 1})
+HOSTILE: tuple = (INJECTION, "fd00::1%" + INJECTION, "fd00::1%eth0", "fd00::%eth0/64",
+                  "10.0.0.0/8 }\nadd table ip pwned", "a\nb", "a;b", "a{b", "a b", "x" * 300, "ünïcödé",
+                  "１０.0.0.1", "", 5, -1, 1.5, True, None, [], {}, ["a"], {"a": 1})
 
 
 def pod(name="a", ns="x", labels=None, ips=("10.0.0.1",), **spec):
@@ -170,6 +170,9 @@ BAD_POLICY_SPECS = {
     "label key prefix bad": {"podSelector": {"matchLabels": {"Example.com/a": "b"}}},
     "matchLabels a list": {"podSelector": {"matchLabels": ["a"]}},
     "selector a string": {"podSelector": "app=web"},
+    "selector field typo": {"ingress": [{"from": [{"podSelector": {"matchLabel": {"pod": "b"}}}]}]},
+    "selector expression extra field": {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Exists",
+                                                                             "value": "b"}]}},
     "endPort < port": {"ingress": [{"ports": [{"port": 90, "endPort": 80}]}]},
     "endPort with a named port": {"ingress": [{"ports": [{"port": "http", "endPort": 80}]}]},
     "endPort without a port": {"ingress": [{"ports": [{"endPort": 80}]}]},
@@ -254,6 +257,11 @@ def test_deeply_nested_input_is_invalid_not_recursion():
         cur = cur["x"]
     with pytest.raises(Invalid):
         policy_from_api(netpol({"podSelector": deep}))
+    nested: list = []
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(Invalid):
+        policy_from_api(nested)  # walked by to_plain (model objects): bounded depth, no RecursionError
 
 
 def _leaves(obj, path=()):
