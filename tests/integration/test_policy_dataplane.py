@@ -95,6 +95,45 @@ print(json.dumps(out))
 """
 
 
+# An nflog listener (NETLINK_NETFILTER, NFULNL bind to one group): prefix, source and destination of
+# every logged packet, for `seconds`. What the daemon's decoder will do, in 40 lines.
+NFLOG = r"""
+import json, socket, struct, sys, time
+group, seconds = int(sys.argv[1]), float(sys.argv[2])
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+s.bind((0, 0))
+def cfg(cmd):
+    attr = struct.pack("=HHB3x", 5, 1, cmd)  # NFULA_CFG_CMD
+    body = struct.pack("=BBH", 0, 0, socket.htons(group)) + attr
+    hdr = struct.pack("=IHHII", 16 + len(body), (4 << 8) | 1, 1 | 4, 1, 0)  # ULOG CONFIG, REQUEST|ACK
+    s.send(hdr + body)
+    s.recv(4096)
+cfg(1)  # BIND
+print("ready", flush=True)
+s.settimeout(0.2)
+end, seen = time.monotonic() + seconds, []
+while time.monotonic() < end:
+    try:
+        data = s.recv(65536)
+    except socket.timeout:
+        continue
+    off = 0
+    while off + 16 <= len(data):
+        ln, typ = struct.unpack_from("=IH", data, off)
+        if typ == (4 << 8) | 0:  # NFULNL_MSG_PACKET
+            a, attrs = off + 20, {}
+            while a + 4 <= off + ln:
+                al, at = struct.unpack_from("=HH", data, a)
+                attrs[at & 0x7fff] = data[a + 4:a + al]
+                a += (al + 3) & ~3
+            payload = attrs.get(9, b"")
+            ips = [socket.inet_ntoa(payload[12:16]), socket.inet_ntoa(payload[16:20])] if len(payload) >= 20 else []
+            seen.append([attrs.get(10, b"").rstrip(b"\0").decode(), *ips])
+        off += (ln + 3) & ~3
+print(json.dumps(seen))
+"""
+
+
 def sh(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
@@ -354,16 +393,27 @@ def test_first_connection_cost_is_flat_in_set_size(topo):
 
 def test_denies_are_logged_at_a_bounded_rate(topo):
     """A pod flooding denied packets: every one is dropped and counted, at most rate x seconds + burst
-    of them reach nflog (the counter after `limit` counts what was logged)."""
+    of them reach nflog (the counter after `limit` counts what was logged), and a listener on the
+    group receives exactly those, with prefix and both addresses."""
     topo.nft(render_full(base()))  # rules re-added: counters and the limit's budget start afresh
     flood = ("import socket,time; s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); t=time.monotonic()\n"
              "for i in range(20000): s.sendto(b'x', ('10.0.1.3', 9090))\nprint(time.monotonic()-t)")
-    t0 = time.monotonic()
-    sh("ip", "netns", "exec", topo.ns["c"], sys.executable, "-c", flood)
-    seconds = time.monotonic() - t0
+    listener = subprocess.Popen(["ip", "netns", "exec", topo.ns["n1"], sys.executable, "-c", NFLOG, "1", "2"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "ready"
+        t0 = time.monotonic()
+        sh("ip", "netns", "exec", topo.ns["c"], sys.executable, "-c", flood)
+        seconds = time.monotonic() - t0
+        seen = json.loads(listener.communicate(timeout=10)[0])
+    finally:
+        listener.kill()
+        listener.wait()
     text = sh("ip", "netns", "exec", topo.ns["n1"], "nft", "list", "chain", "inet", "podwire-policy", "ingress-deny")
     logged, dropped = (int(x) for x in re.findall(r"counter packets (\d+)", text))
-    print(f"\nflood of 20000 denied packets in {seconds:.2f} s: {dropped} dropped, {logged} logged")
+    print(f"\nflood of 20000 denied packets in {seconds:.2f} s: {dropped} dropped, {logged} logged, "
+          f"{len(seen)} nflog messages received")
     assert dropped >= 20000
     assert 1 <= logged <= 20 + 10 * (seconds + 1)
+    assert len(seen) == logged and all(m == ["pw-deny-in", "10.0.1.4", "10.0.1.3"] for m in seen)
     assert topo.check("a", "tcp", B_, 8080) == "ok:b"
