@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Union
+from types import MappingProxyType
+from typing import Mapping, Union
 
 from policy.selector import EMPTY_LABELS, Labels, LabelSelector, intern_labels
 
@@ -105,6 +106,19 @@ class IPBlock:
             return False
         return not any(ip in e for e in self.excepts)
 
+    def nets(self) -> tuple[IPNetwork, ...]:
+        """`cidr` minus the excepts as disjoint CIDRs, sorted (what a set of prefixes can hold)."""
+        out: list[IPNetwork] = [self.cidr]
+        for hole in ipaddress.collapse_addresses(self.excepts):  # type: ignore[type-var]
+            nxt: list[IPNetwork] = []
+            for net in out:
+                if hole.subnet_of(net):  # type: ignore[arg-type]
+                    nxt.extend(net.address_exclude(hole))  # type: ignore[arg-type]
+                elif not net.subnet_of(hole):  # type: ignore[arg-type]
+                    nxt.append(net)
+            out = nxt
+        return tuple(sorted(out))
+
     def __str__(self) -> str:
         return str(self.cidr) + (f" except {', '.join(map(str, self.excepts))}" if self.excepts else "")
 
@@ -185,16 +199,24 @@ class Cluster:
     smaller (namespace, name) wins, so the answer does not depend on input order.
     """
 
-    __slots__ = ("pods", "namespaces", "policies", "pods_by_ip", "policies_by_namespace", "ip_conflicts")
+    __slots__ = ("pods", "namespaces", "policies", "pods_by_ip", "policies_by_namespace", "pods_by_namespace",
+                 "ip_conflicts")
 
     def __init__(self, pods: tuple[Pod, ...], namespaces: dict[str, Namespace], policies: tuple[NetworkPolicy, ...],
                  pods_by_ip: dict[IPAddress, Pod], policies_by_namespace: dict[str, tuple[NetworkPolicy, ...]],
                  ip_conflicts: tuple[IPAddress, ...]):
-        self.pods = pods
-        self.namespaces = namespaces
-        self.policies = policies
-        self.pods_by_ip = pods_by_ip
-        self.policies_by_namespace = policies_by_namespace
+        self.pods = pods  # sorted by (namespace, name)
+        self.namespaces: Mapping[str, Namespace] = MappingProxyType(namespaces)
+        self.policies = policies  # sorted by (namespace, name)
+        self.pods_by_ip: Mapping[IPAddress, Pod] = MappingProxyType(pods_by_ip)
+        self.policies_by_namespace: Mapping[str, tuple[NetworkPolicy, ...]] = MappingProxyType(policies_by_namespace)
+        by_ns: dict[str, list[Pod]] = {}
+        for pod in pods:
+            if pod.policed:
+                by_ns.setdefault(pod.namespace, []).append(pod)
+        # policed pods only (the ones selectors can select), sorted by name
+        self.pods_by_namespace: Mapping[str, tuple[Pod, ...]] = MappingProxyType(
+            {ns: tuple(v) for ns, v in by_ns.items()})
         self.ip_conflicts = ip_conflicts
 
     @classmethod
@@ -232,6 +254,10 @@ class Cluster:
         if ns is not None:
             return ns.labels
         return intern_labels({NAMESPACE_NAME_LABEL: name})
+
+    def pods_in(self, namespace: str) -> tuple[Pod, ...]:
+        """The policed pods of a namespace (not hostNetwork, not terminal)."""
+        return self.pods_by_namespace.get(namespace, ())
 
     def policies_in(self, namespace: str) -> tuple[NetworkPolicy, ...]:
         return self.policies_by_namespace.get(namespace, ())

@@ -57,11 +57,19 @@ def _party(cluster: Cluster, end: Endpoint, family: int | None) -> _Party:
     return _Party(cluster.pod_at(end), end)
 
 
-def _peer_matches(cluster: Cluster, policy: NetworkPolicy, peer: Peer, other: _Party) -> bool:
-    if peer.ip_block is not None:
-        return other.ip is not None and peer.ip_block.contains(other.ip)
-    pod = other.pod
-    if pod is None:
+def selects(policy: NetworkPolicy, pod: Pod) -> bool:
+    """The policy applies to this pod (its namespace, its podSelector; never a hostNetwork or terminal pod)."""
+    return pod.policed and pod.namespace == policy.namespace and policy.pod_selector.matches(pod.labels)
+
+
+def selected_pods(cluster: Cluster, policy: NetworkPolicy) -> tuple[Pod, ...]:
+    """The pods the policy applies to (for either of its policy types)."""
+    return tuple(p for p in cluster.pods_in(policy.namespace) if policy.pod_selector.matches(p.labels))
+
+
+def peer_selects(cluster: Cluster, policy: NetworkPolicy, peer: Peer, pod: Pod) -> bool:
+    """A selector peer matches this pod (an ipBlock peer matches addresses, never a pod as such)."""
+    if peer.ip_block is not None or not pod.policed:
         return False
     if peer.namespace_selector is None:
         if pod.namespace != policy.namespace:
@@ -71,16 +79,43 @@ def _peer_matches(cluster: Cluster, policy: NetworkPolicy, peer: Peer, other: _P
     return peer.pod_selector is None or peer.pod_selector.matches(pod.labels)
 
 
-def _port_matches(rule_port: Port, dst: _Party, port: int, proto: str) -> bool:
-    if rule_port.protocol != proto:
-        return False
+def peer_pods(cluster: Cluster, policy: NetworkPolicy, peer: Peer) -> tuple[Pod, ...]:
+    """Every pod a selector peer matches, through the namespace index (() for an ipBlock peer)."""
+    if peer.ip_block is not None:
+        return ()
+    if peer.namespace_selector is None:
+        spaces: list[str] = [policy.namespace]
+    else:
+        sel = peer.namespace_selector
+        spaces = [ns for ns in sorted(cluster.pods_by_namespace) if sel.matches(cluster.namespace_labels(ns))]
+    out: list[Pod] = []
+    for ns in spaces:
+        pods = cluster.pods_in(ns)
+        out.extend(pods if peer.pod_selector is None else (p for p in pods if peer.pod_selector.matches(p.labels)))
+    return tuple(out)
+
+
+def port_range(rule_port: Port, dst: Pod | None) -> tuple[str, int, int] | None:
+    """(protocol, first, last) that a rule's port admits towards `dst` (the destination pod, None when the
+    destination is no pod); None when it admits nothing there (a named port the pod does not have, or a
+    named port towards an address that is no pod)."""
     if rule_port.port is None:
-        return True
-    if isinstance(rule_port.port, str):  # resolved on the destination pod only
-        return dst.pod is not None and dst.pod.named_ports.lookup(rule_port.port, proto) == port
-    if rule_port.end_port is not None:
-        return rule_port.port <= port <= rule_port.end_port
-    return rule_port.port == port
+        return (rule_port.protocol, 1, 65535)
+    if isinstance(rule_port.port, str):
+        number = dst.named_ports.lookup(rule_port.port, rule_port.protocol) if dst is not None else None
+        return None if number is None else (rule_port.protocol, number, number)
+    return (rule_port.protocol, rule_port.port, rule_port.end_port or rule_port.port)
+
+
+def _peer_matches(cluster: Cluster, policy: NetworkPolicy, peer: Peer, other: _Party) -> bool:
+    if peer.ip_block is not None:
+        return other.ip is not None and peer.ip_block.contains(other.ip)
+    return other.pod is not None and peer_selects(cluster, policy, peer, other.pod)
+
+
+def _port_matches(rule_port: Port, dst: _Party, port: int, proto: str) -> bool:
+    r = port_range(rule_port, dst.pod)
+    return r is not None and r[0] == proto and r[1] <= port <= r[2]
 
 
 def rule_allows(cluster: Cluster, policy: NetworkPolicy, rule: Rule, other: _Party, dst: _Party,
@@ -93,10 +128,7 @@ def rule_allows(cluster: Cluster, policy: NetworkPolicy, rule: Rule, other: _Par
 
 def isolating(cluster: Cluster, pod: Pod, direction: str) -> tuple[NetworkPolicy, ...]:
     """The policies that select `pod` for `direction` (non-empty: the pod is isolated)."""
-    if not pod.policed:
-        return ()
-    return tuple(p for p in cluster.policies_in(pod.namespace)
-                 if direction in p.policy_types and p.pod_selector.matches(pod.labels))
+    return tuple(p for p in cluster.policies_in(pod.namespace) if direction in p.policy_types and selects(p, pod))
 
 
 @dataclass(frozen=True, slots=True)

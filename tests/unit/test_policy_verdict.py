@@ -17,8 +17,17 @@ from dataclasses import dataclass, field
 import pytest
 
 from policy.from_api import namespace_from_api, pod_from_api, policy_from_api
-from policy.model import Cluster, Pod
-from policy.verdict import Verdict, isolating, verdict
+from policy.model import Cluster, IPBlock, Pod, Port
+from policy.verdict import (
+    Verdict,
+    isolating,
+    peer_pods,
+    peer_selects,
+    port_range,
+    selected_pods,
+    selects,
+    verdict,
+)
 
 NS_KEY = "kubernetes.io/metadata.name"
 NS_INDEX = {"x": 1, "y": 2, "z": 3}
@@ -607,3 +616,43 @@ def test_speed_of_a_full_table():
     _table(c, ALL_PODS, 80, "TCP")
     assert time.perf_counter() - t < 0.5
 
+
+
+# --- part 3: the set-shaped helpers a compiler uses agree with the predicates verdict() uses ----------------------
+
+@pytest.mark.parametrize("case", UPSTREAM[::3], ids=[c.name for c in UPSTREAM[::3]])
+def test_selected_and_peer_pods_agree_with_the_predicates(case: Case):
+    h = agnhost_pod("x", "h", labels={"pod": "a"}, ips=("192.168.0.10",), hostNetwork=True)
+    c = cluster(ALL_PODS, case.policies, case.ns_labels, case.pod_labels, extra_pods=[h])
+    for pol in c.policies:
+        assert selected_pods(c, pol) == tuple(p for p in c.pods if selects(pol, p))
+        for rule in pol.ingress + pol.egress:
+            for peer in rule.peers:
+                assert peer_pods(c, pol, peer) == tuple(p for p in c.pods if peer_selects(c, pol, peer, p))
+                assert h not in peer_pods(c, pol, peer)
+
+
+@pytest.mark.parametrize("cidr,excepts", [
+    ("10.0.0.0/24", ["10.0.0.7/32", "10.0.0.64/26", "10.0.0.64/27", "10.0.0.200/30"]),  # nested and separate holes
+    ("10.0.0.0/24", []),
+    ("10.0.0.0/24", ["10.0.0.0/25", "10.0.0.128/25"]),  # nothing left
+    ("fd00::/120", ["fd00::80/121", "fd00::3/128"]),
+])
+def test_ipblock_nets_are_the_block_minus_the_holes(cidr, excepts):
+    block = IPBlock(ipaddress.ip_network(cidr), tuple(ipaddress.ip_network(e) for e in excepts))
+    nets = block.nets()
+    covered = [a for n in nets for a in n]
+    assert len(covered) == len(set(covered))  # disjoint
+    assert set(covered) == {a for a in block.cidr if block.contains(a)}
+    assert list(nets) == sorted(nets)
+
+
+def test_port_range_resolves_names_on_the_destination():
+    b = agnhost_pod("y", "b", ports={"http": 8080})
+    assert port_range(Port("TCP", "http"), b) == ("TCP", 8080, 8080)
+    assert port_range(Port("UDP", "http"), b) is None  # the name is TCP on that pod
+    assert port_range(Port("TCP", "http"), None) is None  # an address that is no pod
+    assert port_range(Port("TCP", "nope"), b) is None
+    assert port_range(Port("SCTP", 80, 90), None) == ("SCTP", 80, 90)
+    assert port_range(Port("UDP", 53), None) == ("UDP", 53, 53)
+    assert port_range(Port("TCP"), None) == ("TCP", 1, 65535)
