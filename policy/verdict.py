@@ -175,7 +175,8 @@ def verdict(cluster: Cluster, src: Endpoint, dst: Endpoint, port: int, proto: st
     egress = _side(cluster, EGRESS, s, d, d, port, proto)
     ingress = _side(cluster, INGRESS, d, s, d, port, proto)
     if egress.allowed and ingress.allowed:
-        return Verdict(True, f"{egress.because}; {ingress.because}", egress.policies + ingress.policies)
+        return Verdict(True, f"{egress.because}; {ingress.because}",
+                       tuple(dict.fromkeys(egress.policies + ingress.policies)))
     denied = [side for side in (egress, ingress) if not side.allowed]
     return Verdict(False, "; ".join(side.because for side in denied),
-                   tuple(k for side in denied for k in side.policies))
+                   tuple(dict.fromkeys(k for side in denied for k in side.policies)))

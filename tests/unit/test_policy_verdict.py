@@ -408,6 +408,15 @@ def test_because_names_the_isolating_policies_and_the_allowing_rule():
     assert "egress from 192.0.2.9: not a pod" in V(c, ip("192.0.2.9"), "y/a").because
 
 
+def test_both_sides_denied_names_both_once():
+    c = cluster(ALL_PODS, [np("x", "deny-all", ALL, ingress=[], egress=[], types=["Ingress", "Egress"])])
+    v = V(c, "x/a", "x/b", 81, "UDP")
+    assert not v.allowed and v.policies == (("x", "deny-all"),)
+    assert v.because == ("egress from x/a denied: namespace x pod a is isolated for egress by policies [x/deny-all]; "
+                         "none allows x/b on UDP/81; ingress to x/b denied: namespace x pod b is isolated for ingress "
+                         "by policies [x/deny-all]; none allows x/a on UDP/81")
+
+
 def test_egress_deny_all_with_dns_allowed():
     dns = agnhost_pod("kube-system", "a", labels={"k8s-app": "kube-dns"}, ips=("10.9.0.10",))
     c = cluster(ALL_PODS, [np("x", "default-deny-egress", ALL, egress=[{
