@@ -46,6 +46,12 @@ class Labels(Mapping[str, str]):
     def __getitem__(self, key: str) -> str:
         return self._d[key]
 
+    def get(self, key, default=None):  # the dict's own (Mapping.get goes through a KeyError)
+        return self._d.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._d
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._d)
 
