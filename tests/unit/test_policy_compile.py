@@ -141,6 +141,16 @@ def test_egress_named_port_resolves_on_each_peer_pod():
     assert len(compile_node(cluster(PODS, [p]), "n1").egress) == 2
 
 
+def test_egress_named_port_through_ip_block_edges():
+    pods = [pod("x", f"d{i}", "n2", f"10.0.3.{i}", ports=[("db", "TCP", 1000 + i)]) for i in (7, 8, 15, 16)]
+    src = pod("x", "s", "n1", "10.0.1.1")
+    p = pol("x", "edge", types=(EGRESS,), egress=[
+        Rule(peers=(Peer(ip_block=IPBlock(N("10.0.3.8/29"))),), ports=(Port("TCP", "db"),))])
+    rs = compile_node(cluster([src, *pods], [p]), "n1")
+    assert rs.egress == {Allow(A("10.0.1.1"), N("10.0.3.8/32"), "tcp", 1008, 1008),
+                         Allow(A("10.0.1.1"), N("10.0.3.15/32"), "tcp", 1015, 1015)}
+
+
 def test_dual_stack_pairs_families():
     d1 = pod("x", "d1", "n1", "10.0.1.9", "fd00::9", labels={"app": "web"})
     d2 = pod("x", "d2", "n2", "fd00::10", "10.0.2.10", labels={"app": "db"})
@@ -192,9 +202,10 @@ NS_LABELS = {"team": ("red", "blue"), "env": ("prod", "dev")}
 PORT_NAMES = ("http", "dns", "metrics")
 PORT_NUMBERS = (53, 80, 81, 8080)
 PROTOS = ("TCP", "UDP", "SCTP")
+WEIGHTED_PROTOS = ("TCP", "TCP", "TCP", "UDP", "SCTP")  # more TCP: more named ports meet a rule and a flow
 OUTSIDE = ("10.0.0.200", "172.16.0.5", "8.8.8.8", "fd00::c8", "2001:db8::1")
 BLOCKS = ("10.0.0.0/24", "10.0.0.0/28", "0.0.0.0/0", "172.16.0.0/16", "fd00::/64", "::/0", "10.0.0.8/29")
-SAMPLE_PORTS = (53, 80, 81, 82, 1500, 8080)
+SAMPLE_PORTS = {"TCP": (53, 80, 81, 82, 1500, 8080), "UDP": (53, 80, 8080), "SCTP": (80, 1001)}
 
 
 def _labels(rng: random.Random, vocab: dict) -> dict:
@@ -232,7 +243,7 @@ def _peer(rng: random.Random) -> Peer:
 
 
 def _port(rng: random.Random) -> Port:
-    proto = rng.choice(PROTOS)
+    proto = rng.choice(WEIGHTED_PROTOS)
     kind = rng.choice(("number", "number", "range", "name", "name", "all"))
     if kind == "number":
         return Port(proto, rng.choice(PORT_NUMBERS))
@@ -257,16 +268,18 @@ def random_cluster(seed: int, n_pods: int = 12, n_policies: int = 8) -> tuple[Cl
     for i in range(1, n_pods + 1):
         family = rng.choice(("4", "4", "46", "64", "6"))
         ips = tuple({"4": f"10.0.0.{i}", "6": f"fd00::{i:x}"}[f] for f in family)
+        if i > 1 and rng.random() < 0.1:  # an address reused before the old pod's deletion was seen
+            ips = (f"10.0.0.{rng.randrange(1, i)}",)
         host = rng.random() < 0.1
         if host:
             ips = (f"192.168.0.{i}",)
         ports = []
         for _ in range(rng.randint(0, 3)):
-            ports.append((rng.choice(PORT_NAMES), rng.choice(PROTOS), rng.choice(PORT_NUMBERS)))
+            ports.append((rng.choice(PORT_NAMES), rng.choice(WEIGHTED_PROTOS), rng.choice(PORT_NUMBERS)))
         phase = "Failed" if rng.random() < 0.05 else "Running"
         pods.append(pod(rng.choice(NAMES), f"p{i}", rng.choice(("n1", "n2")), *ips, labels=_labels(rng, LABEL_VALUES),
                         ports=ports, host=host, phase=phase))
-        addresses.extend(A(a) for a in ips)
+        addresses.extend(A(a) for a in ips if A(a) not in addresses)
     policies = []
     for j in range(n_policies):
         types = rng.choice(((INGRESS,), (EGRESS,), (INGRESS, EGRESS)))
@@ -284,6 +297,9 @@ SEEDS = range(30)
 def test_compiled_rulesets_agree_with_verdict(seed):
     c, addresses = random_cluster(seed)
     rulesets = {node: compile_node(c, node) for node in ("n1", "n2")}
+    for node, rs in rulesets.items():  # subjects are this node's pods, at the addresses they own
+        local = {ip for p in c.pods if p.node == node for ip in p.ips if c.pod_at(ip) is p}
+        assert rs.isolated_ingress | rs.isolated_egress <= local
     checks = {node: FlowCheck(rs) for node, rs in rulesets.items()}
     nobody = FlowCheck(Ruleset())
 
@@ -296,8 +312,8 @@ def test_compiled_rulesets_agree_with_verdict(seed):
                               n1.ingress | n2.ingress, n1.egress | n2.egress))
     rng = random.Random(seed)
     flows = [(s, d, proto, port) for s in addresses for d in addresses if s.version == d.version
-             for proto in PROTOS for port in SAMPLE_PORTS]
-    flows = rng.sample(flows, min(len(flows), 700))
+             for proto in PROTOS for port in SAMPLE_PORTS[proto]]
+    flows = rng.sample(flows, min(len(flows), 800))
     for s, d, proto, port in flows:
         expected = verdict(c, s, d, port, proto)
         got = (node_check(s).passes("egress", s, d, proto.lower(), port)
