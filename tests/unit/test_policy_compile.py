@@ -194,6 +194,24 @@ def test_address_conflict_belongs_to_the_winning_pod():
     assert verdict(c, A("1.1.1.1"), A("10.0.1.1"), 80).allowed
 
 
+def test_compile_is_deterministic_and_order_free():
+    policies = [pol("x", "p", ingress=[Rule((Peer(namespace_selector=EVERYTHING),), (Port("TCP", "http"),))]),
+                pol("y", "q", types=(EGRESS,), egress=[Rule(ports=(Port("TCP", "db"),))])]
+    one = cluster(PODS, policies)
+    other = Cluster.build(reversed(PODS), [ns(n, team=n) for n in ("y", "x")], reversed(policies))
+    for node in ("n1", "n2"):
+        assert compile_node(one, node) == compile_node(one, node) == compile_node(other, node)
+
+
+@pytest.mark.xfail(strict=False, reason="policy.verdict: the Kubernetes docs say 'a pod cannot block access to "
+                   "itself'; verdict denies a pod's flow to its own address when it is isolated (a hairpin through "
+                   "a Service to itself crosses forward in podwire, so the compiler would then add Allow(ip, ip/32) "
+                   "per isolated direction). The e2e suite ignores loopback, so conformance does not show it.")
+def test_a_pod_cannot_block_access_to_itself():
+    c = cluster(PODS, [pol("x", "deny", types=(INGRESS, EGRESS))])
+    assert verdict(c, ip(X_A), ip(X_A), 80).allowed
+
+
 # ---- the property test ---------------------------------------------------------------------
 
 NAMES = ("x", "y", "z")
