@@ -9,6 +9,10 @@ agrees with `verdict`.
 An address belongs to the pod that owns it in `Cluster.pods_by_ip` (the dataplane sees addresses
 only): a pod that lost an address conflict is neither subject nor peer at that address.
 
+A pod may always reach itself (see policy.verdict): every isolated pod gets, in each direction it
+is isolated in, Allow(ip, ip/32 or /128, every protocol) for each address it owns — and, should it
+own several of one family, for each pair of them — so a hairpin through a Service to itself passes.
+
 Named ports resolve on the destination: for ingress the selected local pod; for egress each
 destination pod separately — also when the rule's peer is an ipBlock or absent, since a flow to an
 address that is a pod's is a flow to that pod (verdict does the same). A named port towards an
@@ -56,6 +60,13 @@ class _Compiler:
             at = self.cluster.pod_at
             found = self._owned[pod.key] = tuple(ip for ip in pod.ips if at(ip) is pod or at(ip) == pod)
         return found
+
+    def self_allows(self, ips: tuple[IPAddress, ...]) -> Iterable[Allow]:
+        """A pod may always reach itself: each owned address with each owned address of its family."""
+        for ip in ips:
+            for other in ips:
+                if other.version == ip.version:
+                    yield Allow(ip, self.host(other))
 
     def peer_pods(self, policy: NetworkPolicy, peer: Peer) -> tuple[Pod, ...]:
         key = (policy.namespace if peer.namespace_selector is None else None, peer)
@@ -198,6 +209,7 @@ def compile_node(cluster: Cluster, node_name: str, log: LogConfig = LogConfig())
                     continue
                 isolated[direction].update(ips)
                 out = allows[direction]
+                out.update(c.self_allows(ips))
                 for policy in policies:
                     for index in range(len(policy.rules(direction))):
                         for ip in ips:

@@ -8,6 +8,12 @@ rule of a policy selecting it allows the destination and port) and its ingress s
 
 Endpoints are pods or addresses. An address that is a policed pod's IP *is* that pod (the
 dataplane sees only addresses); a hostNetwork or terminal pod counts as its bare address.
+
+A pod may always reach itself (the Kubernetes docs: "a pod cannot block access to itself"): when
+both ends are the same policed pod — the pod itself, or addresses that pod owns on both sides — the
+flow is allowed whatever policies select it. In podwire such a flow reaches the host only as a
+hairpin through a Service (after DNAT, src == dst), which crosses the forward hook; the compiler
+allows it with one Allow(ip, ip/32 or /128) per isolated direction.
 """
 from __future__ import annotations
 
@@ -172,6 +178,8 @@ def verdict(cluster: Cluster, src: Endpoint, dst: Endpoint, port: int, proto: st
         raise ValueError(f"port {port!r} not in 1..65535")
     family = _family(src, dst)
     s, d = _party(cluster, src, family), _party(cluster, dst, family)
+    if s.pod is not None and d.pod is not None and s.pod.key == d.pod.key:
+        return Verdict(True, f"{s.pod} -> {d.pod}: a pod may always reach itself, whatever policies select it", ())
     egress = _side(cluster, EGRESS, s, d, d, port, proto)
     ingress = _side(cluster, INGRESS, d, s, d, port, proto)
     if egress.allowed and ingress.allowed:

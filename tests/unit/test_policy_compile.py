@@ -72,9 +72,14 @@ def ip(p: Pod, v: int = 4):
     return p.ip_of(v)
 
 
+def itself(*addresses) -> frozenset[Allow]:
+    """The allows every isolated pod gets per isolated direction: a pod may always reach itself."""
+    return frozenset(Allow(a, N(a)) for a in addresses)
+
+
 def test_default_deny_isolates_without_allows():
     rs = compile_node(cluster(PODS, [pol("x", "deny")]), "n1")
-    assert rs == Ruleset(isolated_ingress=frozenset({ip(X_A), ip(X_B)}))
+    assert rs == Ruleset(isolated_ingress=frozenset({ip(X_A), ip(X_B)}), ingress=itself(ip(X_A), ip(X_B)))
     assert not allows(rs, ip(Y_C), ip(X_A), "tcp", 80)
     assert allows(rs, ip(X_A), ip(Y_C), "tcp", 80)  # egress not isolated, Y_C not on n1
     assert compile_node(cluster(PODS, [pol("x", "deny")]), "n2") == Ruleset()  # no subject on n2
@@ -85,7 +90,7 @@ def test_allow_from_namespace_lists_peer_pods_only():
     p = pol("x", "from-y", sel(app="db"), ingress=[Rule(peers=(Peer(namespace_selector=sel(team="y")),))])
     rs = compile_node(cluster(PODS, [p]), "n1")
     assert rs.isolated_ingress == {ip(X_B)}
-    assert rs.ingress == {Allow(ip(X_B), N("10.0.2.3/32"))}  # every port: a rule without ports
+    assert rs.ingress == {Allow(ip(X_B), N("10.0.2.3/32"))} | itself(ip(X_B))  # every port: a rule without ports
 
 
 def test_named_port_resolves_on_each_selected_pod():
@@ -93,10 +98,11 @@ def test_named_port_resolves_on_each_selected_pod():
     rs = compile_node(cluster(PODS, [p]), "n1")
     assert rs.ingress == {Allow(ip(X_A), N("0.0.0.0/0"), "tcp", 80, 80),
                           Allow(ip(X_B), N("0.0.0.0/0"), "tcp", 8080, 8080),
-                          Allow(ip(X_B), N("0.0.0.0/0"), "tcp", 5432, 5432)}  # UDP http: nobody has it
+                          Allow(ip(X_B), N("0.0.0.0/0"), "tcp", 5432, 5432)} | itself(ip(X_A), ip(X_B))
+    # UDP http: nobody has it
     # a named port no selected pod has: isolated, no allow
     rs = compile_node(cluster(PODS, [pol("x", "none", ingress=[Rule(ports=(Port("TCP", "nope"),))])]), "n1")
-    assert rs.isolated_ingress == {ip(X_A), ip(X_B)} and rs.ingress == frozenset()
+    assert rs.isolated_ingress == {ip(X_A), ip(X_B)} and rs.ingress == itself(ip(X_A), ip(X_B))
 
 
 def test_end_port_range_and_whole_protocol():
@@ -105,7 +111,7 @@ def test_end_port_range_and_whole_protocol():
     rs = compile_node(cluster(PODS, [p]), "n1")
     assert rs.ingress == {Allow(ip(X_A), N("0.0.0.0/0"), "tcp", 1000, 2000),
                           Allow(ip(X_A), N("0.0.0.0/0"), "sctp", 1, 65535),
-                          Allow(ip(X_A), N("0.0.0.0/0"), "udp", 53, 53)}
+                          Allow(ip(X_A), N("0.0.0.0/0"), "udp", 53, 53)} | itself(ip(X_A))
     fc = FlowCheck(rs)
     assert [fc.allows(A("1.2.3.4"), ip(X_A), "TCP", port) for port in (999, 1000, 2000, 2001)] == [
         False, True, True, False]
@@ -117,7 +123,8 @@ def test_ip_block_minus_except():
                                                                       ports=(Port("UDP", 53),))])
     rs = compile_node(cluster(PODS, [p]), "n1")
     assert rs.isolated_egress == {ip(X_A)}
-    assert {a.peer for a in rs.egress} == set(block.nets()) and len(block.nets()) == 8
+    assert rs.egress - itself(ip(X_A)) == {Allow(ip(X_A), net, "udp", 53, 53) for net in block.nets()}
+    assert len(block.nets()) == 8 and itself(ip(X_A)) <= rs.egress
     fc = FlowCheck(rs)
     assert fc.allows(ip(X_A), A("10.0.4.255"), "udp", 53)
     assert not fc.allows(ip(X_A), A("10.0.5.1"), "udp", 53)
@@ -130,15 +137,15 @@ def test_egress_named_port_resolves_on_each_peer_pod():
         Rule(peers=(Peer(namespace_selector=EVERYTHING),), ports=(Port("TCP", "db"),))])
     rs = compile_node(cluster(PODS, [p]), "n1")
     assert rs.egress == {Allow(ip(X_A), N("10.0.1.2/32"), "tcp", 5432, 5432),
-                         Allow(ip(X_A), N("10.0.2.3/32"), "tcp", 3306, 3306)}  # Y_C is on n2: still a peer
+                         Allow(ip(X_A), N("10.0.2.3/32"), "tcp", 3306, 3306)} | itself(ip(X_A))  # Y_C: on n2
     # ipBlock + named port: only towards addresses that are pods declaring the name (verdict's reading)
     p = pol("x", "blk", sel(app="web"), types=(EGRESS,), egress=[
         Rule(peers=(Peer(ip_block=IPBlock(N("10.0.2.0/24"))),), ports=(Port("TCP", "db"),))])
     rs = compile_node(cluster(PODS, [p]), "n1")
-    assert rs.egress == {Allow(ip(X_A), N("10.0.2.3/32"), "tcp", 3306, 3306)}
+    assert rs.egress == {Allow(ip(X_A), N("10.0.2.3/32"), "tcp", 3306, 3306)} | itself(ip(X_A))
     # no peers + named port: every pod of the cluster declaring it
     p = pol("x", "any", sel(app="web"), types=(EGRESS,), egress=[Rule(ports=(Port("TCP", "db"),))])
-    assert len(compile_node(cluster(PODS, [p]), "n1").egress) == 2
+    assert len(compile_node(cluster(PODS, [p]), "n1").egress - itself(ip(X_A))) == 2
 
 
 def test_egress_named_port_through_ip_block_edges():
@@ -148,7 +155,7 @@ def test_egress_named_port_through_ip_block_edges():
         Rule(peers=(Peer(ip_block=IPBlock(N("10.0.3.8/29"))),), ports=(Port("TCP", "db"),))])
     rs = compile_node(cluster([src, *pods], [p]), "n1")
     assert rs.egress == {Allow(A("10.0.1.1"), N("10.0.3.8/32"), "tcp", 1008, 1008),
-                         Allow(A("10.0.1.1"), N("10.0.3.15/32"), "tcp", 1015, 1015)}
+                         Allow(A("10.0.1.1"), N("10.0.3.15/32"), "tcp", 1015, 1015)} | itself(A("10.0.1.1"))
 
 
 def test_dual_stack_pairs_families():
@@ -163,7 +170,7 @@ def test_dual_stack_pairs_families():
     assert rs.ingress == {Allow(A("10.0.1.9"), N("10.0.2.10/32")), Allow(A("fd00::9"), N("fd00::10/128")),
                           Allow(A("10.0.1.9"), N("192.168.0.0/24"), "tcp", 22, 22),
                           Allow(A("10.0.1.9"), N("0.0.0.0/0"), "udp", 53, 53),
-                          Allow(A("fd00::9"), N("::/0"), "udp", 53, 53)}
+                          Allow(A("fd00::9"), N("::/0"), "udp", 53, 53)} | itself(A("10.0.1.9"), A("fd00::9"))
 
 
 def test_host_network_terminal_and_addressless_pods_are_neither_subject_nor_peer():
@@ -181,8 +188,9 @@ def test_other_nodes_pods_are_peers_not_subjects():
     c = cluster(PODS, [p, pol("y", "q")])
     n1, n2 = compile_node(c, "n1"), compile_node(c, "n2")
     assert n1.isolated_ingress == {ip(X_A), ip(X_B)} and n2.isolated_ingress == {ip(Y_C)}
-    assert {a.peer for a in n1.ingress} == {N("10.0.1.1/32"), N("10.0.2.3/32")}
-    assert n2.ingress == frozenset()
+    assert n1.ingress == {Allow(a, N(b)) for a in (ip(X_A), ip(X_B))
+                          for b in ("10.0.1.1", "10.0.2.3")} | itself(ip(X_A), ip(X_B))
+    assert n2.ingress == itself(ip(Y_C))
 
 
 def test_address_conflict_belongs_to_the_winning_pod():
@@ -203,13 +211,39 @@ def test_compile_is_deterministic_and_order_free():
         assert compile_node(one, node) == compile_node(one, node) == compile_node(other, node)
 
 
-@pytest.mark.xfail(strict=False, reason="policy.verdict: the Kubernetes docs say 'a pod cannot block access to "
-                   "itself'; verdict denies a pod's flow to its own address when it is isolated (a hairpin through "
-                   "a Service to itself crosses forward in podwire, so the compiler would then add Allow(ip, ip/32) "
-                   "per isolated direction). The e2e suite ignores loopback, so conformance does not show it.")
 def test_a_pod_cannot_block_access_to_itself():
-    c = cluster(PODS, [pol("x", "deny", types=(INGRESS, EGRESS))])
-    assert verdict(c, ip(X_A), ip(X_A), 80).allowed
+    """Every isolated pod gets Allow(ip, ip/32 or /128, every protocol) per isolated direction, so a hairpin
+    through a Service to itself (src == dst after DNAT, crossing forward) passes; verdict agrees."""
+    dual = pod("x", "d", "n1", "10.0.1.4", "fd00::4", labels={"app": "dual"})
+    c = cluster([*PODS, dual], [pol("x", "deny", types=(INGRESS, EGRESS)), pol("y", "in", types=(INGRESS,))])
+    n1, n2 = compile_node(c, "n1"), compile_node(c, "n2")
+    mine = itself(ip(X_A), ip(X_B), A("10.0.1.4"), A("fd00::4"))
+    assert n1 == Ruleset(isolated_ingress=frozenset({ip(X_A), ip(X_B), A("10.0.1.4"), A("fd00::4")}),
+                         isolated_egress=frozenset({ip(X_A), ip(X_B), A("10.0.1.4"), A("fd00::4")}),
+                         ingress=mine, egress=mine)
+    assert Allow(A("fd00::4"), N("fd00::4/128")) in mine  # /128 for IPv6, proto None: every protocol and port
+    assert n2 == Ruleset(isolated_ingress=frozenset({ip(Y_C)}), ingress=itself(ip(Y_C)))  # only the isolated way
+    fc1, fc2 = FlowCheck(n1), FlowCheck(n2)
+    for a, fc in ((ip(X_A), fc1), (A("10.0.1.4"), fc1), (A("fd00::4"), fc1), (ip(Y_C), fc2)):
+        for proto, port in (("tcp", 80), ("udp", 53), ("sctp", 65535)):
+            assert fc.allows(a, a, proto, port) and verdict(c, a, a, port, proto.upper()).allowed
+    assert not fc1.allows(ip(X_A), ip(X_B), "tcp", 80) and not verdict(c, ip(X_A), ip(X_B), 80).allowed
+    assert not fc2.allows(ip(X_A), ip(Y_C), "tcp", 80)  # Y_C's ingress: only itself
+    assert verdict(c, X_A, X_A, 80).because == "x/a -> x/a: a pod may always reach itself, whatever policies select it"
+
+
+def test_a_pod_owning_two_addresses_of_a_family_reaches_itself_between_them():
+    """from_api refuses two pod IPs of one family, but the model allows it; verdict says "same pod", so the
+    compiler allows each pair of the pod's own addresses of a family (the usual case is just ip -> ip)."""
+    two = pod("x", "t", "n1", "10.0.1.5", "10.0.1.6")
+    c = cluster([two, X_B], [pol("x", "deny", types=(INGRESS, EGRESS))])
+    rs = compile_node(c, "n1")
+    pairs = {Allow(A(a), N(b)) for a in ("10.0.1.5", "10.0.1.6") for b in ("10.0.1.5", "10.0.1.6")}
+    assert rs.ingress == rs.egress == pairs | itself(ip(X_B))
+    fc = FlowCheck(rs)
+    for s, d in (("10.0.1.5", "10.0.1.6"), ("10.0.1.6", "10.0.1.5"), ("10.0.1.6", "10.0.1.6")):
+        assert fc.allows(A(s), A(d), "udp", 9) and verdict(c, A(s), A(d), 9, "UDP").allowed
+    assert not fc.allows(A("10.0.1.5"), ip(X_B), "udp", 9) and not verdict(c, A("10.0.1.5"), ip(X_B), 9, "UDP").allowed
 
 
 # ---- the property test ---------------------------------------------------------------------
@@ -332,6 +366,8 @@ def test_compiled_rulesets_agree_with_verdict(seed):
     flows = [(s, d, proto, port) for s in addresses for d in addresses if s.version == d.version
              for proto in PROTOS for port in SAMPLE_PORTS[proto]]
     flows = rng.sample(flows, min(len(flows), 800))
+    # every address to itself: a pod may always reach itself (the sample above rarely draws s == d)
+    flows += [(a, a, proto, port) for a in addresses for proto in PROTOS for port in SAMPLE_PORTS[proto][:2]]
     for s, d, proto, port in flows:
         expected = verdict(c, s, d, port, proto)
         got = (node_check(s).passes("egress", s, d, proto.lower(), port)
@@ -360,11 +396,14 @@ def test_property_grammar_reaches_every_feature():
                 for port in rule.ports:
                     seen.add(type(port.port).__name__ + ("-range" if port.end_port else ""))
         rs = [compile_node(c, n) for n in ("n1", "n2")]
+        if any(r.isolated_ingress for r in rs) and any(r.isolated_egress for r in rs):
+            seen.add("isolated")  # the property test's self-flows meet isolated pods
         if any(a.proto is not None and a.first_port == a.last_port and a.first_port in (53, 80, 81, 8080)
                for r in rs for a in r.egress):
             seen.add("egress-allows")
     assert seen >= {"hostNetwork", "terminal", "ips1", "ips2", "no-peers", "peers", "no-ports", "ports", "except",
-                    "block", "pod", "ns", "podns", "int", "int-range", "str", "NoneType", "egress-allows"}
+                    "block", "pod", "ns", "podns", "int", "int-range", "str", "NoneType", "egress-allows",
+                    "isolated"}
 
 
 # ---- scale ---------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Part 1 encodes upstream e2e cases (kubernetes v1.34 test/e2e/network/netpol/netw
 pods a, b, c serving 80/81 on TCP/UDP/SCTP with agnhost's port names (serve-80-tcp ...), the same
 pods per case, the same policies (written as the API's JSON and converted by policy.from_api) and the
 same Reachability expectations (ExpectPeer / ExpectAllIngress / ExpectAllEgress / Expect), checked on
-every ordered pod pair except loopback (the e2e suite ignores it too).
+every ordered pod pair except loopback (the e2e suite ignores it; here loopback must always pass:
+a pod cannot block access to itself).
 Part 2 covers the semantics traps of shared/notes/network-policy.md that upstream does not probe.
 """
 from __future__ import annotations
@@ -358,6 +359,7 @@ def test_upstream_truth_table(case: Case):
         got = _table(c, case.pods, port, proto)
         wrong = sorted(f"{s} -> {d}: want {want.m[(s, d)]}" for s, d in got if s != d and got[(s, d)] != want.m[(s, d)])
         assert not wrong, f"{port}/{proto}: " + "; ".join(wrong)
+        assert all(got[(p, p)] for p in case.pods), f"{port}/{proto}: a pod blocked itself"
 
 
 def test_the_upstream_cases_are_all_here():
@@ -590,9 +592,45 @@ def test_notin_and_doesnotexist_match_pods_without_the_key():
     c = cluster(ALL_PODS, [np("x", "p", POD("a"), ingress=[{"from": [
         {"podSelector": {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["fe"]},
                                               {"key": "canary", "operator": "DoesNotExist"}]}}]}])],
-        pod_labels={"x/b": {"pod": "b", "tier": "fe"}, "x/c": {"pod": "c", "canary": "1"}})
-    assert V(c, "x/a", "x/a").allowed  # loopback: no tier, no canary
+        pod_labels={"x/b": {"pod": "b", "tier": "fe"}, "x/c": {"pod": "c", "canary": "1"}},
+        extra_pods=[agnhost_pod("x", "d", ips=("10.1.0.4",))])
+    assert V(c, "x/d", "x/a").allowed  # no tier, no canary
+    assert V(c, "x/d", "x/a").policies == (("x", "p"),)
     assert not V(c, "x/b", "x/a").allowed and not V(c, "x/c", "x/a").allowed
+
+
+SELF = "a pod may always reach itself"
+
+
+def test_a_pod_may_always_reach_itself():
+    """The Kubernetes docs: a pod cannot block access to itself (in podwire: a hairpin through a Service)."""
+    dual = agnhost_pod("x", "d", ips=("10.1.0.9", "fd00:1::9"))
+    c = cluster(ALL_PODS, [np("x", "deny-all", ALL, ingress=[], egress=[], types=["Ingress", "Egress"])],
+                extra_pods=[dual])
+    for name in ("x/a", "x/b", "x/d", "y/a"):  # isolated both ways, or not at all
+        for proto in ("TCP", "UDP", "SCTP"):
+            v = V(c, name, name, 81, proto)
+            assert v == Verdict(True, f"{name} -> {name}: {SELF}, whatever policies select it", ())
+    x_a = ip(pod_ip("x", "a"))
+    for s, d in ((x_a, x_a), ("x/a", x_a), (x_a, "x/a"), (ip("fd00:1::9"), ip("fd00:1::9")),
+                 (ip("10.1.0.9"), "x/d"), ("x/d", ip("fd00:1::9"))):
+        assert V(c, s, d).allowed and SELF in V(c, s, d).because, (s, d)
+    # only the pod itself: its neighbours, and addresses it does not own, stay denied
+    assert not V(c, "x/a", "x/b").allowed and not V(c, "x/b", "x/a").allowed
+    assert not V(c, "x/d", x_a).allowed and not V(c, "y/a", "x/a").allowed and not V(c, "x/a", "y/a").allowed
+    assert not V(c, ip("10.1.0.9"), ip("10.1.0.99")).allowed
+    assert SELF not in V(c, "y/a", "y/b").because
+
+
+def test_a_pod_reaches_itself_only_at_the_addresses_it_owns():
+    """An address lost in a conflict belongs to the winner: the loser sending to it is not reaching itself."""
+    twin = agnhost_pod("z", "a", ips=(pod_ip("x", "a"),))  # x/a wins 10.1.0.1
+    c = cluster(("x/a", "x/b"), [np("z", "deny-all", ALL, ingress=[], egress=[], types=["Ingress", "Egress"])],
+                extra_pods=[twin])
+    assert V(c, "z/a", "z/a").allowed  # the pod itself, asked by name
+    v = V(c, twin, ip(pod_ip("x", "a")))
+    assert not v.allowed and v.policies == (("z", "deny-all"),)
+    assert V(c, ip(pod_ip("x", "a")), ip(pod_ip("x", "a"))).allowed  # x/a to itself
 
 
 def test_cluster_is_immutable_and_verdict_is_pure():
