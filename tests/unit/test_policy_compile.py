@@ -465,10 +465,6 @@ def test_flowcheck_refuses_what_no_packet_is():
     assert allows(rs, A("10.0.0.1"), A("10.0.0.2"), "TCP", 80)  # nobody isolated
 
 
-@pytest.mark.xfail(strict=False, reason="policy.ruleset._boxes is quadratic in the allows of one (pod, protocol): "
-                   "every peer-axis segment rescans every box (4,000 /32 peers of one pod: ~1.9 s; the 10k-pod "
-                   "node0 ruleset of test_compile_scale_10k_pods_1k_policies: ~29 s in elements()); "
-                   "a sweep over sorted boundaries would be linear-ish")
 def test_elements_of_many_peers_is_not_quadratic():
     pod_ip = A("10.0.0.1")
     base = int(A("10.128.0.0"))
