@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import signal
 import subprocess
+import time
 import uuid
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -151,3 +154,25 @@ class FixedRunDir:
                 pass
         if not self.existed:
             shutil.rmtree(self.PATH, ignore_errors=True)
+
+
+def kill_container_cgroups(namespace: str) -> None:
+    """Containers runc left behind (their cgroups are /<namespace>/<id> in every v1 hierarchy): killed,
+    then their cgroups removed, so no test process outlives the test."""
+    groups = sorted(glob.glob(f"/sys/fs/cgroup/*/{namespace}/*"), reverse=True)
+    for _ in range(50):
+        pids = {int(p) for g in groups if os.path.exists(f"{g}/cgroup.procs")
+                for p in open(f"{g}/cgroup.procs").read().split()}
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    for g in groups + sorted(glob.glob(f"/sys/fs/cgroup/*/{namespace}")):
+        try:
+            os.rmdir(g)
+        except OSError:
+            pass

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from tests.integration.cni_harness import REF_DIR, FixedRunDir, allocated
+from tests.integration.cni_harness import REF_DIR, FixedRunDir, allocated, kill_container_cgroups
 from tests.integration.ociimage import busybox_image
 
 pytestmark = [pytest.mark.root, pytest.mark.frozen, pytest.mark.slow]
@@ -117,6 +117,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
         log.close()
         # shims outlive containerd by design: end ours, then runc's state and our mounts
         subprocess.run(["pkill", "-KILL", "-f", f"containerd-shim-runc-v2 -namespace {namespace}"], capture_output=True)
+        kill_container_cgroups(namespace)
         shutil.rmtree(f"/run/containerd/runc/{namespace}", ignore_errors=True)
         rundir.clean()
         subprocess.run(["sh", "-c", f"grep {root} /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l"],

@@ -26,6 +26,8 @@ import uuid
 
 import pytest
 
+from tests.integration.cni_harness import kill_container_cgroups
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DAEMON = os.path.join(ROOT, "dist", "podwire-daemon", "podwire-daemon")
 PLUGIN = os.path.join(ROOT, "dist", "podwire", "podwire")
@@ -169,6 +171,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        kill_container_cgroups(namespace)
         shutil.rmtree(f"/run/containerd/runc/{namespace}", ignore_errors=True)
         rundir.clean()
         subprocess.run(["sh", "-c", f"grep ' {root}' /proc/mounts | cut -d' ' -f2 | sort -r | xargs -r -n1 umount -l"],
