@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 from node_daemon.testbed import nsexec, sh
 
@@ -166,8 +167,12 @@ def stop_daemons(procs, tmp_path):
         try:
             code = p.wait(timeout=20)
         except subprocess.TimeoutExpired:
+            # the daemon's own deadline is 8 s: dump every thread's stack into its log (faulthandler on
+            # SIGUSR1) so a shutdown that hangs says where
+            p.send_signal(signal.SIGUSR1)
+            time.sleep(1)
             p.kill()
             p.wait()
-            code = "killed"
+            code = "killed after 20 s (stacks at the end of the log)"
         log = (tmp_path / f"{name}.log").read_text()
-        assert code == 0 and "Traceback" not in log, log
+        assert code == 0 and "Traceback" not in log, f"{name}: exit {code}\n{log}"
