@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -90,7 +88,6 @@ def allocated(tmp: str, network: str = "podnet") -> list[str]:
 def fetch_from_pod_server(pod: str, client_ns: str, address: str, port: int, banner: str) -> str:
     """Start a one-line TCP server (port 80) in `pod`, connect from `client_ns` to address:port
     (retrying while rules settle) and return what the client read."""
-    import time
 
     server = subprocess.Popen(["nsenter", f"--net=/run/netns/{pod}", "busybox", "nc", "-l", "-p", "80", "-e",
                                "echo", banner], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -159,20 +156,6 @@ class FixedRunDir:
 def kill_container_cgroups(namespace: str) -> None:
     """Containers runc left behind (their cgroups are /<namespace>/<id> in every v1 hierarchy): killed,
     then their cgroups removed, so no test process outlives the test."""
-    groups = sorted(glob.glob(f"/sys/fs/cgroup/*/{namespace}/*"), reverse=True)
-    for _ in range(50):
-        pids = {int(p) for g in groups if os.path.exists(f"{g}/cgroup.procs")
-                for p in open(f"{g}/cgroup.procs").read().split()}
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-    for g in groups + sorted(glob.glob(f"/sys/fs/cgroup/*/{namespace}")):
-        try:
-            os.rmdir(g)
-        except OSError:
-            pass
+    from e2e import cgroups
+
+    cgroups.remove(namespace)
