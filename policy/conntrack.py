@@ -5,26 +5,35 @@ removed allow only stops *new* flows; an established connection lives as long as
 entry. After each sync the daemon calls ConntrackCleaner(old, new): it lists only the entries that
 touch a pod which may have lost an allow (`affected`), judges each with the same evaluator the tests
 use for the table (FlowCheck: what the kernel would decide for the flow's first packet), and deletes
-the denied ones one by one by their original tuple, so no other flow is touched.
+the denied ones by their original tuple, so no other flow is touched.
 
 The policy hooks run after the proxy's DNAT, so a flow is judged on its post-DNAT destination, which
 conntrack shows as the reply direction's source. Flows the node itself opened (kubelet probes) take
 `output`, which the table does not hook: they are never judged, so never deleted.
 
-Pure: affected(), now_denied(), parse_line(), delete_line(). Edge: ConntrackCleaner runs the
-`conntrack` CLI (optionally in another netns through nsenter) and never raises into the sync.
+Pure: affected(), now_denied(), parse_line(), delete_message(). Edge: ConntrackCleaner lists with the
+`conntrack` CLI (filtered per address; nsenter for another netns) and deletes over ctnetlink, one
+hash lookup per entry, where `conntrack -D` walks the whole table per entry; it never raises into
+the sync.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import logging
 import os
+import socket
+import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Union
 
+from netkit import rtnl
+from netkit.netns import open_netns, setns
+from netkit.rtnl import nla, nla_nested
 from policy.flowcheck import FlowCheck
 from policy.ruleset import DIRECTIONS, PROTOCOLS, Ruleset
 
@@ -115,6 +124,10 @@ def _byte(text: str) -> int:
     return int(text)
 
 
+def _order(f: Flow) -> tuple:
+    return (f.src.version, f.proto, int(f.src), int(f.dst), f.sport or 0, f.dport or 0, f.icmp or ())
+
+
 def parse_line(line: str) -> Flow | None:
     """One line of `conntrack -L` (default output); None for a protocol policy does not judge by
     tuple (gre, …); ValueError for a line that is not a conntrack entry."""
@@ -184,15 +197,84 @@ def now_denied(flows: Iterable[Flow], new: Ruleset, exempt: frozenset[Addr] = fr
     return out
 
 
-def delete_line(f: Flow) -> str:
-    """One `conntrack -R` line deleting exactly this entry (its whole original tuple)."""
-    fam = "ipv6" if f.src.version == 6 else "ipv4"
-    head = f"-D -f {fam} -p {f.proto} -s {f.src} -d {f.dst}"
+# ctnetlink (linux/netfilter/nfnetlink_conntrack.h): one IPCTNL_MSG_CT_DELETE per entry, by its original tuple
+NETLINK_NETFILTER = 12
+_CT_DELETE = (1 << 8) | 2  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
+CTA_TUPLE_ORIG, CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 1, 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE = 4, 5, 6
+CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE = 7, 8, 9
+_PROTO_NUM = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
+
+
+def delete_message(f: Flow) -> bytes:
+    """The body of a ctnetlink delete of exactly this entry: nfgenmsg + its original tuple. The
+    kernel looks the tuple up in its hash (zone 0), so no other entry can match."""
+    v6 = f.src.version == 6
+    ip = nla_nested(CTA_TUPLE_IP, nla(CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC, f.src.packed),
+                    nla(CTA_IP_V6_DST if v6 else CTA_IP_V4_DST, f.dst.packed))
+    l4 = [nla(CTA_PROTO_NUM, struct.pack("B", _PROTO_NUM[f.proto]))]
     if f.icmp is not None:
-        opt = "icmpv6" if f.proto == "icmpv6" else "icmp"
-        t, c, i = f.icmp
-        return f"{head} --{opt}-type {t} --{opt}-code {c} --{opt}-id {i}"
-    return f"{head} --sport {f.sport} --dport {f.dport}"
+        i, t, c = (CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE) if v6 else \
+            (CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE)
+        l4 += [nla(i, struct.pack("!H", f.icmp[2])), nla(t, struct.pack("B", f.icmp[0])),
+               nla(c, struct.pack("B", f.icmp[1]))]
+    else:
+        l4 += [nla(CTA_PROTO_SRC_PORT, struct.pack("!H", f.sport)), nla(CTA_PROTO_DST_PORT, struct.pack("!H", f.dport))]
+    nfgen = struct.pack("=BBH", socket.AF_INET6 if v6 else socket.AF_INET, 0, 0)
+    return nfgen + nla_nested(CTA_TUPLE_ORIG, ip, nla_nested(CTA_TUPLE_PROTO, *l4))
+
+
+class _CtnlSocket(rtnl.RtnlSocket):
+    """netkit's batched, acknowledged netlink exchange over a NETLINK_NETFILTER socket."""
+
+    def __init__(self, sock: socket.socket):  # not super().__init__: that opens a NETLINK_ROUTE socket
+        self._sock = sock
+        self._seq = 0
+        self._strict = False
+
+
+def _netfilter_socket(netns_path: str | None) -> socket.socket:
+    """A NETLINK_NETFILTER socket in `netns_path`'s namespace (ours when None). A socket keeps the
+    namespace it was made in; the setns happens in a thread of its own that ends right after, so no
+    thread that runs anything else ever changes namespace."""
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        s.setsockopt(rtnl.SOL_NETLINK, rtnl.NETLINK_CAP_ACK, 1)
+        s.bind((0, 0))
+        return s
+    if netns_path is None:
+        return make()
+    box: dict[str, object] = {}
+
+    def enter_and_make() -> None:
+        try:
+            fd = open_netns(netns_path)
+            try:
+                setns(fd)
+            finally:
+                os.close(fd)
+            box["sock"] = make()
+        except Exception as e:
+            box["error"] = e
+    t = threading.Thread(target=enter_and_make, name="ctnl-netns")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["sock"]  # type: ignore[return-value]
+
+
+def delete_flows(flows: list[Flow], netns_path: str | None = None) -> int:
+    """Deletes each entry by its original tuple, in batches of acknowledged requests; returns how
+    many the kernel deleted (an entry that ended meanwhile, ENOENT, is not counted)."""
+    sock = _netfilter_socket(netns_path)
+    with _CtnlSocket(sock) as ct:
+        batch = ct.batch()
+        for f in flows:
+            batch.add("conntrack delete", _CT_DELETE, 0, delete_message(f), tolerate=(errno.ENOENT,))
+        return sum(1 for err in batch.commit() if err == 0)
 
 
 # ---- the edge ---------------------------------------------------------------------------------
@@ -215,10 +297,11 @@ class ConntrackCleaner:
     """`cleaner(old, new)` after a policy sync: deletes the now-denied flows' entries, returns how many.
 
     Lists per affected address (`--src` for egress, `--reply-src` for ingress: the post-DNAT
-    destination) and one full listing above FULL_LIST_ABOVE addresses; deletes in one
-    `conntrack -R -` batch. `last` holds the figures of the latest call."""
+    destination) and one full listing above FULL_LIST_ABOVE addresses; deletes in netlink batches.
+    `last` holds the figures of the latest call."""
 
     def __init__(self, netns_path: str | None = None, full_list_above: int = FULL_LIST_ABOVE):
+        self.netns_path = netns_path
         self.prefix = ["nsenter", f"--net={netns_path}"] if netns_path else []
         self.full_list_above = full_list_above
         self.last = Cleanup()
@@ -276,13 +359,10 @@ class ConntrackCleaner:
         rep.listed = len(flows)
         if not flows:
             return
-        denied = now_denied(sorted(flows, key=delete_line), new, self._node_addresses())
+        denied = now_denied(sorted(flows, key=_order), new, self._node_addresses())
         rep.denied = len(denied)
         if not denied:
             return
-        r = self._run([conntrack_binary(), "-R", "-"], stdin="\n".join(delete_line(f) for f in denied) + "\n")
-        # -R echoes every entry it deleted; an entry that ended meanwhile is simply not there
-        gone, _, _ = parse_listing(r.stdout)
-        rep.deleted = len(gone)
-        if r.returncode != 0:
-            rep.errors.append(f"conntrack -R: {r.stderr.strip()[:200]}")
+        # `conntrack -D` (also batched in `-R`) dumps the whole table per entry: 488 deletions among
+        # 1,000 entries took 7-10 s; a ctnetlink delete by tuple is a hash lookup.
+        rep.deleted = delete_flows(denied, self.netns_path)

@@ -1,13 +1,15 @@
 """policy.conntrack, pure parts: which pods a change affects, which flows it now denies (DNAT,
 another allow still covering a flow, IPv6, ICMP, the node's own flows), the parser of real
-`conntrack -L` lines (copied from conntrack v1.4.7 on this kernel) and the delete lines."""
+`conntrack -L` lines (copied from conntrack v1.4.7 on this kernel) and the ctnetlink delete messages."""
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 import pytest
 
-from policy.conntrack import Flow, affected, delete_line, now_denied, parse_line, parse_listing
+from netkit.rtnl import parse_attrs
+from policy.conntrack import Flow, affected, delete_message, now_denied, parse_line, parse_listing
 from policy.flowcheck import FlowCheck
 from policy.ruleset import Allow, Ruleset
 
@@ -198,16 +200,26 @@ def test_parse_line_errors_are_value_errors():
             parse_line(line)
 
 
-def test_delete_lines_name_the_whole_original_tuple():
+def _tuple(body: bytes) -> tuple:
+    """Decode a delete message back: (family, src, dst, {proto attr: raw})."""
+    family = body[0]
+    orig = parse_attrs(body, 4)[1]
+    tup = parse_attrs(orig)
+    ip, l4 = parse_attrs(tup[1]), parse_attrs(tup[2])
+    return family, ipaddress.ip_address(ip[min(ip)]), ipaddress.ip_address(ip[max(ip)]), l4
+
+
+def test_delete_messages_name_the_whole_original_tuple():
     flows, _, _ = parse_listing(LINES)
-    assert [delete_line(f) for f in flows] == [
-        "-D -f ipv4 -p tcp -s 10.0.1.2 -d 10.96.0.10 --sport 40000 --dport 80",
-        "-D -f ipv4 -p udp -s 10.0.1.2 -d 10.0.1.3 --sport 40001 --dport 9090",
-        "-D -f ipv4 -p icmp -s 10.0.1.2 -d 10.0.1.3 --icmp-type 8 --icmp-code 0 --icmp-id 77",
-        "-D -f ipv6 -p tcp -s fd00:1::2 -d fd00:1::3 --sport 40000 --dport 8080",
-        "-D -f ipv6 -p icmpv6 -s fd00:1::2 -d fd00:1::3 --icmpv6-type 128 --icmpv6-code 0 --icmpv6-id 77",
-        "-D -f ipv4 -p sctp -s 10.0.1.2 -d 10.0.1.3 --sport 5 --dport 6",
-    ]
+    tcp4, udp4, icmp4, tcp6, icmp6, sctp4 = (_tuple(delete_message(f)) for f in flows)
+    port = lambda n: struct.pack("!H", n)  # noqa: E731
+    # the post-DNAT address is not in the delete: the kernel keys entries by their original tuple
+    assert tcp4 == (2, PA, SVC, {1: bytes([6]), 2: port(40000), 3: port(80)})
+    assert udp4 == (2, PA, PB, {1: bytes([17]), 2: port(40001), 3: port(9090)})
+    assert sctp4 == (2, PA, PB, {1: bytes([132]), 2: port(5), 3: port(6)})
+    assert tcp6 == (10, PA6, PB6, {1: bytes([6]), 2: port(40000), 3: port(8080)})
+    assert icmp4 == (2, PA, PB, {1: bytes([1]), 4: port(77), 5: bytes([8]), 6: bytes([0])})
+    assert icmp6 == (10, PA6, PB6, {1: bytes([58]), 7: port(77), 8: bytes([128]), 9: bytes([0])})
 
 
 def test_flow_refuses_untyped_values():
