@@ -1,6 +1,6 @@
 """Upstream Kubernetes e2e tests (sig-network) against podwire, in one command.
 
-    python3 -m e2e.conformance [--suite conformance|services] [--focus REGEX] [--skip REGEX]
+    python3 -m e2e.conformance [--suite conformance|services|netpol] [--focus REGEX] [--skip REGEX]
                                [--shards N] [--keep] [--name cNAME]
 
 Brings up a full cluster of the harness (3 nodes: containerd + kubelet each, CoreDNS, no
@@ -13,7 +13,10 @@ with the podwire commit and the Kubernetes and containerd versions.
 
 Suites: `conformance` = `\\[sig-network\\].*\\[Conformance\\]`; `services` = the non-conformance
 sig-network Services/Conntrack tests for what podwire's proxy claims (hairpin, rejects without
-endpoints, UDP conntrack, service-proxy-name, headless). --focus/--skip replace the suite's.
+endpoints, UDP conntrack, service-proxy-name, headless); `netpol` = every `[Feature:NetworkPolicy]`
+test of `[sig-network] Netpol` (TCP, UDP, and the two SCTP-named ones that probe TCP) and the
+`[sig-network] Netpol API` tests, except those that serve SCTP: this kernel has no SCTP sockets;
+the summary names them as "not run here" with that reason. --focus/--skip replace the suite's.
 
 Why it is built so:
 * The tests to run are chosen here, from `e2e.test --list-tests` and the focus/skip regexes,
@@ -49,6 +52,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(os.environ.get("PODWIRE_CONFORMANCE_WORK", "/tmp/podwire-conformance"))
 
+# Tests a suite's focus matches that cannot run on this machine: (regex, reason). They go into the
+# suite's skip regex, and the summary names each one with its reason instead of leaving it out silently.
+NO_SCTP = ("they serve SCTP, and this kernel has no SCTP sockets "
+           "(CONFIG_IP_SCTP is not set: /proc/net/sctp is absent)")
+NOT_RUN_HERE: dict[str, tuple[tuple[str, str], ...]] = {
+    # Only the [Feature:SCTPConnectivity] ones serve SCTP; the two SCTP-named tests of "NetworkPolicy
+    # between server and client" probe TCP and stay in (a policy allowing SCTP must not let TCP through).
+    "netpol": ((r"\[Feature:SCTPConnectivity\]", NO_SCTP),),
+}
+
 SUITES = {
     "conformance": (r"\[sig-network\].*\[Conformance\]", ""),
     "services": (
@@ -57,7 +70,13 @@ SUITES = {
         r"|be rejected (when no endpoints exist|for evicted pods))|Conntrack )",
         r"\[Conformance\]",
     ),
+    "netpol": (
+        r"\[sig-network\] Netpol (API |.*\[Feature:NetworkPolicy\])",
+        "|".join(rx for rx, _ in NOT_RUN_HERE["netpol"]),
+    ),
 }
+# Images a suite's tests use, when not all of TEST_IMAGE_CONFIGS (each is ~240 MB per node to import).
+SUITE_IMAGES = {"netpol": (images.AGNHOST,)}  # the 9 pods of each Netpol test run agnhost
 
 
 # -- choosing the tests (pure) ---------------------------------------------------------------
@@ -71,6 +90,18 @@ def select(names: list[str], focus: str, skip: str = "") -> list[str]:
     f, s = re.compile(focus), re.compile(skip) if skip else None
     texts = {n: f"{SUITE_DESCRIPTION} {n}" for n in names}
     return [n for n in names if f.search(texts[n]) and not (s and s.search(texts[n]))]
+
+
+def not_run_here(names: list[str], focus: str, skip: str, excluded=()) -> dict[str, str]:
+    """name -> reason for the tests the focus matches, the skip removes, and one of the `excluded`
+    (regex, reason) pairs names: what a summary lists as "not run here"."""
+    matched = set(select(names, focus)) - set(select(names, focus, skip))
+    out = {}
+    for n in (n for n in names if n in matched):
+        reason = next((why for rx, why in excluded if re.search(rx, f"{SUITE_DESCRIPTION} {n}")), None)
+        if reason:
+            out[n] = reason
+    return out
 
 
 def shard(names: list[str], n: int) -> list[list[str]]:
@@ -137,12 +168,20 @@ def counts(results: list[Outcome]) -> dict[str, int]:
     return {s: sum(r.state == s for r in results) for s in ("passed", "failed", "skipped")}
 
 
-def render_markdown(title: str, stamp: dict, results: list[Outcome], notes: dict[str, str]) -> str:
+def render_markdown(title: str, stamp: dict, results: list[Outcome], notes: dict[str, str],
+                    not_run: dict[str, str] | None = None) -> str:
+    """`notes`: name -> reason shown instead of a failed/skipped test's message; `not_run`: name ->
+    reason for tests of the suite left out of the selection on purpose (listed, not counted)."""
     c = counts(results)
+    not_run = not_run or {}
     lines = [f"# {title}", ""]
     lines += [f"- {k}: {v}" for k, v in stamp.items()]
     lines += ["", f"**{c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped** "
-              f"(of {len(results)} selected)", ""]
+              f"(of {len(results)} selected" + (f"; {len(not_run)} not run here" if not_run else "") + ")", ""]
+    if not_run:
+        lines += [f"## not run here ({len(not_run)})", ""]
+        lines += [f"- not run here: `{n}`: {reason}" for n, reason in not_run.items()]
+        lines.append("")
     for state in ("failed", "skipped", "passed"):
         rows = [r for r in results if r.state == state]
         if not rows:
@@ -265,24 +304,30 @@ def main(argv=None) -> int:
     focus, skip = SUITES[args.suite]
     focus, skip = args.focus or focus, skip if args.skip is None else args.skip
     summary = run(args.name, focus, skip, args.suite, shards=args.shards, keep=args.keep, results=args.results,
-                  extra=args.e2e_arg)
+                  extra=args.e2e_arg, test_images=SUITE_IMAGES.get(args.suite, tuple(images.TEST_IMAGE_CONFIGS)),
+                  excluded=NOT_RUN_HERE.get(args.suite, ()))
     print(summary["markdown"])
     return 0 if summary["counts"]["failed"] == 0 else 1
 
 
 def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: bool = False,
         results: Path | None = RESULTS, extra=(), nodes: int = 3, work_dir: Path | None = None,
-        test_images=tuple(images.TEST_IMAGE_CONFIGS)) -> dict:
+        test_images=tuple(images.TEST_IMAGE_CONFIGS), excluded=()) -> dict:
     """Cluster up, podwire installed, the selected tests run, summary written (when `results`).
-    `test_images`: which of the e2e images to import (all by default; each ~240 MB per node)."""
+    `test_images`: which of the e2e images to import (all by default; each ~240 MB per node).
+    `excluded`: (regex, reason) pairs; the tests the focus matches and the skip removes that one of
+    them names are listed in the summary as not run here, with the reason."""
     from e2e.cluster import Cluster
 
     started = time.monotonic()
     bin_dir = build.ensure_built()
-    selected = select(list_tests(bin_dir), focus, skip)
+    listed = list_tests(bin_dir)
+    selected = select(listed, focus, skip)
+    not_run = not_run_here(listed, focus, skip, excluded)
     if not selected:
         raise SystemExit(f"e2e.conformance: no test matches focus {focus!r} / skip {skip!r}")
-    print(f"e2e.conformance: {len(selected)} tests selected", file=sys.stderr, flush=True)
+    print(f"e2e.conformance: {len(selected)} tests selected" + (f", {len(not_run)} not run here" if not_run else ""),
+          file=sys.stderr, flush=True)
     tarballs = images.e2e_test_images(test_images)
     # The owner's death lets the next sweep (any pytest session, `up`) remove a cluster left by a
     # killed run; --keep has none, it stays until `python3 -m e2e.cluster down`.
@@ -303,13 +348,14 @@ def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: 
         ready = time.monotonic()
         print(f"e2e.conformance: cluster ready in {ready - started:.0f}s; running e2e.test", file=sys.stderr,
               flush=True)
-        reports = run_shards(cluster, shard(selected, shards), work, list(extra))
+        groups = shard(selected, shards)
+        reports = run_shards(cluster, groups, work, list(extra))
         res = outcomes(reports, selected)
         stamp["focus"] = f"`{focus}`" + (f", skip `{skip}`" if skip else "")
-        stamp["run time"] = (f"{time.monotonic() - ready:.0f} s e2e.test ({shards} shards), "
+        stamp["run time"] = (f"{time.monotonic() - ready:.0f} s e2e.test ({len(groups)} shards), "
                              f"{ready - started:.0f} s setup")
         title = f"podwire: upstream e2e, {title}"
-        md, junit = render_markdown(title, stamp, res, {}), render_junit(title, res)
+        md, junit = render_markdown(title, stamp, res, {}, not_run), render_junit(title, res)
         paths = []
         if results:
             results.mkdir(parents=True, exist_ok=True)
