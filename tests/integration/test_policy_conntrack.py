@@ -270,27 +270,29 @@ def _fill(node: Node, n_peers: int, per_peer: int) -> None:
 
 
 def test_cleanup_cost_with_1000_entries(node):
-    """1,000 entries towards b; the change keeps 10.0.3.0/25 and drops 10.0.3.128/25 (half of them)."""
+    """1,000 (then 10,000) entries towards b; the change keeps 10.0.3.0/25 and drops 10.0.3.128/25."""
     old = Ruleset(isolated_ingress=frozenset({PB}), ingress=frozenset({Allow(PB, N("10.0.3.0/24"), "tcp", 8080, 8080)}))
     new = Ruleset(isolated_ingress=frozenset({PB}), ingress=frozenset({Allow(PB, N("10.0.3.0/25"), "tcp", 8080, 8080)}))
     node.nft(render_full(new))
     figures = []
-    for mode, above in (("per address", 256), ("full listing", 0)):
-        node.conntrack("-F")
-        _fill(node, 250, 4)
-        total = len(parse_listing(node.conntrack("-L"))[0])
-        assert total == 1000
-        cleaner = ConntrackCleaner(node.path(), full_list_above=above)
-        deleted = cleaner(old, new)
-        rep = cleaner.last
-        assert rep.errors == [] and deleted == rep.denied == (250 - 128) * 4
-        left, _, _ = parse_listing(node.conntrack("-L"))
-        assert len(left) == 1000 - deleted and all(int(f.src) < int(A("10.0.3.128")) for f in left)
-        # nothing to delete: the cost of listing and judging only
-        assert cleaner(old, new) == 0
-        again = cleaner.last.seconds * 1000
-        figures.append(f"{mode}: {total} entries, {deleted} deleted in {rep.seconds * 1000:.0f} ms "
-                       f"(listings {rep.listings}); again, nothing left to delete: {again:.0f} ms")
+    for per_peer in (4, 40):
+        for mode, above in (("per address", 256), ("full listing", 0)):
+            node.conntrack("-F")
+            _fill(node, 250, per_peer)
+            total = len(parse_listing(node.conntrack("-L"))[0])
+            assert total == 250 * per_peer
+            cleaner = ConntrackCleaner(node.path(), full_list_above=above)
+            deleted = cleaner(old, new)
+            rep = cleaner.last
+            assert rep.errors == [] and deleted == rep.denied == (250 - 128) * per_peer
+            left, _, _ = parse_listing(node.conntrack("-L"))
+            assert len(left) == total - deleted and all(int(f.src) < int(A("10.0.3.128")) for f in left)
+            # nothing to delete: the cost of listing and judging only
+            assert cleaner(old, new) == 0
+            again = cleaner.last.seconds * 1000
+            figures.append(f"{mode}: {total} entries, {deleted} deleted in {rep.seconds * 1000:.0f} ms (list+parse "
+                           f"{rep.list_seconds * 1000:.0f}, delete {rep.delete_seconds * 1000:.0f}, listings "
+                           f"{rep.listings}); again, nothing left to delete: {again:.0f} ms")
     # 1,000 entries in the table, one entry affected: the listing is filtered, the rest is not read
     node.conntrack("-F")
     _fill(node, 250, 4)

@@ -194,6 +194,15 @@ def test_parse_real_lines_and_refuse_bad_ones():
     assert bad == 7    # bad address, port out of range, mixed families, one tuple, icmp type, summary, junk
 
 
+def test_parse_listing_keep_passes_over_untouched_lines():
+    """The full-listing pre-check: the same flows as filtering the whole parse afterwards."""
+    every, _, _ = parse_listing(LINES)
+    for keep in (lambda s, r: r == PB, lambda s, r: s == PA6, lambda s, r: False):
+        kept, _, _ = parse_listing(LINES, keep)
+        assert kept == [f for f in every if keep(f.src, f.reply_src)]
+    assert parse_listing(LINES, lambda s, r: r == PB)[0] == every[:3] + every[5:]
+
+
 def test_parse_line_errors_are_value_errors():
     for line in ("", "tcp", "tcp x 1 src=1.2.3.4", "udp 17 1 src=1.2.3.4 dst=1.2.3.5 src=1.2.3.5 dst=1.2.3.4"):
         with pytest.raises(ValueError):
