@@ -50,6 +50,13 @@ class PortMapping(Record):
     host_ip: object  # ipaddress.IPv4Address | IPv6Address, or None = every local address
 
 
+class PolicyGate(Record):
+    """`policy` in the plugin's config (written by the daemon when it enforces NetworkPolicy)."""
+    socket: str  # the daemon's unix socket (policy/gate.py)
+    namespaces_file: str  # namespaces holding policies, for when the daemon does not answer
+    timeout: int  # seconds an ADD waits for the daemon
+
+
 class NetConf(Record):
     cni_version: str
     name: str
@@ -64,6 +71,7 @@ class NetConf(Record):
     state_dir: str
     log_file: str
     prev_result: dict | None
+    policy: PolicyGate | None
     raw: dict
 
     @property
@@ -158,6 +166,19 @@ def _path(raw: dict, key: str, default: str) -> str:
     return value
 
 
+def _policy(raw: dict) -> PolicyGate | None:
+    value = raw.get("policy")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid_config("'policy' must be an object")
+    sock = _path(value, "socket", "")
+    if not sock or len(sock.encode()) >= 108:
+        raise invalid_config("'policy.socket' must be an absolute path under 108 bytes")
+    return PolicyGate(socket=sock, namespaces_file=_path(value, "namespacesFile", sock + ".namespaces"),
+                      timeout=_int(value.get("timeout", 15), "'policy.timeout'", 1, 120))
+
+
 def parse_netconf(raw: dict, port_mappings: bool = True) -> NetConf:
     """`port_mappings=False` for verbs other than ADD: DEL removes what the state file says, so a
     config whose runtimeConfig ADD refused must still let the runtime clean up."""
@@ -193,5 +214,6 @@ def parse_netconf(raw: dict, port_mappings: bool = True) -> NetConf:
         state_dir=_path(raw, "stateDir", DEFAULT_STATE_DIR),
         log_file=_path(raw, "logFile", DEFAULT_LOG_FILE),
         prev_result=prev,
+        policy=_policy(raw),
         raw=raw,
     )

@@ -66,7 +66,7 @@ def ensure_bridge(host: rtnl.RtnlSocket, plan: PodPlan) -> rtnl.Link:
     br = host.link(plan.bridge)
     if br is None:
         # EEXIST is fine: a parallel ADD created it first (checked below like any existing link)
-        host.batch().new_bridge(plan.bridge, plan.mtu, bridge_mac(plan)).commit()
+        host.batch().new_bridge(plan.bridge, plan.mtu, bridge_mac(plan), plan.bridge_netfilter).commit()
         br = host.link(plan.bridge)
         if br is None:
             raise CNIError(IO_FAILURE, f"bridge {plan.bridge} vanished right after it was created")

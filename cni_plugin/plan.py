@@ -30,6 +30,7 @@ class PodPlan(Record):
     ips: tuple[IPConfig, ...]  # for the result, interface index filled in
     forward_v4: bool
     forward_v6: bool
+    bridge_netfilter: bool = False  # NetworkPolicy on: bridged traffic passes the inet hooks
 
 
 def plan_pod(conf, allocations, ipam_routes, container_id: str, ifname: str) -> PodPlan:
@@ -71,6 +72,7 @@ def plan_pod(conf, allocations, ipam_routes, container_id: str, ifname: str) -> 
         ips=tuple(ips),
         forward_v4=conf.is_gateway and 4 in gateways,
         forward_v6=conf.is_gateway and 6 in gateways,
+        bridge_netfilter=getattr(conf, "policy", None) is not None,
     )
 
 

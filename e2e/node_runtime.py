@@ -372,7 +372,8 @@ class NodeRuntime:
             work.mkdir(parents=True, exist_ok=True)
             script.append(f"mount -t overlay overlay -o lowerdir={tree},upperdir={upper},workdir={work} {tree}")
         for src, dst in ((self.cni_conf_dir, CNI_CONF_DIR), (self.cni_bin_dir, CNI_BIN_DIR),
-                         (self.dir / "run-containerd", "/run/containerd")):
+                         (self.dir / "run-containerd", "/run/containerd"),
+                         (self.dir / "run-podwire", "/run/podwire")):
             src.mkdir(parents=True, exist_ok=True)
             script += [f"mkdir -p {dst}", f"mount --bind {src} {dst}"]
         # kubelet's kernel tunables: it reads these files, the host's values stay untouched.

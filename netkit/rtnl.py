@@ -37,6 +37,7 @@ IFLA_PROTINFO, IFLA_LINKINFO, IFLA_NET_NS_FD = 12, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
+IFLA_BR_NF_CALL_IPTABLES, IFLA_BR_NF_CALL_IP6TABLES = 36, 37
 
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
@@ -338,10 +339,16 @@ class Batch:
         return results
 
     # --- message builders -----------------------------------------------------------------------
-    def new_bridge(self, name: str, mtu: int = 0, mac: bytes = b"") -> "Batch":
+    def new_bridge(self, name: str, mtu: int = 0, mac: bytes = b"", netfilter: bool = False) -> "Batch":
         """`mac` pins the bridge's address: without one it takes the lowest MAC among its ports and
-        changes whenever that port leaves (every pod's ARP entry for the gateway goes stale)."""
-        attrs = nla_str(IFLA_IFNAME, name) + nla_nested(IFLA_LINKINFO, nla_str(IFLA_INFO_KIND, "bridge"))
+        changes whenever that port leaves (every pod's ARP entry for the gateway goes stale).
+        `netfilter`: bridged IPv4/IPv6 traffic of this bridge passes the inet hooks (NetworkPolicy
+        sees same-node pod traffic), a per-bridge switch instead of the host-global sysctl."""
+        info = [nla_str(IFLA_INFO_KIND, "bridge")]
+        if netfilter:
+            info.append(nla_nested(IFLA_INFO_DATA, nla(IFLA_BR_NF_CALL_IPTABLES, b"\1"),
+                                   nla(IFLA_BR_NF_CALL_IP6TABLES, b"\1")))
+        attrs = nla_str(IFLA_IFNAME, name) + nla_nested(IFLA_LINKINFO, *info)
         if mtu:
             attrs += nla_u32(IFLA_MTU, mtu)
         if mac:

@@ -36,15 +36,24 @@ class CniSettings:
         return os.path.join(self.conf_dir, self.conf_name)
 
 
-def render(pod_cidrs: tuple[IPNetwork, ...], mtu: int, s: CniSettings) -> str | None:
+POLICY_WAIT = 15  # seconds an ADD waits for the daemon to put the pod's policy in force
+
+
+def policy_namespaces_file(socket_path: str) -> str:
+    """Where the daemon publishes the namespaces holding policies (next to its socket)."""
+    return os.path.join(os.path.dirname(socket_path), "policy-namespaces.json")
+
+
+def render(pod_cidrs: tuple[IPNetwork, ...], mtu: int, s: CniSettings, policy_socket: str | None = None) -> str | None:
     """The conflist text (the lead's contract with the plugin), or None without a podCIDR.
 
     Ranges and default routes follow the order of spec.podCIDRs: the first is the cluster's
-    primary family, and host-local returns IPs in range order.
+    primary family, and host-local returns IPs in range order. `policy_socket`: NetworkPolicy is
+    enforced; each ADD waits there until its pod's policy is in force (cni_plugin/policy_gate.py).
     """
     if not pod_cidrs:
         return None
-    conf = {
+    conf: dict = {
         "cniVersion": CNI_VERSION,
         "cniVersions": list(CNI_VERSIONS),
         "name": "podwire",
@@ -65,6 +74,9 @@ def render(pod_cidrs: tuple[IPNetwork, ...], mtu: int, s: CniSettings) -> str | 
             "capabilities": {"portMappings": True},
         }],
     }
+    if policy_socket:
+        conf["plugins"][0]["policy"] = {"socket": policy_socket, "timeout": POLICY_WAIT,
+                                        "namespacesFile": policy_namespaces_file(policy_socket)}
     return json.dumps(conf, indent=2) + "\n"
 
 

@@ -42,6 +42,11 @@ class Config:
     ensure_forwarding: bool = True  # sysctls of the daemon's own netns only
     proxy_enabled: bool = False
     proxy_healthz_address: str = "0.0.0.0:10256"  # kube-proxy's port, served by the proxy
+    policy_enabled: bool = False  # NetworkPolicy (policy/)
+    # where the CNI plugin asks, at every ADD, for its pod's policy to be in force before the pod
+    # starts (policy/gate.py); the directory is the node's own (a hostPath in the DaemonSet)
+    policy_socket: str = "/run/podwire/policy.sock"
+    policy_log_group: int = 100  # nflog group of denied packets (per network namespace)
     log_level: str = "INFO"
 
 
@@ -140,7 +145,11 @@ def validate(c: Config) -> Config:
     for what in ("min_sync_interval", "resync_interval"):
         v = getattr(c, what)
         _check(type(v) in (int, float) and math.isfinite(v) and v > 0, f"{what} (seconds > 0)", v)
-    for what in ("egress", "ensure_forwarding", "proxy_enabled"):
+    _path(c.policy_socket, "policy socket")
+    _check(c.policy_socket.startswith("/") and len(c.policy_socket.encode()) < 108,
+           "policy socket (an absolute path under 108 bytes)", c.policy_socket)
+    _int(c.policy_log_group, "policy log group", 1, 65535)
+    for what in ("egress", "ensure_forwarding", "proxy_enabled", "policy_enabled"):
         _check(type(getattr(c, what)) is bool, f"{what} (true or false)", getattr(c, what))
     _check(isinstance(c.log_level, str) and c.log_level.upper() in _LOG_LEVELS,
            f"log level ({', '.join(_LOG_LEVELS)})", c.log_level)
@@ -177,6 +186,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--route-protocol", type=int)
     p.add_argument("--resync-interval", type=float)
     p.add_argument("--proxy", dest="proxy_enabled", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--policy", dest="policy_enabled", action=argparse.BooleanOptionalAction, default=None,
+                   help="enforce NetworkPolicies")
+    p.add_argument("--policy-socket", help="unix socket the CNI plugin waits on (default /run/podwire/policy.sock)")
     p.add_argument("--egress", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--log-level")
     a = p.parse_args(argv)
@@ -189,7 +201,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
             "underlay_interface": a.underlay_interface, "cluster_cidrs": a.cluster_cidrs,
             "metrics_address": a.metrics_address, "route_protocol": a.route_protocol,
             "resync_interval": a.resync_interval, "proxy_enabled": a.proxy_enabled,
-            "egress": a.egress, "log_level": a.log_level,
+            "egress": a.egress, "log_level": a.log_level, "policy_enabled": a.policy_enabled,
+            "policy_socket": a.policy_socket,
         }.items() if v is not None}
         vx = {k: v for k, v in {"port": a.vxlan_port, "vni": a.vxlan_vni, "device": a.vxlan_device}.items()
               if v is not None}

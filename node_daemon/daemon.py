@@ -84,7 +84,7 @@ class Daemon:
             if not changes.empty:
                 log.info("dataplane: %d changes (%d drift repairs)", changes.count(), drift)
 
-        text = cniconf.render(me.pod_cidrs, p.pod_mtu, cfg.cni)
+        text = cniconf.render(me.pod_cidrs, p.pod_mtu, cfg.cni, cfg.policy_socket if cfg.policy_enabled else None)
         if text is not None and cniconf.write_if_changed(cfg.cni.path, text):
             log.info("wrote %s (pod MTU %d)", cfg.cni.path, p.pod_mtu)
         self._sync_egress(infos)

@@ -85,6 +85,7 @@ class Informer:
                  field_selector: str | None = None, on_add: Callback | None = None,
                  on_update: Callback | None = None, on_delete: Callback | None = None,
                  on_error: Callable[[str, Exception], None] | None = None,
+                 transform: Callable[[dict], dict] | None = None,
                  watch_timeout: int = 300, page_size: int = 500, backoff: Backoff | None = None,
                  wait: Callable[[float], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -93,6 +94,9 @@ class Informer:
                                             ("field_selector", field_selector)) if v}
         self.on_add, self.on_update, self.on_delete = on_add, on_update, on_delete
         self.on_error = on_error
+        # applied to every object before it is cached or handed on: a consumer that needs a few
+        # fields of a big object (a Pod) keeps only those in memory
+        self.transform = transform
         self.watch_timeout, self.page_size = watch_timeout, page_size
         self.backoff = backoff or Backoff()
         self.stop_event = threading.Event()
@@ -172,7 +176,8 @@ class Informer:
                     items, token = [], None
                     continue
                 raise
-            items += body.get("items") or []
+            page = body.get("items") or []
+            items += map(self.transform, page) if self.transform else page
             meta = body.get("metadata") or {}
             rv, token = meta.get("resourceVersion"), meta.get("continue")
             if not token:
@@ -240,6 +245,8 @@ class Informer:
         if kind == "BOOKMARK":
             self.resource_version = rv or self.resource_version
             return
+        if self.transform:
+            obj = self.transform(obj)
         k = key_of(obj)
         with self._lock:
             before = self._cache.get(k)

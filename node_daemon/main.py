@@ -16,12 +16,12 @@ import threading
 from .config import Config, parse_args
 from .daemon import Daemon, ensure_forwarding
 from .egress import NftRunner
+from .features import Host, start_features
 from .informer import Informer
 from .metrics import DaemonMetrics, serve
 from .model import routing_view
 from .netlink import NetlinkDataplane
 from .nodeapi import NodeWriter
-from .proxy_hook import start_proxy
 from .runner import SyncRunner
 
 log = logging.getLogger("node_daemon")
@@ -63,7 +63,7 @@ def run(cfg: Config, stop: threading.Event) -> None:
     def api_error(resource, _exc):
         metrics.api_errors.labels(resource).inc()
 
-    node_listeners: list = []  # extra consumers of Node events (the proxy)
+    node_listeners: list = []  # the hosted features' consumers of Node events
 
     def node_event(obj, deleted=False, old=None):
         if old is None or routing_view(old) != routing_view(obj):
@@ -83,7 +83,11 @@ def run(cfg: Config, stop: threading.Event) -> None:
         server = serve(cfg.metrics_address, metrics.registry, lambda: daemon.health(runner.last_success))
         if not cfg.cluster_cidrs:
             log.warning("no cluster CIDRs configured: egress masquerade is off")
-        parts = start_proxy(cfg, api, metrics.registry, nodes, node_listeners, api_error)
+        try:
+            parts = start_features(Host(cfg, api, metrics.registry, nodes, api_error, node_listeners))
+        except Exception:
+            server.shutdown()
+            raise
         nodes.start()
         runner.start()
         log.info("podwire node daemon running for node %s (mode %s)", cfg.node_name, cfg.mode.value)

@@ -115,14 +115,18 @@ API_CALLS = {
     "patch_node_status": ("", "nodes/status", {"patch"}),
     "list_service_for_all_namespaces": ("", "services", {"list", "watch"}),
     "list_endpoint_slice_for_all_namespaces": ("discovery.k8s.io", "endpointslices", {"list", "watch"}),
+    "list_pod_for_all_namespaces": ("", "pods", {"list", "watch"}),
+    "list_namespaced_pod": ("", "pods", {"list"}),
+    "list_namespace": ("", "namespaces", {"list", "watch"}),
+    "list_network_policy_for_all_namespaces": ("networking.k8s.io", "networkpolicies", {"list", "watch"}),
 }
-CALL = re.compile(r"\b(?:core|discovery|self\.api|api|core_v1|client\.\w+Api\([^)]*\))\."
+CALL = re.compile(r"\b(?:core|discovery|net|self\.api|api|core_v1|client\.\w+Api\([^)]*\))\."
                   r"((?:list|watch|read|get|create|patch|replace|delete)_\w+)")
 
 
 def api_calls_in_sources() -> set[str]:
     found = set()
-    for package in ("node_daemon", "proxy"):
+    for package in ("node_daemon", "proxy", "policy"):
         for base, _, files in os.walk(os.path.join(ROOT, package)):
             for name in files:
                 if name.endswith(".py") and name != "testbed.py":  # testbed: test scaffolding

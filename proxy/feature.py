@@ -1,25 +1,17 @@
-"""PROXY HOOK: the one place where the Service proxy (`proxy/`) is wired into the daemon.
+"""The Service proxy as a daemon feature (node_daemon.features): its watches and sync runner.
 
-Enabled only when the config says `proxy_enabled` AND the module `proxy.proxier` exists. The
-proxy shares the daemon's process, API client, Node informer and metrics registry; it gets two
-more informers of its own (Services, EndpointSlices with kube-proxy's selector) and its own sync
-runner, so a slow ruleset sync never delays routes and vice versa.
-
-Used from proxy/ (its API as of this writing; `build_proxier` is the only place to adapt):
-    Proxier(node_name, ProxyConfig, {family: nft runner}, conntrack_runner=, metrics=, health=,
-            service_health=)
-    .on_service(obj, deleted)  .on_slice(obj, deleted)  .on_node(obj, deleted)  (plain API dicts;
-    called on informer threads, must be cheap)   .sync() -> bool (full reconcile, never raises)
+It shares the daemon's process, API client, Node informer and metrics registry; it gets two more
+informers of its own (Services, EndpointSlices with kube-proxy's selector) and its own sync runner,
+so a slow ruleset sync never delays routes and vice versa. The Proxier is fed plain API dicts on
+informer threads (cheap: it only marks Services dirty) and reconciles in `sync()`.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 
-from .informer import Informer
-from .runner import SyncRunner
+from node_daemon.runner import SyncRunner
 
 log = logging.getLogger(__name__)
 
@@ -38,42 +30,31 @@ PROXY_MIN_SYNC_INTERVAL = 0.1
 FULL_RESYNC_EVERY = 10
 
 
-def start_proxy(cfg, api_client, registry, nodes: Informer, node_listeners: list, on_error):
-    """Start the proxy's watches and runner; returns the objects to stop, or [] when disabled."""
-    if not cfg.proxy_enabled:
-        return []
-    try:
-        importlib.import_module("proxy.proxier")
-        proxier, servers = build_proxier(cfg, registry)
-    except (ImportError, TypeError, AttributeError, OSError) as e:
-        log.error("proxy enabled but proxy.proxier cannot be started (%s); running without it", e)
-        return []
+def start(host) -> list:
+    """Start the proxy's watches and runner (node_daemon.features.Host); returns what to stop."""
     from kubernetes import client
 
+    cfg = host.cfg
+    proxier, servers = build_proxier(cfg, host.registry)
     sync = ProxySync(proxier, cfg.resync_interval * FULL_RESYNC_EVERY)
-    core, discovery = client.CoreV1Api(api_client), client.DiscoveryV1Api(api_client)
-    services = Informer(core.list_service_for_all_namespaces, name="services",
-                        label_selector=SERVICE_SELECTOR, on_error=on_error,
-                        on_add=lambda o: _fwd(proxier.on_service, o, False),
-                        on_update=lambda _, o: _fwd(proxier.on_service, o, False),
-                        on_delete=lambda o: _fwd(proxier.on_service, o, True))
-    slices = Informer(discovery.list_endpoint_slice_for_all_namespaces, name="endpointslices",
-                      label_selector=SLICE_SELECTOR, on_error=on_error,
-                      on_add=lambda o: _fwd(proxier.on_slice, o, False),
-                      on_update=lambda _, o: _fwd(proxier.on_slice, o, False),
-                      on_delete=lambda o: _fwd(proxier.on_slice, o, True))
+    core, discovery = client.CoreV1Api(host.api), client.DiscoveryV1Api(host.api)
     runner = SyncRunner(sync, name="proxy", min_interval=min(cfg.min_sync_interval, PROXY_MIN_SYNC_INTERVAL),
                         resync_interval=cfg.resync_interval,
-                        ready=lambda: all(i.synced.is_set() for i in (services, slices, nodes)))
+                        ready=lambda: all(i.synced.is_set() for i in (services, slices, host.nodes)))
 
-    def _fwd(handler, obj, deleted):
-        handler(obj, deleted)
-        runner.trigger()
+    def forward(handler):
+        def on_event(obj, deleted):
+            handler(obj, deleted)
+            runner.trigger()
+        return on_event
 
-    node_listeners.append(lambda obj, deleted: _fwd(proxier.on_node, obj, deleted))
+    services = host.watch(core.list_service_for_all_namespaces, "services", forward(proxier.on_service),
+                          label_selector=SERVICE_SELECTOR)
+    slices = host.watch(discovery.list_endpoint_slice_for_all_namespaces, "endpointslices",
+                        forward(proxier.on_slice), label_selector=SLICE_SELECTOR)
+    host.on_node(forward(proxier.on_node))
     for part in (services, slices, runner):
         part.start()
-    log.info("service proxy started")
     return [services, slices, runner, *servers]
 
 

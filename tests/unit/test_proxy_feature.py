@@ -1,7 +1,7 @@
-"""node_daemon.proxy_hook's sync function: diff syncs, and a full rewrite now and then."""
+"""proxy.feature's sync function: diff syncs, and a full rewrite now and then."""
 import pytest
 
-from node_daemon.proxy_hook import ProxySync
+from proxy.feature import ProxySync
 
 
 class FakeProxier:

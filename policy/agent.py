@@ -1,0 +1,138 @@
+"""One policy sync: store snapshot -> this node's Ruleset (pure) -> one nft transaction -> cleanup.
+
+The first sync (and the first after a failure or a periodic full resync) writes the whole table;
+later ones send only the element diff (policy.ruleset.render_diff). After the kernel accepted it:
+conntrack entries of flows the change denies are deleted (policy/conntrack.py), the namespaces
+holding policies are published for the CNI plugin's fallback (policy/gate.py), and anyone waiting
+for a store version (a CNI ADD) is released. Collaborators come in through the constructor.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from typing import Callable, Protocol
+
+from policy.compile import compile_node
+from policy.model import Cluster
+from policy.ruleset import DIRECTIONS, LogConfig, Ruleset, render_diff, render_full
+from policy.store import Store
+
+log = logging.getLogger("podwire.policy")
+
+
+class Runner(Protocol):
+    def apply(self, text: str) -> None: ...
+
+
+def write_atomically(path: str, text: str) -> None:
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".podwire-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class PolicyAgent:
+    def __init__(self, node_name: str, store: Store, runner: Runner, *, log_config: LogConfig = LogConfig(),  # noqa: B008
+                 bridge: Callable[[], None] | None = None,
+                 conntrack: Callable[[Ruleset | None, Ruleset], int] | None = None,
+                 namespaces_file: str | None = None, metrics=None, clock=time.monotonic):
+        self.node_name, self.store, self.runner = node_name, store, runner
+        self.log_config, self.bridge, self.conntrack = log_config, bridge, conntrack
+        self.namespaces_file, self.metrics, self.clock = namespaces_file, metrics, clock
+        self.applied: Ruleset | None = None  # what the kernel holds; None = unknown, write it whole
+        self.cluster: Cluster | None = None  # the snapshot the kernel's rules came from
+        self.committed = -1  # the store version in force
+        self._published: str | None = None
+        self._cond = threading.Condition()
+        self._sync_lock = threading.Lock()
+
+    def request_full_sync(self) -> None:
+        with self._sync_lock:
+            self.applied = None
+
+    def sync(self) -> None:
+        """Raises when the kernel refused the ruleset (the runner retries with backoff)."""
+        with self._sync_lock:
+            started = self.clock()
+            version, cluster = self.store.snapshot()
+            rs = compile_node(cluster, self.node_name, self.log_config)
+            compiled = self.clock()
+            if self.bridge is not None:
+                self.bridge()  # before the first pod's rules count on it (same-node traffic)
+            old = self.applied
+            full = self._apply(old, rs)
+            self.applied = rs
+            deleted = 0
+            if self.conntrack is not None:
+                try:
+                    deleted = self.conntrack(old, rs)
+                except Exception as e:  # noqa: BLE001 - the rules are in; stale flows are logged
+                    log.warning("conntrack cleanup failed: %s", e)
+            self._publish()
+            with self._cond:
+                self.committed, self.cluster = version, cluster
+                self._cond.notify_all()
+            done = self.clock()
+            if self.metrics is not None:
+                self.metrics.observe_sync(rs, full, compiled - started, done - started, deleted)
+            if full or deleted:
+                log.info("policy %s sync: %d/%d pods isolated for ingress/egress, %d/%d allows, "
+                         "%d conntrack entries deleted, %.0f ms", "full" if full else "diff",
+                         len(rs.isolated_ingress), len(rs.isolated_egress), len(rs.ingress), len(rs.egress),
+                         deleted, (done - started) * 1000)
+
+    def _apply(self, old: Ruleset | None, rs: Ruleset) -> bool:
+        """Send old -> rs; True when it was a full rewrite."""
+        text = render_diff(old, rs) if old is not None else None
+        if text == "":
+            return False
+        if text is not None:
+            try:
+                self.runner.apply(text)
+                return False
+            except Exception as e:  # noqa: BLE001 - e.g. the table was changed behind our back
+                log.warning("policy diff refused (%s); rewriting the table", str(e).splitlines()[0] if str(e) else e)
+        try:
+            self.runner.apply(render_full(rs))
+        except Exception:
+            self.applied = None
+            raise
+        return True
+
+    def _publish(self) -> None:
+        """The namespaces holding policies, for the CNI plugin when the daemon does not answer."""
+        if not self.namespaces_file:
+            return
+        text = json.dumps(self.store.policy_namespaces()) + "\n"
+        if text != self._published:
+            try:
+                write_atomically(self.namespaces_file, text)
+                self._published = text
+            except OSError as e:
+                log.warning("cannot write %s: %s", self.namespaces_file, e)
+
+    def wait_committed(self, version: int, timeout: float) -> bool:
+        """Block until a sync put store version `version` (or later) into the kernel."""
+        deadline = self.clock() + timeout
+        with self._cond:
+            while self.committed < version:
+                left = deadline - self.clock()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def isolated_count(self) -> dict[str, int]:
+        rs = self.applied
+        return {d: len(rs.isolated(d)) if rs else 0 for d in DIRECTIONS}

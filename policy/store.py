@@ -1,0 +1,204 @@
+"""The policy feature's view of the cluster: records from informer events, and snapshots of them.
+
+Events arrive on informer threads as plain API dicts; each is converted once (policy.from_api) into
+a frozen record, so a sync never re-parses 150k pods. A bad object is logged once and skipped; a
+bad *update* of a policy keeps the last good version of that policy (the API server validates
+policies, so a policy we cannot read is our bug or hostile input: dropping it would silently
+remove a firewall). `snapshot()` is a policy.model.Cluster built from the records.
+
+Pod addresses reported by the CNI plugin (policy/gate.py) before the API has them (kubelet
+writes status.podIPs only after the ADD returns) are held as overrides until the API agrees,
+so a pod's policy is in force before its first packet.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+
+from policy.from_api import Skip, namespace_from_api, pod_from_api, policy_from_api
+from policy.model import Cluster, IPAddress, Namespace, NetworkPolicy, Pod
+
+log = logging.getLogger("podwire.policy")
+
+OVERRIDE_TTL = 300.0  # seconds a CNI-reported address waits for the API to confirm it
+
+
+def _slim_containers(value) -> list:
+    out = []
+    if isinstance(value, list):
+        for c in value:
+            if isinstance(c, dict):
+                keep = {k: c[k] for k in ("name", "ports", "restartPolicy") if k in c}
+                out.append(keep)
+            else:
+                out.append(c)  # kept as is: the converter refuses it with a reason
+    return out
+
+
+def slim_pod(obj: dict) -> dict:
+    """The fields of a Pod the policy reads (the informer keeps only these: a Pod's full JSON is
+    ~5-20 KB, managedFields alone often half of it). Total: never raises, whatever `obj` is."""
+    if not isinstance(obj, dict):
+        return obj
+    meta, spec, status = obj.get("metadata"), obj.get("spec"), obj.get("status")
+    out: dict = {}
+    if isinstance(meta, dict):
+        out["metadata"] = {k: meta[k] for k in ("name", "namespace", "uid", "labels", "resourceVersion")
+                           if k in meta}
+    else:
+        out["metadata"] = meta
+    if isinstance(spec, dict):
+        s = {k: spec[k] for k in ("nodeName", "hostNetwork") if k in spec}
+        for k in ("containers", "initContainers"):
+            if k in spec:
+                s[k] = _slim_containers(spec[k])
+        out["spec"] = s
+    else:
+        out["spec"] = spec
+    if isinstance(status, dict):
+        out["status"] = {k: status[k] for k in ("phase", "podIP", "podIPs") if k in status}
+    else:
+        out["status"] = status
+    return out
+
+
+def _key(obj) -> tuple[str, str] | None:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    ns, name = meta.get("namespace") or "", meta.get("name")
+    if not isinstance(name, str) or not isinstance(ns, str):
+        return None
+    return (ns, name)
+
+
+class Store:
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.pods: dict[tuple[str, str], Pod] = {}
+        self.namespaces: dict[str, Namespace] = {}
+        self.policies: dict[tuple[str, str], NetworkPolicy] = {}
+        self.invalid: dict[tuple[str, str, str], str] = {}  # (kind, ns, name) -> reason
+        # (ns, name) -> (uid or "", addresses, node, deadline): what the CNI plugin reported
+        self.overrides: dict[tuple[str, str], tuple[str, tuple[IPAddress, ...], str, float]] = {}
+        self.version = 0  # bumped by every change a sync must see
+        self._lock = threading.Lock()
+
+    # ---- events (informer threads) -----------------------------------------------------
+    def _convert(self, kind: str, obj, convert):
+        key = _key(obj)
+        if key is None:
+            log.warning("%s without a readable name ignored", kind)
+            return None, None
+        try:
+            record = convert(obj)
+        except Skip as e:
+            if self.invalid.get((kind, *key)) != e.reason:
+                log.warning("%s %s/%s ignored: %s", kind, key[0], key[1], e.reason)
+            self.invalid[(kind, *key)] = e.reason
+            return key, None
+        self.invalid.pop((kind, *key), None)
+        return key, record
+
+    def on_pod(self, obj, deleted: bool) -> bool:
+        with self._lock:
+            key, pod = (_key(obj), None) if deleted else self._convert("Pod", obj, pod_from_api)
+            if key is None:
+                return False
+            if pod is None:
+                self.invalid.pop(("Pod", *key), None) if deleted else None
+                self.overrides.pop(key, None)
+                changed = self.pods.pop(key, None) is not None
+            else:
+                o = self.overrides.get(key)
+                if o is not None:
+                    other_pod = bool(o[0]) and pod.uid != o[0]  # deleted and re-created meanwhile
+                    if other_pod or set(o[1]) <= set(pod.ips):  # ... or the API confirms the CNI
+                        del self.overrides[key]
+                changed = self.pods.get(key) != pod
+                self.pods[key] = pod
+            if changed:
+                self.version += 1
+            return changed
+
+    def on_namespace(self, obj, deleted: bool) -> bool:
+        with self._lock:
+            key, ns = (_key(obj), None) if deleted else self._convert("Namespace", obj, namespace_from_api)
+            if key is None:
+                return False
+            name = key[1]
+            if ns is None:
+                # a namespace we cannot read keeps its last good labels; a deleted one goes
+                changed = deleted and self.namespaces.pop(name, None) is not None
+            else:
+                changed = self.namespaces.get(name) != ns
+                self.namespaces[name] = ns
+            if changed:
+                self.version += 1
+            return changed
+
+    def on_policy(self, obj, deleted: bool) -> bool:
+        with self._lock:
+            key, pol = (_key(obj), None) if deleted else self._convert("NetworkPolicy", obj, policy_from_api)
+            if key is None:
+                return False
+            if deleted:
+                self.invalid.pop(("NetworkPolicy", *key), None)
+                changed = self.policies.pop(key, None) is not None
+            elif pol is None:
+                if key in self.policies:
+                    log.warning("NetworkPolicy %s/%s: keeping its last good version", *key)
+                return False
+            else:
+                changed = self.policies.get(key) != pol
+                self.policies[key] = pol
+            if changed:
+                self.version += 1
+            return changed
+
+    # ---- the CNI plugin's report (policy/gate.py) ----------------------------------------
+    def report(self, namespace: str, name: str, uid: str, ips: tuple[IPAddress, ...], node: str) -> int:
+        """Addresses the CNI plugin just gave a pod of this node; returns the store version a sync
+        must reach for them to be in force."""
+        with self._lock:
+            self.overrides[(namespace, name)] = (uid, ips, node, self.clock() + OVERRIDE_TTL)
+            self.version += 1
+            return self.version
+
+    def has_policies(self, namespace: str) -> bool:
+        with self._lock:
+            return any(k[0] == namespace for k in self.policies)
+
+    def policy_namespaces(self) -> list[str]:
+        with self._lock:
+            return sorted({k[0] for k in self.policies})
+
+    def knows_pod(self, namespace: str, name: str) -> bool:
+        with self._lock:
+            return (namespace, name) in self.pods
+
+    # ---- snapshots (the sync thread) ---------------------------------------------------
+    def snapshot(self) -> tuple[int, Cluster]:
+        """(version, Cluster) of everything seen so far, overrides applied."""
+        with self._lock:
+            now = self.clock()
+            for key in [k for k, o in self.overrides.items() if o[3] < now]:
+                del self.overrides[key]
+            pods = self.pods
+            if self.overrides:
+                pods = dict(pods)
+                # This node's IPAM just handed these addresses out: another pod the API still shows
+                # with one of them is gone (its DEL ran), and must not win the address from the new
+                # pod (Cluster.build resolves conflicts by name, which could leave the new pod unpoliced).
+                fresh = {ip: key for key, o in self.overrides.items() if key in pods for ip in o[1]}
+                for key, pod in self.pods.items():
+                    if key not in self.overrides and any(ip in fresh for ip in pod.ips):
+                        pods[key] = replace(pod, ips=tuple(ip for ip in pod.ips if ip not in fresh))
+                for key, (_uid, ips, node, _) in self.overrides.items():
+                    shown = pods.get(key)
+                    if shown is None:
+                        continue  # the API has not shown the pod yet: the gate fetched or waits for it
+                    pods[key] = replace(shown, ips=ips, node=shown.node or node)
+            return self.version, Cluster.build(pods.values(), self.namespaces.values(), self.policies.values())
