@@ -6,7 +6,11 @@
 2. installs podwire like a user: image loaded into the nodes, `kubectl apply -f manifests/podwire.yaml`;
 3. deploys a 3-replica web server (one per node) behind a NodePort Service, and a client pod;
 4. shows the nodes and pods with kubectl, then checks and prints: pod→pod on every node, pod→Service by
-   DNS name, NodePort from a host outside the cluster on every node, egress masquerade to that host.
+   DNS name, NodePort from a host outside the cluster on every node, egress masquerade to that host;
+5. NetworkPolicy, as a learner types it: namespace demo-policy with a backend, a frontend and another pod;
+   other → backend connects, then a policy lets only `app: frontend` into backend's port: frontend → backend
+   still connects, other → backend gets no answer within 2 s.
+The last lines name every check that failed.
 Tears everything down unless --keep (then `python3 -m e2e.cluster down --name demo`).
 """
 
@@ -14,12 +18,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
 
 from e2e import images
 from e2e.podwire_install import build_image, diagnostics, install
+
+# The web server (its hostname as the page) and an idle client pod, shared by both parts of the demo.
+HTTPD_CONTAINER = """\
+      containers:
+      - name: httpd
+        image: %(image)s
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        ports: [{containerPort: 8080}]
+"""
+CLIENT_POD = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: %(name)s, namespace: %(ns)s, labels: {app: %(name)s}}
+spec:
+  containers:
+  - {name: client, image: %(image)s, imagePullPolicy: IfNotPresent, command: [sleep, "36000"]}
+"""
 
 SERVER = """\
 apiVersion: apps/v1
@@ -34,12 +57,7 @@ spec:
       topologySpreadConstraints:
       - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule,
          labelSelector: {matchLabels: {app: web}}}
-      containers:
-      - name: httpd
-        image: %(image)s
-        imagePullPolicy: IfNotPresent
-        command: [sh, -c, "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
-        ports: [{containerPort: 8080}]
+""" + HTTPD_CONTAINER + """\
 ---
 apiVersion: v1
 kind: Service
@@ -49,13 +67,46 @@ spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
 ---
+""" + CLIENT_POD % {"name": "client", "ns": "default", "image": "%(image)s"}
+
+POLICY_NS = "demo-policy"
+POLICY_APP = """\
 apiVersion: v1
-kind: Pod
-metadata: {name: client}
+kind: Namespace
+metadata: {name: demo-policy}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: backend, namespace: demo-policy}
 spec:
-  containers:
-  - {name: client, image: %(image)s, imagePullPolicy: IfNotPresent, command: [sleep, "36000"]}
+  replicas: 1
+  selector: {matchLabels: {app: backend}}
+  template:
+    metadata: {labels: {app: backend}}
+    spec:
+""" + HTTPD_CONTAINER + """\
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: demo-policy}
+spec:
+  selector: {app: backend}
+  ports: [{port: 80, targetPort: 8080}]
+---
+""" + "---\n".join(CLIENT_POD % {"name": n, "ns": POLICY_NS, "image": "%(image)s"} for n in ("frontend", "other"))
+# The example of shared/notes/network-policy.md: backend admits only the frontend, on its port.
+POLICY = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: backend-allow-frontend, namespace: demo-policy}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+    ports: [{protocol: TCP, port: 8080}]
 """
+CONNECT_TIMEOUT = 2  # seconds: a dropped connection reads as "no answer" after this
 
 # Answers each TCP connection with the peer's address: what the outside host sees as our source.
 ECHO_SOURCE = ("import socketserver\n"
@@ -65,6 +116,14 @@ ECHO_SOURCE = ("import socketserver\n"
                "        self.wfile.write(b'HTTP/1.0 200 OK\\r\\n\\r\\n' + self.client_address[0].encode())\n"
                "socketserver.TCPServer.allow_reuse_address = True\n"
                "socketserver.TCPServer(('0.0.0.0', 9000), H).serve_forever()\n")
+
+
+def shell_word(arg: str) -> str:
+    """An argument as a person types it in bash: "double quotes" around a command holding 'single
+    quotes' (shlex.quote would splice in '"'"'), when nothing in it is special inside double quotes."""
+    if "'" in arg and not any(c in arg for c in '"$`!') and "\\\\" not in arg and not arg.endswith("\\"):
+        return f'"{arg}"'
+    return shlex.quote(arg)
 
 
 class Demo:
@@ -159,6 +218,63 @@ class Demo:
             server.wait()
 
 
+    # -- NetworkPolicy, shown as the kubectl commands a learner types ---------------------------
+
+    def typed(self, *args: str, manifest: str = "", timeout: int = 60) -> tuple[bool, str]:
+        """Runs and prints `kubectl ARGS` (a manifest as the heredoc one would type); its output."""
+        heredoc = f" <<EOF\n{manifest}EOF" if manifest else ""
+        print("$ kubectl " + " ".join(map(shell_word, args)) + heredoc, flush=True)
+        r = self.c.kubectl(*args, check=False, input=manifest or None, timeout=timeout)
+        out = (r.stdout.strip() or r.stderr.strip())
+        if out:
+            print(out, flush=True)
+        return r.returncode == 0, out
+
+    def policy_probe(self, pod: str, ip: str, quiet: bool = False) -> tuple[bool, str]:
+        """pod -> backend Service: (answered by a backend, what came back)."""
+        cmd = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {CONNECT_TIMEOUT} {ip} 80 | tail -1"
+        args = ("-n", POLICY_NS, "exec", pod, "--", "sh", "-c", cmd)
+        if quiet:
+            r = self.c.kubectl(*args, check=False, timeout=30)
+            out = r.stdout.strip()
+        else:
+            _, out = self.typed(*args, timeout=30)
+        return out.startswith("backend-"), out or f"no answer within {CONNECT_TIMEOUT} s"
+
+    def settle(self, pod: str, ip: str, want: bool, seconds: float = 20.0) -> tuple[bool, str]:
+        """Probes until the outcome is `want` (the daemon applies a policy within its sync interval),
+        then once more where the learner sees it. Returns (outcome == want, the shown output)."""
+        self.retry(lambda: (self.policy_probe(pod, ip, quiet=True)[0] == want, ""), seconds)
+        reached, out = self.policy_probe(pod, ip)
+        return reached == want, out
+
+    def run_policy_checks(self) -> None:
+        ok, out = self.typed("apply", "-f", "-", manifest=POLICY_APP % {"image": images.BUSYBOX})
+        if not ok:
+            raise RuntimeError(f"kubectl apply (demo-policy): {out}")
+        self.typed("-n", POLICY_NS, "rollout", "status", "deployment/backend", "--timeout=120s", timeout=140)
+        self.typed("-n", POLICY_NS, "wait", "--for=condition=Ready", "pod/frontend", "pod/other", "--timeout=120s",
+                   timeout=140)
+        self.typed("-n", POLICY_NS, "get", "pods", "-o", "wide", "--show-labels")
+        ok, ip = self.typed("-n", POLICY_NS, "get", "service", "backend", "-o", "jsonpath={.spec.clusterIP}")
+        if not ok:
+            raise RuntimeError(f"kubectl get service backend: {ip}")
+
+        print("# no policy yet: every pod reaches backend", flush=True)
+        ok, out = self.settle("other", ip, True)
+        self.check("policy: before any NetworkPolicy, other -> backend connects", ok, out)
+        print("# backend admits only app=frontend on 8080", flush=True)
+        applied, out = self.typed("apply", "-f", "-", manifest=POLICY)
+        if not applied:
+            raise RuntimeError(f"kubectl apply (NetworkPolicy): {out}")
+        self.typed("-n", POLICY_NS, "describe", "networkpolicy", "backend-allow-frontend")
+        ok, out = self.settle("frontend", ip, True)
+        self.check("policy: frontend -> backend allowed by backend-allow-frontend", ok, out)
+        ok, out = self.settle("other", ip, False)
+        self.check("policy: other -> backend denied by backend-allow-frontend", ok,
+                   out if ok else f"connected ({out}): the policy is not enforced")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=("routed", "l2"), default="routed",
@@ -188,6 +304,8 @@ def main(argv=None) -> int:
         print(demo.kubectl("get", "service", "web"), flush=True)
         print("== checks", flush=True)
         demo.run_checks()
+        print(f"== NetworkPolicy: namespace {POLICY_NS}, backend, frontend and other", flush=True)
+        demo.run_policy_checks()
     except Exception as e:  # report, keep the cluster for a look when asked, tear down otherwise
         demo.check("demo ran to the end", False, str(e)[:2000])
         print(diagnostics(cluster)[-4000:])
@@ -195,6 +313,8 @@ def main(argv=None) -> int:
         failed = [r for r in demo.results if not r[1]]
         print(f"== {len(demo.results) - len(failed)} passed, {len(failed)} failed "
               f"in {time.monotonic() - started:.0f} s", flush=True)
+        for label, _, detail in failed:
+            print(f"  FAILED: {label}: {detail.splitlines()[0] if detail else ''}", flush=True)
         if args.keep:
             print(f"cluster kept: export KUBECONFIG={cluster.kubeconfig}; "
                   f"python3 -m e2e.cluster down --name {args.name}")
