@@ -35,6 +35,22 @@ def _policy_namespaces(path: str) -> set[str] | None:
     return {v for v in value if isinstance(v, str)} if isinstance(value, list) else None
 
 
+def _mark_known(ips: list[str], log) -> None:
+    """Let the node forward the pod's traffic although the daemon has not classified it: add its
+    addresses to the policy table's `known` sets (the one write the plugin makes to that table; the
+    daemon's next full sync replaces the sets with what the API says). `ips` are our IPAM's."""
+    import ipaddress
+    import subprocess
+
+    lines = []
+    for text in ips:
+        ip = ipaddress.ip_address(text)  # typed again before it becomes nft text
+        lines.append(f"add element inet podwire-policy known{ip.version} {{ {ip} }}")
+    p = subprocess.run(["nft", "-f", "-"], input="\n".join(lines) + "\n", capture_output=True, text=True)
+    if p.returncode != 0:
+        log(f"policy: could not mark {ips} known ({p.stderr.strip()[:200]}); no policy table here?")
+
+
 def wait(gate, cni_args: str, ips: list[str], log) -> None:
     """`gate`: config.PolicyGate. Raises CNIError(11) when the pod must not start yet."""
     pod = pod_of(cni_args)
@@ -52,6 +68,7 @@ def wait(gate, cni_args: str, ips: list[str], log) -> None:
             held = _policy_namespaces(gate.namespaces_file)
             if held is not None and ns not in held:
                 log(f"policy: daemon not answering ({e.strerror}); namespace {ns} holds no policy, going ahead")
+                _mark_known(ips, log)
                 return
             raise CNIError(TRY_AGAIN, f"NetworkPolicy for {ns}/{name} cannot be confirmed: the podwire daemon "
                            f"does not answer on {gate.socket} ({e.strerror}) and namespace {ns} may hold "

@@ -67,11 +67,12 @@ def add(conf: NetConf, env: Env, log) -> dict:
             allocations = allocator.allocate(cfg, store, env.container_id, env.ifname)
             undo.callback(allocator.release, store, env.container_id, env.ifname)
             plan = plan_pod(conf, allocations, cfg.routes, env.container_id, env.ifname)
-            interfaces = dataplane.setup(plan, pod, netns_fd, env.netns, undo)
-            hostport.program(conf, env.container_id, env.ifname, plan.host_if, plan.container_addrs, undo)
-            if conf.policy is not None:  # the pod's first packet must meet its NetworkPolicy
+            if conf.policy is not None:
+                # before the pod has an interface: its first packet, either way, meets its NetworkPolicy
                 from cni_plugin import policy_gate
                 policy_gate.wait(conf.policy, env.args, [a.split("/")[0] for a in plan.container_addrs], log)
+            interfaces = dataplane.setup(plan, pod, netns_fd, env.netns, undo)
+            hostport.program(conf, env.container_id, env.ifname, plan.host_if, plan.container_addrs, undo)
             undo.pop_all()  # success: keep everything (the pod socket closes with the process)
     finally:
         os.close(netns_fd)

@@ -65,8 +65,8 @@ class PolicyAgent:
         """Raises when the kernel refused the ruleset (the runner retries with backoff)."""
         with self._sync_lock:
             started = self.clock()
-            version, cluster = self.store.snapshot()
-            rs = compile_node(cluster, self.node_name, self.log_config)
+            version, cluster, local = self.store.snapshot_all()
+            rs = compile_node(cluster, self.node_name, self.log_config, local)
             compiled = self.clock()
             if self.bridge is not None:
                 self.bridge()  # before the first pod's rules count on it (same-node traffic)

@@ -188,14 +188,17 @@ class _Compiler:
                     yield Allow(ip, net, proto, lo, hi)
 
 
-def compile_node(cluster: Cluster, node_name: str, log: LogConfig = LogConfig()) -> Ruleset:  # noqa: B008
+def compile_node(cluster: Cluster, node_name: str, log: LogConfig = LogConfig(),  # noqa: B008
+                 local: tuple[IPNetwork, ...] = ()) -> Ruleset:
     """This node's Ruleset: its policed pods isolated per direction and what each may exchange.
 
     Pure and deterministic (the result is sets). Pieces that resolve to nothing (a named port no pod
-    declares, a peer selecting no pod) simply add no allow; the isolation stays."""
+    declares, a peer selecting no pod) simply add no allow; the isolation stays. `local`: the node's
+    pod CIDRs; with them, every owned address of a local pod is `known` (Ruleset.local)."""
     c = _Compiler(cluster)
     isolated: dict[str, set[IPAddress]] = {INGRESS: set(), EGRESS: set()}
     allows: dict[str, set[Allow]] = {INGRESS: set(), EGRESS: set()}
+    known: set[IPAddress] = set()
     for pods in cluster.pods_by_namespace.values():
         for pod in pods:
             if pod.node != node_name:
@@ -203,6 +206,8 @@ def compile_node(cluster: Cluster, node_name: str, log: LogConfig = LogConfig())
             ips = c.owned(pod)
             if not ips:
                 continue
+            if local:
+                known.update(ips)
             for direction in (INGRESS, EGRESS):
                 policies = isolating(cluster, pod, direction)
                 if not policies:
@@ -218,4 +223,5 @@ def compile_node(cluster: Cluster, node_name: str, log: LogConfig = LogConfig())
                             else:
                                 out.update(c.egress_allows(policy, index, ip))
     return Ruleset(isolated_ingress=frozenset(isolated[INGRESS]), isolated_egress=frozenset(isolated[EGRESS]),
-                   ingress=frozenset(allows[INGRESS]), egress=frozenset(allows[EGRESS]), log=log)
+                   ingress=frozenset(allows[INGRESS]), egress=frozenset(allows[EGRESS]), log=log,
+                   local=tuple(local), known=frozenset(known))

@@ -95,6 +95,11 @@ def start(host) -> list:
                 runner.trigger()
         return on_event
 
+    def on_node(obj, deleted):
+        if store.on_node(obj, deleted, cfg.node_name):
+            runner.trigger()
+
+    host.on_node(on_node)
     informers = [
         host.watch(core.list_pod_for_all_namespaces, "pods", forward(store.on_pod), transform=slim_pod),
         host.watch(core.list_namespace, "namespaces", forward(store.on_namespace)),

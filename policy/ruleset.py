@@ -92,8 +92,20 @@ class Ruleset:
     ingress: frozenset[Allow] = frozenset()
     egress: frozenset[Allow] = frozenset()
     log: LogConfig = field(default_factory=LogConfig)
+    # This node's pod CIDRs and the addresses in them the daemon has classified (every local pod it
+    # knows, policed or not). A forwarded packet to or from an address of `local` not in `known` is
+    # dropped: a pod the daemon has not seen yet cannot have its policy in force. The CNI plugin
+    # reports every new pod before its interface exists (policy/gate.py), so no pod ever meets this;
+    # it stops packets a node accepted before a pod existed (e.g. queued for ARP) from reaching it.
+    local: tuple[Net, ...] = ()
+    known: frozenset[Addr] = frozenset()
 
     def __post_init__(self) -> None:
+        for net in self.local:
+            if type(net) not in (ipaddress.IPv4Network, ipaddress.IPv6Network):
+                raise ValueError(f"local pod CIDR {net!r:.80} is not a network")
+        for a in self.known:
+            _addr(a, "known pod")
         for direction in DIRECTIONS:
             isolated = self.isolated(direction)
             for a in isolated:
@@ -224,6 +236,12 @@ def elements(rs: Ruleset) -> dict[str, frozenset[str]]:
                         ports.add(f"{pod_text} . {peer} . {proto} . {_port_text(pl, ph)}")
             out[set_name(direction, "ports", v)] = frozenset(ports)
             out[set_name(direction, "any", v)] = frozenset(anys)
+    for v in (4, 6):
+        bits = 32 if v == 4 else 128
+        spans = _merge((int(n.network_address), int(n.network_address) + (1 << (bits - n.prefixlen)) - 1)
+                       for n in rs.local if n.version == v)
+        out[f"local{v}"] = frozenset(_peer_text(v, lo, hi) for lo, hi in spans)
+        out[f"known{v}"] = frozenset(str(a) for a in rs.known if a.version == v)
     return out
 
 
@@ -249,7 +267,12 @@ def table(rs: Ruleset) -> nft.Table:
     Node-originated traffic (kubelet probes) takes output, which this table does not hook.
     """
     t = nft.Table("inet", TABLE)
-    t.add_chain(nft.Chain("forward", ("ct state established,related accept", _ND, "jump egress", "jump ingress"),
+    t.add_chain(nft.Chain("forward", ("ct state established,related accept", _ND,
+                                      "ip daddr @local4 ip daddr != @known4 counter drop",
+                                      "ip saddr @local4 ip saddr != @known4 counter drop",
+                                      "ip6 daddr @local6 ip6 daddr != @known6 counter drop",
+                                      "ip6 saddr @local6 ip6 saddr != @known6 counter drop",
+                                      "jump egress", "jump ingress"),
                           nft.Hook("filter", "forward", 0)))
     t.add_chain(nft.Chain("input", ("ct state established,related accept", _ND,
                                     "jump egress"), nft.Hook("filter", "input", 0)))
@@ -270,6 +293,9 @@ def table(rs: Ruleset) -> nft.Table:
             t.add_set(nft.Set(n, f"{addr} . {addr} . inet_proto . inet_service", ("interval",), elements=els[n]))
             n = set_name(direction, "any", v)
             t.add_set(nft.Set(n, f"{addr} . {addr}", ("interval",), elements=els[n]))
+    for v, addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        t.add_set(nft.Set(f"local{v}", addr, ("interval",), elements=els[f"local{v}"]))
+        t.add_set(nft.Set(f"known{v}", addr, elements=els[f"known{v}"]))
     return t
 
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from policy.from_api import Skip, namespace_from_api, pod_from_api, policy_from_api
 from policy.model import Cluster, IPAddress, Namespace, NetworkPolicy, Pod
+from proxy.from_api import parse_network
 
 log = logging.getLogger("podwire.policy")
 
@@ -83,6 +84,7 @@ class Store:
         self.invalid: dict[tuple[str, str, str], str] = {}  # (kind, ns, name) -> reason
         # (ns, name) -> (uid or "", addresses, node, deadline): what the CNI plugin reported
         self.overrides: dict[tuple[str, str], tuple[str, tuple[IPAddress, ...], str, float]] = {}
+        self.local: tuple = ()  # this node's pod CIDRs (Ruleset.local), from its Node object
         self.version = 0  # bumped by every change a sync must see
         self._lock = threading.Lock()
 
@@ -158,6 +160,26 @@ class Store:
                 self.version += 1
             return changed
 
+    def on_node(self, obj, deleted: bool, node_name: str) -> bool:
+        """This node's spec.podCIDRs (other nodes' are not needed: their pods are peers by IP)."""
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        if not isinstance(meta, dict) or meta.get("name") != node_name:
+            return False
+        spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+        cidrs = []
+        raw = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+        for value in raw if isinstance(raw, list) and not deleted else []:
+            try:
+                cidrs.append(parse_network(value))
+            except ValueError:
+                log.warning("Node %s: bad podCIDR %r ignored", node_name, value)
+        with self._lock:
+            if tuple(cidrs) == self.local or (deleted and self.local):
+                return False  # a deleted Node keeps its last CIDRs: pods still run here
+            self.local = tuple(cidrs)
+            self.version += 1
+            return True
+
     # ---- the CNI plugin's report (policy/gate.py) ----------------------------------------
     def report(self, namespace: str, name: str, uid: str, ips: tuple[IPAddress, ...], node: str) -> int:
         """Addresses the CNI plugin just gave a pod of this node; returns the store version a sync
@@ -181,7 +203,13 @@ class Store:
 
     # ---- snapshots (the sync thread) ---------------------------------------------------
     def snapshot(self) -> tuple[int, Cluster]:
-        """(version, Cluster) of everything seen so far, overrides applied."""
+        """(version, Cluster) of everything seen so far, overrides applied (`local` is read
+        with it: take both under one call of snapshot_all)."""
+        version, cluster, _ = self.snapshot_all()
+        return version, cluster
+
+    def snapshot_all(self) -> tuple[int, Cluster, tuple]:
+        """(version, Cluster, local pod CIDRs), consistent with each other."""
         with self._lock:
             now = self.clock()
             for key in [k for k, o in self.overrides.items() if o[3] < now]:
@@ -201,4 +229,5 @@ class Store:
                     if shown is None:
                         continue  # the API has not shown the pod yet: the gate fetched or waits for it
                     pods[key] = replace(shown, ips=ips, node=shown.node or node)
-            return self.version, Cluster.build(pods.values(), self.namespaces.values(), self.policies.values())
+            return (self.version, Cluster.build(pods.values(), self.namespaces.values(), self.policies.values()),
+                    self.local)

@@ -86,6 +86,18 @@ def test_default_deny_isolates_without_allows():
     assert compile_node(cluster(PODS, [pol("x", "deny")]), "n1", log=LogConfig(rate=3)).log.rate == 3
 
 
+def test_with_local_cidrs_every_local_pod_is_known_policed_or_not():
+    """Ruleset.known: the local pods the daemon classified (a forwarded packet to or from another
+    address of the node's pod CIDRs is dropped); other nodes' pods and unselected ones alike."""
+    local = (N("10.0.1.0/24"),)
+    free = compile_node(cluster(PODS, []), "n1", local=local)
+    on_n1 = {ip for p in PODS if p.node == "n1" and not p.host_network and not p.terminal for ip in p.ips}
+    assert free.known == frozenset(on_n1) and free.local == local and not free.isolated_ingress
+    assert compile_node(cluster(PODS, []), "n1").known == frozenset()  # without local: no backstop
+    els = elements(free)
+    assert els["local4"] == {"10.0.1.0/24"} and els["known4"] == {str(a) for a in on_n1 if a.version == 4}
+
+
 def test_allow_from_namespace_lists_peer_pods_only():
     p = pol("x", "from-y", sel(app="db"), ingress=[Rule(peers=(Peer(namespace_selector=sel(team="y")),))])
     rs = compile_node(cluster(PODS, [p]), "n1")

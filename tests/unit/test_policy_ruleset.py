@@ -48,6 +48,10 @@ add set inet podwire-policy ingress-isolated4 { type ipv4_addr ; }
 add set inet podwire-policy ingress-isolated6 { type ipv6_addr ; }
 add set inet podwire-policy ingress-ports4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service ; flags interval ; }
 add set inet podwire-policy ingress-ports6 { type ipv6_addr . ipv6_addr . inet_proto . inet_service ; flags interval ; }
+add set inet podwire-policy known4 { type ipv4_addr ; }
+add set inet podwire-policy known6 { type ipv6_addr ; }
+add set inet podwire-policy local4 { type ipv4_addr ; flags interval ; }
+add set inet podwire-policy local6 { type ipv6_addr ; flags interval ; }
 flush set inet podwire-policy egress-any4
 flush set inet podwire-policy egress-any6
 flush set inet podwire-policy egress-isolated4
@@ -60,9 +64,17 @@ flush set inet podwire-policy ingress-isolated4
 flush set inet podwire-policy ingress-isolated6
 flush set inet podwire-policy ingress-ports4
 flush set inet podwire-policy ingress-ports6
+flush set inet podwire-policy known4
+flush set inet podwire-policy known6
+flush set inet podwire-policy local4
+flush set inet podwire-policy local6
 add rule inet podwire-policy forward ct state established,related accept
 add rule inet podwire-policy forward meta l4proto ipv6-icmp icmpv6 type { nd-router-solicit, nd-router-advert, \
 nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept
+add rule inet podwire-policy forward ip daddr @local4 ip daddr != @known4 counter drop
+add rule inet podwire-policy forward ip saddr @local4 ip saddr != @known4 counter drop
+add rule inet podwire-policy forward ip6 daddr @local6 ip6 daddr != @known6 counter drop
+add rule inet podwire-policy forward ip6 saddr @local6 ip6 saddr != @known6 counter drop
 add rule inet podwire-policy forward jump egress
 add rule inet podwire-policy forward jump ingress
 add rule inet podwire-policy input ct state established,related accept
