@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable, Protocol
 
-from policy.compile import compile_node
+from policy.compile import MAX_ALLOWS_PER_POD, compile_node
 from policy.model import Cluster
 from policy.ruleset import DIRECTIONS, LogConfig, Ruleset, render_diff, render_full
 from policy.store import Store
@@ -54,6 +54,7 @@ class PolicyAgent:
         self.cluster: Cluster | None = None  # the snapshot the kernel's rules came from
         self.committed = -1  # the store version in force
         self._published: str | None = None
+        self._overflows: frozenset = frozenset()
         self._cond = threading.Condition()
         self._sync_lock = threading.Lock()
 
@@ -66,7 +67,9 @@ class PolicyAgent:
         with self._sync_lock:
             started = self.clock()
             version, cluster, local = self.store.snapshot_all()
-            rs = compile_node(cluster, self.node_name, self.log_config, local)
+            overflows: list = []
+            rs = compile_node(cluster, self.node_name, self.log_config, local, overflows)
+            self._report_overflows(overflows)
             compiled = self.clock()
             if self.bridge is not None:
                 self.bridge()  # before the first pod's rules count on it (same-node traffic)
@@ -91,6 +94,17 @@ class PolicyAgent:
                          "%d conntrack entries deleted, %.0f ms", "full" if full else "diff",
                          len(rs.isolated_ingress), len(rs.isolated_egress), len(rs.ingress), len(rs.egress),
                          deleted, (done - started) * 1000)
+
+    def _report_overflows(self, overflows: list) -> None:
+        """Log pods over the allow budget when that set changes (not every sync)."""
+        now = frozenset(overflows)
+        for o in sorted(now - self._overflows):
+            log.error("pod %s: its %s policies %s need more than %d allow entries on this node; it stays "
+                      "isolated for %s with no allow until they are made smaller", o.pod, o.direction,
+                      list(o.policies), MAX_ALLOWS_PER_POD, o.direction)
+        for o in sorted(self._overflows - now):
+            log.info("pod %s: %s allows fit the budget again", o.pod, o.direction)
+        self._overflows = now
 
     def _apply(self, old: Ruleset | None, rs: Ruleset) -> bool:
         """Send old -> rs; True when it was a full rewrite."""

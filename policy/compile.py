@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from typing import Iterable
+from itertools import chain
+from typing import Iterable, NamedTuple
 
 from policy.model import EGRESS, INGRESS, Cluster, IPAddress, IPNetwork, NetworkPolicy, Peer, Pod, Port
 from policy.ruleset import Allow, LogConfig, Ruleset
@@ -188,13 +189,28 @@ class _Compiler:
                     yield Allow(ip, net, proto, lo, hi)
 
 
+# Allow entries one pod may have per direction (as Cilium's per-endpoint policy map, 16k by
+# default). A policy is written by whoever may edit its namespace: 1,000 ports times an ipBlock with
+# 100 excepts is ~100k entries per pod, seconds of compile and nft per sync for the whole node. A pod
+# over the budget stays isolated with no allow but itself (fail closed), and the sync says so.
+MAX_ALLOWS_PER_POD = 16384
+
+
+class Overflow(NamedTuple):
+    pod: str  # namespace/name
+    direction: str
+    policies: tuple[str, ...]
+
+
 def compile_node(cluster: Cluster, node_name: str, log: LogConfig = LogConfig(),  # noqa: B008
-                 local: tuple[IPNetwork, ...] = ()) -> Ruleset:
+                 local: tuple[IPNetwork, ...] = (), overflows: list[Overflow] | None = None,
+                 max_allows: int = MAX_ALLOWS_PER_POD) -> Ruleset:
     """This node's Ruleset: its policed pods isolated per direction and what each may exchange.
 
     Pure and deterministic (the result is sets). Pieces that resolve to nothing (a named port no pod
     declares, a peer selecting no pod) simply add no allow; the isolation stays. `local`: the node's
-    pod CIDRs; with them, every owned address of a local pod is `known` (Ruleset.local)."""
+    pod CIDRs; with them, every owned address of a local pod is `known` (Ruleset.local). A pod whose
+    allows in one direction exceed `max_allows` gets none but itself; it is appended to `overflows`."""
     c = _Compiler(cluster)
     isolated: dict[str, set[IPAddress]] = {INGRESS: set(), EGRESS: set()}
     allows: dict[str, set[Allow]] = {INGRESS: set(), EGRESS: set()}
@@ -213,15 +229,21 @@ def compile_node(cluster: Cluster, node_name: str, log: LogConfig = LogConfig(),
                 if not policies:
                     continue
                 isolated[direction].update(ips)
-                out = allows[direction]
-                out.update(c.self_allows(ips))
-                for policy in policies:
-                    for index in range(len(policy.rules(direction))):
-                        for ip in ips:
-                            if direction == INGRESS:
-                                out.update(c.ingress_allows(policy, index, pod, ip))
-                            else:
-                                out.update(c.egress_allows(policy, index, ip))
+                found = chain.from_iterable(
+                    c.ingress_allows(policy, index, pod, ip) if direction == INGRESS
+                    else c.egress_allows(policy, index, ip)
+                    for policy in policies for index in range(len(policy.rules(direction))) for ip in ips)
+                mine: set[Allow] = set()
+                for allow in found:  # bounded work: reading stops once the pod is over budget
+                    mine.add(allow)
+                    if len(mine) > max_allows:
+                        break
+                if len(mine) > max_allows:
+                    mine.clear()
+                    if overflows is not None:
+                        overflows.append(Overflow(str(pod), direction, tuple(str(p) for p in policies)))
+                allows[direction].update(mine)
+                allows[direction].update(c.self_allows(ips))
     return Ruleset(isolated_ingress=frozenset(isolated[INGRESS]), isolated_egress=frozenset(isolated[EGRESS]),
                    ingress=frozenset(allows[INGRESS]), egress=frozenset(allows[EGRESS]), log=log,
                    local=tuple(local), known=frozenset(known))
