@@ -13,12 +13,33 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 
 import pytest
 
 from node_daemon.testbed import eventually, nsexec, sh
 from tests.integration.daemon_cluster_helpers import core, daemon_cluster, grant_role, kill_leftovers, stop_daemons
 from tests.integration.policy_cluster_helpers import POLICY_RBAC_RULES, Pods, connects, serve, start_policy_daemons
+
+# echoes a line every 50 ms over one TCP connection; prints "echo" once it works and exits 3 when no
+# echo arrives for 2 s (the connection was cut)
+CHATTER = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+first = True
+while True:
+    s.sendall(b"x\n")
+    try:
+        if not s.recv(100):
+            sys.exit(3)
+    except OSError:
+        sys.exit(3)
+    if first:
+        print("echo", flush=True)
+        first = False
+    time.sleep(0.05)
+"""
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
@@ -83,10 +104,20 @@ def test_policy_is_in_force_when_the_add_returns_and_follows_changes(cluster, tm
         net.delete_namespaced_network_policy("server-from-frontend", nsname)
         assert eventually(lambda: connects(front_ns, server_ip, 8081), timeout=5, what="policy deleted")
 
-        # a deny-all: denies new connections at once
+        # a long-lived connection frontend -> server (an echo, one line every 50 ms) ...
+        servers.append(subprocess.Popen(nsexec(server_ns, "socat", "TCP-LISTEN:8082,fork,reuseaddr", "EXEC:cat"),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        eventually(lambda: ":8082" in sh(*nsexec(server_ns, "ss", "-ltn")).stdout, what="echo server")
+        chatter = subprocess.Popen(nsexec(front_ns, sys.executable, "-c", CHATTER, server_ip, "8082"),
+                                   stdout=subprocess.PIPE, text=True)
+        servers.append(chatter)
+        assert chatter.stdout.readline().strip() == "echo", "the long-lived connection works"
+        # a deny-all: denies new connections at once, and cuts the established one (its conntrack
+        # entry is deleted in the same sync; without that, `ct state established` would keep it)
         net.create_namespaced_network_policy(nsname, {
             "metadata": {"name": "deny-all"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
         assert eventually(lambda: not connects(other_ns, server_ip, 8080), timeout=5, what="deny-all")
+        assert chatter.wait(timeout=10) == 3, "the established connection was cut"
         metrics = sh(*nsexec(n1.netns, "curl", "-s", "127.0.0.1:19465/metrics")).stdout
         assert 'podwire_policy_isolated_pods{direction="ingress"} 2.0' in metrics, metrics[-2000:]
 
