@@ -240,3 +240,19 @@ def test_fuzzed_configs_never_give_999(tmp_path, verb):
         if rc and json.loads(out)["code"] == 999:
             seen_999.append((json.loads(out)["msg"], json.dumps(raw)[:300]))
     assert not seen_999, seen_999[:5]
+
+
+@pytest.mark.parametrize("policy", [
+    "yes", [], {"socket": "relative.sock"}, {"socket": "/x" * 60}, {"socket": 5},
+    {"socket": "/run/p.sock", "timeout": 0}, {"socket": "/run/p.sock", "timeout": "15"},
+    {"socket": "/run/p.sock", "namespacesFile": "ns.json"}, {"socket": "/run/p\0.sock"},
+])
+def test_a_bad_policy_option_is_refused_with_code_7(policy):
+    assert code_of(conf(policy=policy)) == 7
+
+
+def test_policy_gate_reads_the_pod_from_cni_args_only():
+    from cni_plugin.policy_gate import pod_of
+
+    assert pod_of("IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;K8S_POD_UID=u-1") == ("x", "a", "u-1")
+    assert pod_of("IgnoreUnknown=1") is None and pod_of("") is None and pod_of("K8S_POD_NAME=a") is None

@@ -85,3 +85,15 @@ def test_every_runtime_gets_a_version_it_implements_and_2x_gets_status_and_gc():
 def test_the_old_conflist_failed_on_containerd_1x():
     old = {"cniVersion": "1.1.0", "name": "podwire", "plugins": []}
     assert libcni_version(old, "1.0.0", False) == "1.1.0"  # > 1.0.0: what containerd 1.6/1.7 reject
+
+
+def test_policy_socket_goes_into_the_plugin_config_the_plugin_parses():
+    from cni_plugin.config import parse_netconf
+
+    conf = json.loads(render((V4,), 1450, CniSettings(), "/run/podwire/policy.sock"))
+    entry = conf["plugins"][0]
+    assert entry["policy"] == {"socket": "/run/podwire/policy.sock", "timeout": 15,
+                               "namespacesFile": "/run/podwire/policy-namespaces.json"}
+    parsed = parse_netconf(dict(entry, name=conf["name"], cniVersion="1.0.0"))
+    assert parsed.policy.socket == "/run/podwire/policy.sock" and parsed.policy.timeout == 15
+    assert "policy" not in json.loads(render((V4,), 1450, CniSettings()))["plugins"][0]

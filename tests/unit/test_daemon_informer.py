@@ -164,3 +164,15 @@ def test_a_malformed_object_in_a_list_does_not_fail_the_list():
     inf, events, _ = run(script)
     assert ("add", "a") in events and not [e for e in events if e[0] == "error"]
     assert inf.synced.is_set() and bad[0] in inf.list()  # kept for the converters to refuse
+
+
+def test_transform_shapes_what_is_cached_and_handed_on_in_lists_and_watches():
+    def slim(o):
+        return {"metadata": o["metadata"]}  # what a consumer that reads only metadata keeps
+
+    script = Script(listing([obj("a", 1)], rv=10), watching({"type": "ADDED", "object": obj("c", 11)},
+                                                            {"type": "MODIFIED", "object": obj("a", 12)}))
+    inf, events, _ = run(script, transform=slim)
+    assert events[:3] == [("add", "a"), ("add", "c"), ("update", "a")]
+    assert all(set(o) == {"metadata"} for o in inf.list())
+    assert inf.get("a")["metadata"]["resourceVersion"] == "12"  # still diffed by resourceVersion
