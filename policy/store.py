@@ -109,8 +109,9 @@ class Store:
             key, pod = (_key(obj), None) if deleted else self._convert("Pod", obj, pod_from_api)
             if key is None:
                 return False
-            if pod is None:
-                self.invalid.pop(("Pod", *key), None) if deleted else None
+            if pod is None:  # deleted, or unreadable now: either way it holds no address we trust
+                if deleted:
+                    self.invalid.pop(("Pod", *key), None)
                 self.overrides.pop(key, None)
                 changed = self.pods.pop(key, None) is not None
             else:
