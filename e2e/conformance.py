@@ -249,7 +249,8 @@ def versions(cluster) -> dict:
         "podwire": commit,
         "kubernetes": f"{server.get('gitVersion', '?')} (e2e.test {build.KUBERNETES_VERSION})",
         "containerd": out([str(CONTAINERD_BIN / "containerd"), "--version"]),
-        "cluster": f"{len(cluster.nodes)} full nodes, podwire DaemonSet (CNI, Service proxy, NetworkPolicy), no kube-proxy, CoreDNS",
+        "cluster": f"{len(cluster.nodes)} full nodes, podwire DaemonSet (CNI, Service proxy, NetworkPolicy), "
+                   "no kube-proxy, CoreDNS",
     }
 
 
