@@ -59,7 +59,6 @@ NODE = "bench-node"
 GW, PA, PB = "10.0.1.1", "10.0.1.2", "10.0.1.3"
 ALLOWED, DENIED = 7070, 9090  # b's policy admits a on 7070-8080/tcp only
 FILLER_NAMESPACES = 100  # N-1 filler policies spread so that a namespace holds ~N/100 of them
-CPU = "0"
 
 # argv: JSON list of pod netns paths. stdin: one JSON [dst, port, n] per batch; stdout: per lane,
 # the n connect() times in µs. A socket belongs to the netns its thread was in when it was made.
@@ -152,7 +151,7 @@ def compiled(n: int) -> tuple[Ruleset, float]:
 class Bed:
     """One lane per configuration (None = no policy table); every lane the same addresses."""
 
-    def __init__(self, configs: list[int | None]):
+    def __init__(self, configs: list[int | None], cpu: int = 0):
         self.sfx = uuid.uuid4().hex[:6]
         self.made: list[str] = []
         self.procs: list[subprocess.Popen] = []
@@ -161,7 +160,7 @@ class Bed:
             for k, n in enumerate(configs):
                 self.lanes.append(self._lane(k, n))
             paths = json.dumps([f"/run/netns/{lane['a']}" for lane in self.lanes])
-            self.client = subprocess.Popen(["taskset", "-c", CPU, sys.executable, "-c", CLIENT, paths],
+            self.client = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", CLIENT, paths],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             self.procs.append(self.client)
             assert self.client.stdout is not None and self.client.stdout.readline().strip() == "ready"
@@ -232,6 +231,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="1,100,10000", help="isolating policies (= isolated pods) per lane")
     ap.add_argument("--conns", type=int, default=3000, help="connections per lane per round")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cpu", type=int, default=0, help="the CPU the client is pinned to")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -242,7 +242,7 @@ def main() -> int:
         print("sizes must be >= 1", file=sys.stderr)
         return 2
     configs: list[int | None] = [None, *sizes]
-    bed = Bed(configs)
+    bed = Bed(configs, a.cpu)
     try:
         for lane in bed.lanes:  # the policy is really there: a denied port is dropped, the allowed one passes
             want = "refused" if lane["n"] is None else "timeout"

@@ -33,6 +33,7 @@ import ipaddress
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ from node_daemon.informer import key_of  # noqa: E402
 from policy.compile import compile_node  # noqa: E402
 from policy.from_api import namespace_from_api, pod_from_api, policy_from_api  # noqa: E402
 from policy.model import Cluster  # noqa: E402
-from policy.ruleset import elements, render_full  # noqa: E402
+from policy.ruleset import TABLE, elements, render_full  # noqa: E402
 from policy.store import Store, slim_pod  # noqa: E402
 
 APPS_PER_NAMESPACE = 10
@@ -232,7 +233,7 @@ def as_received(objs: list[dict]) -> list[dict]:
 
 # ---- full sync ---------------------------------------------------------------------------
 
-def full_sync(n_pods: int, n_policies: int, local: int, netns: str | None) -> dict:
+def full_sync(n_pods: int, n_policies: int, local: int, netns: str | None, rewrite_max: int = 5000) -> dict:
     n_nodes = max(1, n_pods // local)
     spaces, _ = layout(n_pods)
     raw_pods = as_received([d for _, d in pods(n_pods, n_nodes)])
@@ -264,7 +265,71 @@ def full_sync(n_pods: int, n_policies: int, local: int, netns: str | None) -> di
           + "  ".join(f"{k} {v:5.2f}s" for k, v in t.items())
           + f"  | {len(rs.isolated_ingress)}/{len(rs.isolated_egress)} isolated in/out, {len(rs.ingress)}+"
           f"{len(rs.egress)} allows, {n_el} elements, {len(text) / 1e6:.1f} MB of nft text", flush=True)
-    return {"local_pods": local_pods, "nodes": n_nodes, "seconds": t, "elements": n_el, "nft_bytes": len(text)}
+    out = {"local_pods": local_pods, "nodes": n_nodes, "seconds": t, "elements": n_el, "nft_bytes": len(text)}
+    if netns is not None:
+        # the daemon's periodic full resync (and its fallback after a refused diff) sends the same text
+        # over the loaded table: `flush table` + every element again. The kernel removes interval-set
+        # (pipapo) elements one by one, each O(set size), in the commit, without rescheduling (soft
+        # lockups, unkillable): 1k elements 0.28 s, 2k 0.88 s, 4k 3.6 s, 8.4k 10 s here. So it is timed
+        # only up to --rewrite-max elements; the alternative (`delete table` first, the sets freed
+        # whole) always.
+        path = f"/run/netns/{netns}"
+        if n_el <= rewrite_max:
+            t0 = time.perf_counter()
+            nft_apply(text, path)
+            out["rewrite_flush_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        nft_apply(f"delete table inet {TABLE}\n" + text, path)
+        out["rewrite_delete_s"] = time.perf_counter() - t0
+        flushed = (f"{out['rewrite_flush_s']:.2f}s" if "rewrite_flush_s" in out
+                   else f"not run (> --rewrite-max {rewrite_max} elements)")
+        print(f"   full rewrite over the loaded table: as render_full does it (flush table + re-add) {flushed}; "
+              f"delete table + re-add {out['rewrite_delete_s']:.2f}s", flush=True)
+        out["one_change"] = one_change(raw_pods, raw_ns, raw_pol, netns, rs)
+    return out
+
+
+def one_change(raw_pods: list[dict], raw_ns: list[dict], raw_pol: list[dict], netns: str, loaded,
+               changes: int = 5) -> dict:
+    """The daemon's own sync path (policy.agent.PolicyAgent over a policy.store.Store, no conntrack
+    cleaner, no bridge check) after one event: a local pod's tier label changed, so other policies
+    select it. Timed: the event handler, snapshot + compile alone, and the whole sync (snapshot,
+    compile, render_diff, nft); what the programming latency costs beyond the API and the watch."""
+    from policy.agent import PolicyAgent
+    from proxy.sync import NftRunner
+
+    store = Store()
+    for d in raw_ns:
+        store.on_namespace(d, False)
+    for d in raw_pol:
+        store.on_policy(d, False)
+    for d in raw_pods:
+        store.on_pod(slim_pod(d), False)
+    agent = PolicyAgent("node0", store, NftRunner(f"/run/netns/{netns}"))
+    agent.applied = loaded  # what the kernel holds (loaded above): syncs from here on are diffs
+    local = [d for d in raw_pods if d["spec"]["nodeName"] == "node0" and "tier" in d["metadata"]["labels"]]
+    event, prepare, whole = [], [], []
+    for k in range(changes):
+        d = json.loads(json.dumps(slim_pod(local[k])))
+        labels = d["metadata"]["labels"]
+        labels["tier"] = TIERS[(TIERS.index(labels["tier"]) + 1) % len(TIERS)]
+        d["metadata"]["resourceVersion"] = str(900000 + k)
+        t0 = time.perf_counter()
+        assert store.on_pod(d, False)
+        t1 = time.perf_counter()
+        _, cluster = store.snapshot()
+        compile_node(cluster, "node0")
+        t2 = time.perf_counter()
+        agent.sync()
+        t3 = time.perf_counter()
+        event.append(t1 - t0)
+        prepare.append(t2 - t1)
+        whole.append(t3 - t2)
+    med = statistics.median
+    print(f"   one change (a local pod's label), {changes} times, median [max]: event {med(event) * 1e3:.1f} ms, "
+          f"snapshot+compile {med(prepare) * 1e3:.0f} [{max(prepare) * 1e3:.0f}] ms, whole sync "
+          f"(snapshot, compile, render_diff, nft) {med(whole) * 1e3:.0f} [{max(whole) * 1e3:.0f}] ms", flush=True)
+    return {"event_s": event, "snapshot_compile_s": prepare, "sync_s": whole}
 
 
 # ---- memory ------------------------------------------------------------------------------
@@ -351,6 +416,8 @@ def main() -> int:
     ap.add_argument("--local", default="100,1000", help="node0's local pods, one full sync each (10000: all on one "
                     "node, minutes)")
     ap.add_argument("--memory-pods", type=int, default=150000)
+    ap.add_argument("--rewrite-max", type=int, default=5000,
+                    help="time a full rewrite over the loaded table only up to this many elements")
     ap.add_argument("--no-sync", action="store_true")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-child", choices=tuple(MEMORY_MODES), help=argparse.SUPPRESS)
@@ -368,7 +435,7 @@ def main() -> int:
             netns = f"pwbs-{uuid.uuid4().hex[:6]}"
             subprocess.run(["ip", "netns", "add", netns], check=True)
             try:
-                result["sync"][str(local)] = full_sync(a.pods, a.policies, local, netns)
+                result["sync"][str(local)] = full_sync(a.pods, a.policies, local, netns, a.rewrite_max)
             finally:
                 subprocess.run(["ip", "netns", "del", netns], check=False)
     if not a.no_memory:

@@ -44,6 +44,12 @@ BENCHES = (
     Bench("proxy_latency", ("bench/proxy_latency.py",), ("--sizes", "10,1000", "--conns", "300"), 600),
     Bench("kubeproxy", ("bench/kubeproxy_vs_podwire.py",),
           ("--sizes", "10,300", "--conns", "200", "--changes", "2"), 1800),
+    Bench("policy_datapath", ("bench/policy_datapath.py",), ("--sizes", "1,1000", "--conns", "300", "--rounds", "2"),
+          600),
+    Bench("policy_scale", ("bench/policy_scale.py",),
+          ("--pods", "2000", "--policies", "200", "--local", "100", "--memory-pods", "10000"), 1500),
+    Bench("policy_latency", ("bench/policy_latency.py",), ("--trials", "5", "--pods", "200", "--policies", "100"),
+          1200),
 )
 
 
@@ -164,10 +170,50 @@ def rows_kubeproxy(d: dict) -> list[Row]:
     return out
 
 
+def rows_policy_datapath(d: dict) -> list[Row]:
+    lanes = d["lanes"]
+    none = lanes["none"]["p50_us"]
+    out = [Row(f"policy first connect p50 (SYN policed), {n} isolating policies vs no policy table",
+               us(r["p50_us"]), f"{us(none)} (no policy)", x(r["p50_us"] / none))
+           for n, r in lanes.items() if n != "none"]
+    hl = d.get("ratio_hi_vs_lo")
+    if hl:
+        lo, hi = hl["sizes"]
+        out.append(Row(f"policy first connect p50, {hi} vs {lo} isolating policies", us(lanes[str(hi)]["p50_us"]),
+                       f"{us(lanes[str(lo)]['p50_us'])} ({lo} policies)", x(hl["p50"]), "≤ 1.10×", hl["p50"] <= 1.10))
+    return out
+
+
+def rows_policy_scale(d: dict) -> list[Row]:
+    out = []
+    for _, r in sorted(d["sync"].items(), key=lambda kv: int(kv[0])):
+        total = r["seconds"]["total"]
+        out.append(Row(f"policy full sync, {d['pods']} pods × {d['policies']} policies, {r['local_pods']} local pods "
+                       f"(from_api → compile → nft -f, {r['elements']} elements)", secs(total), "—", "—",
+                       "< 5 s", total < 5))
+    mem = d.get("memory") or {}
+    if "daemon" in mem and "raw" in mem:
+        n, today, raw = mem["daemon"]["pods"], mem["daemon"]["rss_with_snapshot_mb"], mem["raw"]["rss_mb"]
+        out.append(Row(f"policy daemon memory, {n} pods (slim informer cache + records + a sync's snapshot)",
+                       f"{today:.0f} MB", f"{raw:.0f} MB (cache of full Pod dicts)", x(today / raw),
+                       "< 500 MB", today < 500))
+    return out
+
+
+def rows_policy_latency(d: dict) -> list[Row]:
+    return [Row(f"policy programming p99, {kind} (API write → kernel element), {d['pods']} pods × {d['policies']} "
+                f"policies, {d['trials']} trials", ms(r["p99_ms"]), f"p50 {ms(r['p50_ms'])}", "—",
+                "≤ 100 ms", r["p99_ms"] <= 100) for kind, r in d["kinds"].items()]
+
+
 PARSERS = {"cni": rows_cni, "throughput": rows_throughput, "proxy_sync": rows_proxy_sync,
-           "proxy_latency": rows_proxy_latency, "kubeproxy": rows_kubeproxy}
+           "proxy_latency": rows_proxy_latency, "kubeproxy": rows_kubeproxy,
+           "policy_datapath": rows_policy_datapath, "policy_scale": rows_policy_scale,
+           "policy_latency": rows_policy_latency}
 TITLES = {"cni": "bench/cni_latency.py", "throughput": "bench/pod_throughput.py", "proxy_sync": "bench/proxy_sync.py",
-          "proxy_latency": "bench/proxy_latency.py", "kubeproxy": "bench/kubeproxy_vs_podwire.py"}
+          "proxy_latency": "bench/proxy_latency.py", "kubeproxy": "bench/kubeproxy_vs_podwire.py",
+          "policy_datapath": "bench/policy_datapath.py", "policy_scale": "bench/policy_scale.py",
+          "policy_latency": "bench/policy_latency.py"}
 
 
 # -- running -------------------------------------------------------------------------------
