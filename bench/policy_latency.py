@@ -64,22 +64,37 @@ class Monitor:
 
     def __init__(self, netns: str):
         self.netns = netns
-        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, "nft", "monitor", "elements"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
         self.errors: list[str] = []
-        self.polled = 0
-        for target in (self._read, self._read_errors):
-            threading.Thread(target=target, daemon=True).start()
+        self.polled = self.received = self.restarts = 0
+        self.closing = False
+        self.proc = self._start()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _start(self) -> subprocess.Popen:
+        # errors="replace": nft 1.0.6's monitor has printed a stray non-UTF-8 byte (and it segfaults)
+        proc = subprocess.Popen(["ip", "netns", "exec", self.netns, "nft", "monitor", "elements"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+        threading.Thread(target=self._read_errors, args=(proc,), daemon=True).start()
+        return proc
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put((time.monotonic(), line))
+        """Lines of the monitor; one that exits (seen here: silently, after a few events, on a small
+        table) is started again at once."""
+        while not self.closing:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.received += 1
+                self.lines.put((time.monotonic(), line))
+            if self.closing:
+                return
+            self.errors.append(f"monitor exited ({self.proc.wait()}), restarted")
+            self.restarts += 1
+            self.proc = self._start()
 
-    def _read_errors(self) -> None:
-        assert self.proc.stderr is not None
-        self.errors.extend(line.strip() for line in self.proc.stderr)
+    def _read_errors(self, proc: subprocess.Popen) -> None:
+        assert proc.stderr is not None
+        self.errors.extend(line.strip() for line in proc.stderr)
 
     def drain(self) -> None:
         while not self.lines.empty():
@@ -115,6 +130,7 @@ class Monitor:
                 return at
 
     def close(self) -> None:
+        self.closing = True
         self.proc.kill()
         self.proc.wait()
 
@@ -286,7 +302,8 @@ def run(n_pods: int, n_policies: int, trials: int) -> dict:
     if len(elems) != 3 * trials:
         raise RuntimeError(f"{len(elems)} isolated addresses at the end, {3 * trials} expected")
     out: dict = {"pods": n_pods, "policies": n_policies, "trials": trials, "kinds": {}, "daemon": metrics,
-                 "found_by_poll": monitor.polled, "monitor_errors": monitor.errors[-5:]}
+                 "found_by_poll": monitor.polled, "monitor_restarts": monitor.restarts,
+                 "monitor_errors": monitor.errors[-5:]}
     print(f"API write -> element in {TABLE_SET} (nft monitor), {trials} trials each, ms:")
     for kind in KINDS:
         xs = samples[kind]
@@ -298,9 +315,11 @@ def run(n_pods: int, n_policies: int, trials: int) -> dict:
     out["pod_added_from_create"] = {"p50_ms": pct(from_create, .5) * 1e3, "p99_ms": pct(from_create, .99) * 1e3}
     print(f"  pod added, from the create (2 API writes): p50 {out['pod_added_from_create']['p50_ms']:.1f}  "
           f"p99 {out['pod_added_from_create']['p99_ms']:.1f}")
+    if monitor.restarts:
+        print(f"  nft monitor restarted {monitor.restarts} times (it exited: {monitor.errors[-1:]})")
     if monitor.polled:
         print(f"  {monitor.polled} trials not on nft monitor, timed by their `nft get element` check (upper bounds); "
-              f"monitor said: {monitor.errors[-2:]}")
+              f"monitor: {monitor.received} lines, said {monitor.errors[-2:]}")
     for kind in ("diff", "full"):
         n = metrics.get(f"sync_seconds_count_{kind}")
         if n:
