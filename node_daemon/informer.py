@@ -86,6 +86,7 @@ class Informer:
                  on_update: Callback | None = None, on_delete: Callback | None = None,
                  on_error: Callable[[str, Exception], None] | None = None,
                  transform: Callable[[dict], dict] | None = None,
+                 cache: Callable[[dict], dict] | None = None,
                  watch_timeout: int = 300, page_size: int = 500, backoff: Backoff | None = None,
                  wait: Callable[[float], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -97,6 +98,10 @@ class Informer:
         # applied to every object before it is cached or handed on: a consumer that needs a few
         # fields of a big object (a Pod) keeps only those in memory
         self.transform = transform
+        # what the cache keeps of an object handed on (default: all of it). A consumer that keeps
+        # its own records needs only the key and resourceVersion here (relists are diffed on them);
+        # at 150k pods that is ~230 MB instead of ~580 MB (bench/policy_scale.py)
+        self.keep = cache
         self.watch_timeout, self.page_size = watch_timeout, page_size
         self.backoff = backoff or Backoff()
         self.stop_event = threading.Event()
@@ -198,8 +203,9 @@ class Informer:
 
     def _replace(self, items: builtins.list[dict]) -> None:
         fresh = {key_of(o): o for o in items}
+        keep = self.keep
         with self._lock:
-            old, self._cache = self._cache, fresh
+            old, self._cache = self._cache, {k: keep(o) for k, o in fresh.items()} if keep else fresh
         for k, obj in old.items():
             if k not in fresh:
                 self._emit(self.on_delete, obj)
@@ -253,7 +259,7 @@ class Informer:
             if kind == "DELETED":
                 self._cache.pop(k, None)
             else:
-                self._cache[k] = obj
+                self._cache[k] = self.keep(obj) if self.keep else obj
         if rv:
             self.resource_version = rv
         if kind == "DELETED":

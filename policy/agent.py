@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 
 from policy.compile import MAX_ALLOWS_PER_POD, compile_node
 from policy.model import Cluster
-from policy.ruleset import DIRECTIONS, LogConfig, Ruleset, render_diff, render_full
+from policy.ruleset import DIRECTIONS, LogConfig, Ruleset, elements, render_diff, render_full
 from policy.store import Store
 
 log = logging.getLogger("podwire.policy")
@@ -51,6 +51,7 @@ class PolicyAgent:
         self.log_config, self.bridge, self.conntrack = log_config, bridge, conntrack
         self.namespaces_file, self.metrics, self.clock = namespaces_file, metrics, clock
         self.applied: Ruleset | None = None  # what the kernel holds; None = unknown, write it whole
+        self._elements: dict | None = None  # elements(self.applied), kept: a diff computes only the new side
         self.cluster: Cluster | None = None  # the snapshot the kernel's rules came from
         self.committed = -1  # the store version in force
         self._published: str | None = None
@@ -74,8 +75,9 @@ class PolicyAgent:
             if self.bridge is not None:
                 self.bridge()  # before the first pod's rules count on it (same-node traffic)
             old = self.applied
-            full = self._apply(old, rs)
-            self.applied = rs
+            els = elements(rs)
+            full = self._apply(old, rs, els)
+            self.applied, self._elements = rs, els
             deleted = 0
             if self.conntrack is not None:
                 try:
@@ -106,9 +108,9 @@ class PolicyAgent:
             log.info("pod %s: %s allows fit the budget again", o.pod, o.direction)
         self._overflows = now
 
-    def _apply(self, old: Ruleset | None, rs: Ruleset) -> bool:
+    def _apply(self, old: Ruleset | None, rs: Ruleset, els: dict) -> bool:
         """Send old -> rs; True when it was a full rewrite."""
-        text = render_diff(old, rs) if old is not None else None
+        text = render_diff(old, rs, self._elements, els) if old is not None and self._elements else None
         if text == "":
             return False
         if text is not None:

@@ -16,7 +16,7 @@ from policy.agent import PolicyAgent
 from policy.gate import Gate
 from policy.metrics import PolicyMetrics
 from policy.ruleset import LogConfig
-from policy.store import Store, slim_pod
+from policy.store import Store, pod_key_only, slim_pod
 
 log = logging.getLogger("podwire.policy")
 
@@ -101,7 +101,8 @@ def start(host) -> list:
 
     host.on_node(on_node)
     informers = [
-        host.watch(core.list_pod_for_all_namespaces, "pods", forward(store.on_pod), transform=slim_pod),
+        host.watch(core.list_pod_for_all_namespaces, "pods", forward(store.on_pod), transform=slim_pod,
+                   cache=pod_key_only),
         host.watch(core.list_namespace, "namespaces", forward(store.on_namespace)),
         host.watch(net.list_network_policy_for_all_namespaces, "networkpolicies", forward(store.on_policy)),
     ]

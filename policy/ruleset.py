@@ -300,18 +300,27 @@ def table(rs: Ruleset) -> nft.Table:
 
 
 def render_full(rs: Ruleset) -> str:
-    """One `nft -f` transaction that makes the kernel's table exactly `rs`, whatever it held."""
-    return nft.render_full(table(rs))
+    """One `nft -f` transaction that makes the kernel's table exactly `rs`, whatever it held.
+
+    Deletes and recreates the table (no set here is filled by the packet path, nothing to keep).
+    Not `flush`: removing the elements of a loaded concatenated interval set costs time in the set's
+    size per element (pipapo), in the commit, without rescheduling: a flush of 8.4k elements took
+    10 s and one of 264k held a CPU for over 30 minutes (bench/policy_scale.py); a delete takes 0.03 s."""
+    return nft.render_full(table(rs), keep_dynamic=False)
 
 
-def render_diff(old: Ruleset, new: Ruleset) -> str | None:
+def render_diff(old: Ruleset, new: Ruleset, before: dict[str, frozenset[str]] | None = None,
+                after: dict[str, frozenset[str]] | None = None) -> str | None:
     """Element deletes, then adds, taking a kernel holding `old` to `new` in one transaction;
     "" when nothing changed; None when the fixed part changed (then render_full). A delete of an
-    element the kernel lacks fails the whole transaction: the caller falls back to render_full."""
+    element the kernel lacks fails the whole transaction: the caller falls back to render_full.
+    `before`/`after`: elements(old)/elements(new) when the caller has them (a sync keeps the
+    applied ruleset's, so each change computes only the new side)."""
     if old.log != new.log:
         return None
     t = nft.Table("inet", TABLE)
-    before, after = elements(old), elements(new)
+    before = elements(old) if before is None else before
+    after = elements(new) if after is None else after
     out: list[str] = []
     for verb, a, b in (("delete", before, after), ("add", after, before)):
         for n in sorted(a):

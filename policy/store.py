@@ -65,6 +65,15 @@ def slim_pod(obj: dict) -> dict:
     return out
 
 
+def pod_key_only(obj: dict) -> dict:
+    """What the Pod informer caches: the Store keeps the records, the informer only needs to tell
+    a changed object (resourceVersion) and a deleted one (the key) at a relist. Total."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict):
+        return {"metadata": {}}
+    return {"metadata": {k: meta[k] for k in ("name", "namespace", "resourceVersion") if k in meta}}
+
+
 def _key(obj) -> tuple[str, str] | None:
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     if not isinstance(meta, dict):

@@ -91,7 +91,10 @@ def MANIFEST_TEXT() -> str:  # noqa: N802
     ("patch", "nodes/status", True), ("list", "services", True), ("watch", "services", True),
     ("list", "endpointslices.discovery.k8s.io", True), ("watch", "endpointslices.discovery.k8s.io", True),
     ("get", "nodes", False), ("delete", "nodes", False), ("update", "nodes", False),
-    ("update", "nodes/status", False), ("get", "secrets", False), ("list", "pods", False),
+    ("list", "pods", True), ("watch", "pods", True), ("list", "namespaces", True), ("watch", "namespaces", True),
+    ("list", "networkpolicies.networking.k8s.io", True), ("watch", "networkpolicies.networking.k8s.io", True),
+    ("update", "nodes/status", False), ("get", "secrets", False), ("get", "pods", False),
+    ("patch", "pods", False), ("get", "namespaces", False), ("create", "networkpolicies.networking.k8s.io", False),
     ("create", "events", False), ("patch", "services", False), ("patch", "services/status", False),
 ])
 def test_service_account_may_do_exactly_what_the_daemon_does(applied, verb, resource, allowed):

@@ -176,3 +176,18 @@ def test_transform_shapes_what_is_cached_and_handed_on_in_lists_and_watches():
     assert events[:3] == [("add", "a"), ("add", "c"), ("update", "a")]
     assert all(set(o) == {"metadata"} for o in inf.list())
     assert inf.get("a")["metadata"]["resourceVersion"] == "12"  # still diffed by resourceVersion
+
+
+def test_cache_keeps_only_what_a_relist_needs_and_handlers_still_get_whole_objects():
+    from policy.store import pod_key_only
+
+    script = Script(
+        listing([obj("a", 1), obj("b", 2)], rv=10),
+        watching({"type": "MODIFIED", "object": obj("a", 11)}, {"type": "ERROR", "object": {"code": 410}}),
+        listing([obj("a", 11), obj("c", 12)], rv=20),  # b deleted meanwhile; a unchanged
+    )
+    inf, events, _ = run(script, cache=pod_key_only)
+    assert ("update", "a") in events and events.count(("update", "a")) == 1  # the relist saw rv 11 again
+    assert ("delete", "b") in events and ("add", "c") in events
+    assert all(set(o["metadata"]) <= {"name", "namespace", "resourceVersion"} and set(o) == {"metadata"}
+               for o in inf.list())

@@ -29,7 +29,8 @@ def small() -> Ruleset:
 
 GOLDEN = """\
 add table inet podwire-policy
-flush table inet podwire-policy
+delete table inet podwire-policy
+add table inet podwire-policy
 add chain inet podwire-policy forward { type filter hook forward priority 0 ; }
 add chain inet podwire-policy input { type filter hook input priority 0 ; }
 add chain inet podwire-policy egress
@@ -52,22 +53,6 @@ add set inet podwire-policy known4 { type ipv4_addr ; }
 add set inet podwire-policy known6 { type ipv6_addr ; }
 add set inet podwire-policy local4 { type ipv4_addr ; flags interval ; }
 add set inet podwire-policy local6 { type ipv6_addr ; flags interval ; }
-flush set inet podwire-policy egress-any4
-flush set inet podwire-policy egress-any6
-flush set inet podwire-policy egress-isolated4
-flush set inet podwire-policy egress-isolated6
-flush set inet podwire-policy egress-ports4
-flush set inet podwire-policy egress-ports6
-flush set inet podwire-policy ingress-any4
-flush set inet podwire-policy ingress-any6
-flush set inet podwire-policy ingress-isolated4
-flush set inet podwire-policy ingress-isolated6
-flush set inet podwire-policy ingress-ports4
-flush set inet podwire-policy ingress-ports6
-flush set inet podwire-policy known4
-flush set inet podwire-policy known6
-flush set inet podwire-policy local4
-flush set inet podwire-policy local6
 add rule inet podwire-policy forward ct state established,related accept
 add rule inet podwire-policy forward meta l4proto ipv6-icmp icmpv6 type { nd-router-solicit, nd-router-advert, \
 nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept
