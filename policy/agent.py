@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from typing import Callable, Protocol
 
+from node_daemon.cniconf import write_if_changed
 from policy.compile import MAX_ALLOWS_PER_POD, compile_node
 from policy.model import Cluster
 from policy.ruleset import DIRECTIONS, LogConfig, Ruleset, elements, render_diff, render_full
@@ -26,20 +25,6 @@ log = logging.getLogger("podwire.policy")
 
 class Runner(Protocol):
     def apply(self, text: str) -> None: ...
-
-
-def write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".podwire-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 class PolicyAgent:
@@ -133,7 +118,7 @@ class PolicyAgent:
         text = json.dumps(self.store.policy_namespaces()) + "\n"
         if text != self._published:
             try:
-                write_atomically(self.namespaces_file, text)
+                write_if_changed(self.namespaces_file, text)
                 self._published = text
             except OSError as e:
                 log.warning("cannot write %s: %s", self.namespaces_file, e)

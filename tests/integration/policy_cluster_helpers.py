@@ -4,13 +4,14 @@ pods that are API objects bound to a node and network namespaces attached by the
 Pods.close()."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 
 from node_daemon.testbed import nsexec, sh
-from tests.integration.daemon_cluster_helpers import ROOT, core, start_daemon
+from tests.integration.daemon_cluster_helpers import ROOT, core, daemon_cluster, grant_role, start_daemon
 
 POLICY_RBAC_RULES = [
     {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list", "watch"]},
@@ -99,3 +100,11 @@ def start_policy_daemons(cluster, tmp_path):
                    what=f"{n.name} conflist with its own socket")
         eventually(lambda n=n: os.path.exists(tmp_path / n.name / "run" / "policy.sock"), what="gate socket")
     return procs
+
+
+@contextlib.contextmanager
+def policy_cluster(name: str):
+    """A 2-node routed harness cluster whose daemons may also watch what NetworkPolicy needs."""
+    with daemon_cluster(name, "routed", 2) as c:
+        grant_role(c, "podwire-policy", POLICY_RBAC_RULES, "podwire:daemons")
+        yield c

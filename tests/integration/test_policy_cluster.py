@@ -19,8 +19,8 @@ import sys
 import pytest
 
 from node_daemon.testbed import eventually, nsexec, sh
-from tests.integration.daemon_cluster_helpers import core, daemon_cluster, grant_role, kill_leftovers, stop_daemons
-from tests.integration.policy_cluster_helpers import POLICY_RBAC_RULES, Pods, connects, serve, start_policy_daemons
+from tests.integration.daemon_cluster_helpers import core, kill_leftovers, stop_daemons
+from tests.integration.policy_cluster_helpers import Pods, connects, policy_cluster, serve, start_policy_daemons
 
 # echoes a line every 50 ms over one TCP connection; prints "echo" once it works and exits 3 when no
 # echo arrives for 2 s (the connection was cut)
@@ -46,8 +46,7 @@ pytestmark = [pytest.mark.root, pytest.mark.cluster,
 
 @pytest.fixture(scope="module")
 def cluster():
-    with daemon_cluster("pol", "routed", 2) as c:
-        grant_role(c, "podwire-policy", POLICY_RBAC_RULES, "podwire:daemons")
+    with policy_cluster("pol") as c:
         yield c
 
 

@@ -25,8 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from node_daemon.testbed import nsexec, sh
-from tests.integration.daemon_cluster_helpers import core, daemon_cluster, grant_role, kill_leftovers, stop_daemons
-from tests.integration.policy_cluster_helpers import POLICY_RBAC_RULES, Pods, start_policy_daemons
+from tests.integration.daemon_cluster_helpers import core, kill_leftovers, stop_daemons
+from tests.integration.policy_cluster_helpers import Pods, policy_cluster, start_policy_daemons
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
@@ -81,8 +81,7 @@ def counters(ns: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def cluster():
-    with daemon_cluster("pfp", "routed", 2) as c:
-        grant_role(c, "podwire-policy", POLICY_RBAC_RULES, "podwire:daemons")
+    with policy_cluster("pfp") as c:
         yield c
 
 
