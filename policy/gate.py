@@ -94,14 +94,11 @@ class Gate:
             obj = self.fetch_pod(ns, name)  # the informer lags the scheduler's write: ask the API
             if obj is not None:
                 self.store.on_pod(obj, False)
-        if not self.store.knows_pod(ns, name):
-            if not self.store.has_policies(ns):
-                return True, "pod unknown to the API, namespace without policies"
+        if not self.store.knows_pod(ns, name) and self.store.has_policies(ns):
             return False, f"pod {ns}/{name} is not in the API; its namespace has policies"
+        # Always wait for the commit, policies or not: until it, the pod's address is not `known`
+        # and the table drops its forwarded packets (a sync without policies costs milliseconds).
         version = self.store.report(ns, name, uid, ips, self.node_name)
-        if not self.store.policy_namespaces():
-            self.trigger()  # nothing is isolated anywhere: the pod's address only becomes a peer
-            return True, "no policies"
         self.trigger()
         ok = self.agent.wait_committed(version, self.timeout)
         waited = time.monotonic() - started

@@ -234,10 +234,11 @@ class Store:
                 for key, pod in self.pods.items():
                     if key not in self.overrides and any(ip in fresh for ip in pod.ips):
                         pods[key] = replace(pod, ips=tuple(ip for ip in pod.ips if ip not in fresh))
-                for key, (_uid, ips, node, _) in self.overrides.items():
+                for key, (uid, ips, node, _) in self.overrides.items():
                     shown = pods.get(key)
-                    if shown is None:
-                        continue  # the API has not shown the pod yet: the gate fetched or waits for it
-                    pods[key] = replace(shown, ips=ips, node=shown.node or node)
+                    if shown is None:  # not in the API (the gate admits that only where no policy is)
+                        pods[key] = Pod(key[0], key[1], uid, node, ips)
+                    else:
+                        pods[key] = replace(shown, ips=ips, node=shown.node or node)
             return (self.version, Cluster.build(pods.values(), self.namespaces.values(), self.policies.values()),
                     self.local)
