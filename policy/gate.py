@@ -5,7 +5,7 @@ Why a wait and not a default-deny of unknown addresses: kubelet writes a pod's I
 only after the ADD returns, so without the plugin telling us, the daemon learns a new pod's
 address only after its containers have started. Waiting here closes that window exactly: the
 plugin's ADD returns only once the pod's isolation and allows (and its place as a peer in the
-other local pods' allows) are committed. Pods in a cluster without any policy do not wait.
+other local pods' allows) are committed; without policies that sync takes milliseconds.
 
 Protocol: one JSON line each way. Request {"namespace", "name", "uid", "ips": [..]}; reply
 {"ok": true} or {"ok": false, "error": "..."}. Everything is checked before use: names from the
