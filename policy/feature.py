@@ -13,6 +13,8 @@ import logging
 from node_daemon.cniconf import policy_namespaces_file
 from node_daemon.runner import SyncRunner
 from policy.agent import PolicyAgent
+from policy.conntrack import ConntrackCleaner
+from policy.denylog import DenyReader, DenyReporter
 from policy.gate import Gate
 from policy.metrics import PolicyMetrics
 from policy.ruleset import LogConfig
@@ -76,14 +78,8 @@ def start(host) -> list:
     cfg = host.cfg
     core, net = client.CoreV1Api(host.api), client.NetworkingV1Api(host.api)
     store, metrics = Store(), PolicyMetrics(host.registry)
-    conntrack = None
-    try:
-        from policy.conntrack import ConntrackCleaner
-        conntrack = ConntrackCleaner()
-    except ImportError:
-        log.warning("policy.conntrack missing: established flows survive new denies")
     agent = PolicyAgent(cfg.node_name, store, NftRunner(), log_config=LogConfig(group=cfg.policy_log_group),
-                        bridge=BridgeNetfilter(cfg.cni.bridge), conntrack=conntrack,
+                        bridge=BridgeNetfilter(cfg.cni.bridge), conntrack=ConntrackCleaner(),
                         namespaces_file=policy_namespaces_file(cfg.policy_socket), metrics=metrics)
     runner = SyncRunner(_Sync(agent, cfg.resync_interval * FULL_RESYNC_EVERY, time.monotonic), name="policy",
                         min_interval=MIN_SYNC_INTERVAL, resync_interval=cfg.resync_interval,
@@ -126,8 +122,6 @@ def start(host) -> list:
         parts.append(part)
     # denied packets, decoded into log lines and podwire_policy_denied_total (rate-limited in the
     # kernel and again here); without it policy still works, so a failure to bind is only logged
-    from policy.denylog import DenyReader, DenyReporter
-
     reporter = DenyReporter(host.registry, lambda: agent.cluster)
     reader = DenyReader(cfg.policy_log_group, reporter, on_skipped=reporter.skipped)
     try:
