@@ -40,15 +40,17 @@ def _mark_known(ips: list[str], log) -> None:
     addresses to the policy table's `known` sets (the one write the plugin makes to that table; the
     daemon's next full sync replaces the sets with what the API says). `ips` are our IPAM's."""
     import ipaddress
-    import subprocess
+
+    from netkit import nft  # the project's one nft runner (finds nft whatever PATH the runtime gives)
 
     lines = []
     for text in ips:
         ip = ipaddress.ip_address(text)  # typed again before it becomes nft text
         lines.append(f"add element inet podwire-policy known{ip.version} {{ {ip} }}")
-    p = subprocess.run(["nft", "-f", "-"], input="\n".join(lines) + "\n", capture_output=True, text=True)
-    if p.returncode != 0:
-        log(f"policy: could not mark {ips} known ({p.stderr.strip()[:200]}); no policy table here?")
+    try:
+        nft.apply("\n".join(lines) + "\n")
+    except nft.NftError as e:
+        log(f"policy: could not mark {ips} known ({str(e)[:200]}); no policy table here?")
 
 
 def wait(gate, cni_args: str, ips: list[str], log) -> None:
