@@ -128,7 +128,11 @@ class Cluster:
             self.control_plane.start()
             self._save_state()
             if self.full_nodes:
+                from e2e import upstream_dns
                 from e2e.node_runtime import start_nodes
+
+                # what the nodes' resolv.conf names (the gateway): CoreDNS's `forward` goes there
+                upstream_dns.start(self.topology, self.bin_dir / "coredns", self.dir / "upstream-dns")
 
                 self.runtimes = start_nodes(self, kube_proxy=self.kube_proxy, containerd=self.containerd)
                 if self.coredns:

@@ -1,7 +1,7 @@
 """Upstream Kubernetes e2e tests (sig-network) against podwire, in one command.
 
-    python3 -m e2e.conformance [--suite conformance|services|netpol] [--focus REGEX] [--skip REGEX]
-                               [--shards N] [--keep] [--name cNAME]
+    python3 -m e2e.conformance [--suite conformance|services|netpol|dns|topology] [--focus REGEX]
+                               [--skip REGEX] [--shards N] [--nodes N] [--keep] [--name cNAME]
 
 Brings up a full cluster of the harness (3 nodes: containerd + kubelet each, CoreDNS, no
 kube-proxy), installs podwire as a cluster would — its image imported into every node (`kind
@@ -16,7 +16,10 @@ sig-network Services/Conntrack tests for what podwire's proxy claims (hairpin, r
 endpoints, UDP conntrack, service-proxy-name, headless); `netpol` = every `[Feature:NetworkPolicy]`
 test of `[sig-network] Netpol` (TCP, UDP, and the two SCTP-named ones that probe TCP) and the
 `[sig-network] Netpol API` tests, except those that serve SCTP: this kernel has no SCTP sockets;
-the summary names them as "not run here" with that reason. --focus/--skip replace the suite's.
+the summary names them as "not run here" with that reason; `dns` = the sig-network DNS tests
+outside Conformance (the "DNS configMap" ones rewrite kube-system/coredns, "configurable pod
+resolv.conf" names a server pod in dnsConfig); `topology` = Topology Hints and Traffic Distribution
+on 6 nodes in 3 zones. --focus/--skip replace the suite's.
 
 Why it is built so:
 * The tests to run are chosen here, from `e2e.test --list-tests` and the focus/skip regexes,
@@ -60,6 +63,16 @@ NOT_RUN_HERE: dict[str, tuple[tuple[str, str], ...]] = {
     # Only the [Feature:SCTPConnectivity] ones serve SCTP; the two SCTP-named tests of "NetworkPolicy
     # between server and client" probe TCP and stay in (a policy allowing SCTP must not let TCP through).
     "netpol": ((r"\[Feature:SCTPConnectivity\]", NO_SCTP),),
+    "dns": (
+        (r"\[Conformance\]", "in the conformance suite (python3 -m e2e.conformance)"),
+        (r"\[Provider:GCE\]", "runs only with --provider=gce (it skips itself on any other provider)"),
+        (r"\[Feature:OffByDefault\]", "needs the alpha feature gate RelaxedServiceNameValidation, off by "
+                                        "default in v1.34 (the harness runs the default gates, as kind does)"),
+        (r"\[Feature:Networking-DNS\]", "connects to google.com:80 on the internet; the harness reaches "
+                                          "nothing outside its namespaces"),
+        (r"\[Feature:PerformanceDNS\]", "a scale test: 10,000 Services in 2 namespaces, beyond what one "
+                                          "2-core machine shared with other work holds for a run"),
+    ),
 }
 
 SUITES = {
@@ -74,9 +87,21 @@ SUITES = {
         r"\[sig-network\] Netpol (API |.*\[Feature:NetworkPolicy\])",
         "|".join(rx for rx, _ in NOT_RUN_HERE["netpol"]),
     ),
+    # What needs the cluster DNS as kubeadm installs it (the `coredns` ConfigMap that the "DNS configMap"
+    # tests rewrite, `forward` to an upstream) and custom pod DNS (dnsConfig naming a server pod).
+    "dns": (
+        r"\[sig-network\] (DNS |\[Feature:PerformanceDNS\]|Networking should provider Internet connection "
+        r"for containers using DNS)",
+        "|".join(rx for rx, _ in NOT_RUN_HERE["dns"]),
+    ),
+    # What needs nodes in zones (topology.kubernetes.io/zone): hints and trafficDistribution.
+    "topology": (r"\[sig-network\] (Topology Hints|Traffic Distribution) ", ""),
 }
 # Images a suite's tests use, when not all of TEST_IMAGE_CONFIGS (each is ~240 MB per node to import).
-SUITE_IMAGES = {"netpol": (images.AGNHOST,)}  # the 9 pods of each Netpol test run agnhost
+SUITE_IMAGES = {"netpol": (images.AGNHOST,),  # the 9 pods of each Netpol test run agnhost
+                "topology": (images.AGNHOST,)}
+# Nodes per suite (default 3): the multi-node Traffic Distribution tests want 3 zones with 2 nodes each.
+SUITE_NODES = {"topology": 6}
 # e2e.test processes side by side when --shards is not given. A Netpol test spends its ~50 s waiting on
 # 81 pod execs (3 workers, 1 s connect timeouts), not on CPU: 3 shards of 9 pods each ran fine here.
 SUITE_SHARDS = {"netpol": 3}
@@ -232,7 +257,7 @@ def route_control_plane_to_pods(cluster) -> None:
 
 
 def versions(cluster) -> dict:
-    from e2e.node_runtime import CONTAINERD_BIN
+    from e2e.node_runtime import CONTAINERD_BIN, topology_labels
 
     def out(argv, cwd=ROOT):
         r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
@@ -250,7 +275,8 @@ def versions(cluster) -> dict:
         "kubernetes": f"{server.get('gitVersion', '?')} (e2e.test {build.KUBERNETES_VERSION})",
         "containerd": out([str(CONTAINERD_BIN / "containerd"), "--version"]),
         "cluster": f"{len(cluster.nodes)} full nodes, podwire DaemonSet (CNI, Service proxy, NetworkPolicy), "
-                   "no kube-proxy, CoreDNS",
+                   "no kube-proxy, CoreDNS as kubeadm installs it, nodes in zones "
+                   + ", ".join(sorted({topology_labels(n.name)["topology.kubernetes.io/zone"] for n in cluster.nodes})),
     }
 
 
@@ -297,6 +323,7 @@ def main(argv=None) -> int:
     parser.add_argument("--focus", help="ginkgo focus regex (replaces the suite's)")
     parser.add_argument("--skip", help="ginkgo skip regex (replaces the suite's)")
     parser.add_argument("--shards", type=int, help="e2e.test processes side by side (default 2; netpol 3)")
+    parser.add_argument("--nodes", type=int, help="nodes (default 3; topology 6: 3 zones x 2)")
     parser.add_argument("--name", default="conf", help="cluster name (default conf)")
     parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the summary goes (default e2e/results)")
@@ -310,7 +337,7 @@ def main(argv=None) -> int:
     shards = args.shards or SUITE_SHARDS.get(args.suite, 2)
     summary = run(args.name, focus, skip, args.suite, shards=shards, keep=args.keep, results=args.results,
                   extra=args.e2e_arg, test_images=SUITE_IMAGES.get(args.suite, tuple(images.TEST_IMAGE_CONFIGS)),
-                  excluded=NOT_RUN_HERE.get(args.suite, ()))
+                  excluded=NOT_RUN_HERE.get(args.suite, ()), nodes=args.nodes or SUITE_NODES.get(args.suite, 3))
     print(summary["markdown"])
     return 0 if summary["counts"]["failed"] == 0 else 1
 

@@ -1,4 +1,4 @@
-"""CoreDNS deployed in the cluster, as kubeadm does: a Deployment + the kube-dns Service.
+"""CoreDNS deployed in the cluster as kubeadm installs it (v1.34's addon manifests).
 
 Why it is built so: the cluster's DNS is an ordinary workload (pods on the nodes, behind
 the Service 10.96.0.10 that kubelets put into every pod's resolv.conf), so it exercises the
@@ -8,8 +8,14 @@ proxy on the nodes (podwire's, or kube-proxy) plus egress masquerade towards the
 plane; until then the pods run and answer on their pod IPs, but the `kubernetes` plugin is
 not synced and readiness (/ready) stays false.
 
-The Corefile has no `forward` and no `loop`: nothing outside the cluster is reachable, and
-`loop` would probe an upstream. The image is built locally (e2e/images.py: COREDNS).
+The objects are kubeadm's (cmd/kubeadm/app/phases/addons/dns/manifests.go, checked by
+tests/unit/test_e2e_coredns.py against that file when the module cache has it): the Corefile
+lives in the `coredns` ConfigMap of kube-system, mounted as a volume (items, not subPath), so
+an edit reaches the pods' /etc/coredns/Corefile with the kubelet's next sync and `reload`
+applies it (the upstream "DNS configMap" tests edit it). `forward . /etc/resolv.conf` leads,
+through the node's resolv.conf (dnsPolicy Default), to the underlay gateway, where the
+harness's upstream resolver answers (e2e/upstream_dns.py): never outside the harness.
+The image is built locally (e2e/images.py: COREDNS).
 """
 
 from __future__ import annotations
@@ -27,24 +33,33 @@ COREFILE = textwrap.dedent(f"""\
     .:53 {{
         errors
         health {{
-            lameduck 5s
+           lameduck 5s
         }}
         ready
         kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
-            pods insecure
-            fallthrough in-addr.arpa ip6.arpa
-            ttl 30
+           pods insecure
+           fallthrough in-addr.arpa ip6.arpa
+           ttl 30
         }}
         prometheus :9153
-        cache 30
+        forward . /etc/resolv.conf {{
+           max_concurrent 1000
+        }}
+        cache 30 {{
+           disable success {CLUSTER_DOMAIN}
+           disable denial {CLUSTER_DOMAIN}
+        }}
+        loop
         reload
         loadbalance
     }}
     """)
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
 
 
 def manifests(replicas: int = 2, image: str = images.COREDNS) -> list[dict]:
-    """ServiceAccount, RBAC, ConfigMap, Deployment and the kube-dns Service. Pure."""
+    """kubeadm's ServiceAccount, RBAC, ConfigMap, Deployment and kube-dns Service (the only
+    departure: the image name is the locally built one, and nothing can be pulled). Pure."""
     labels = {"k8s-app": "kube-dns"}
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "coredns", "namespace": NAMESPACE}},
@@ -64,51 +79,60 @@ def manifests(replicas: int = 2, image: str = images.COREDNS) -> list[dict]:
          "metadata": {"name": "coredns", "namespace": NAMESPACE, "labels": labels},
          "spec": {
              "replicas": replicas,
-             "selector": {"matchLabels": labels},
              "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+             "selector": {"matchLabels": labels},
              "template": {
                  "metadata": {"labels": labels},
                  "spec": {
-                     "serviceAccountName": "coredns",
                      "priorityClassName": "system-cluster-critical",
-                     "dnsPolicy": "Default",
-                     "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
+                     "serviceAccountName": "coredns",
                      # one replica per node where possible
                      "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
                          "weight": 100, "podAffinityTerm": {
-                             "labelSelector": {"matchLabels": labels}, "topologyKey": "kubernetes.io/hostname"}}]}},
+                             "labelSelector": {"matchExpressions": [
+                                 {"key": "k8s-app", "operator": "In", "values": ["kube-dns"]}]},
+                             "topologyKey": "kubernetes.io/hostname"}}]}},
+                     "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"},
+                                     {"key": CONTROL_PLANE_TAINT, "effect": "NoSchedule"}],
+                     "nodeSelector": {"kubernetes.io/os": "linux"},
                      "containers": [{
                          "name": "coredns",
                          "image": image,
                          "imagePullPolicy": "IfNotPresent",  # nothing can be pulled: the nodes have it
+                         "resources": {"limits": {"memory": "170Mi"}, "requests": {"cpu": "100m", "memory": "70Mi"}},
                          "args": ["-conf", "/etc/coredns/Corefile"],
-                         "resources": {"limits": {"memory": "170Mi"}, "requests": {"cpu": "50m", "memory": "70Mi"}},
                          "volumeMounts": [{"name": "config-volume", "mountPath": "/etc/coredns", "readOnly": True}],
                          "ports": [
-                             {"name": "dns", "containerPort": 53, "protocol": "UDP"},
-                             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
-                             {"name": "metrics", "containerPort": 9153, "protocol": "TCP"},
+                             {"containerPort": 53, "name": "dns", "protocol": "UDP"},
+                             {"containerPort": 53, "name": "dns-tcp", "protocol": "TCP"},
+                             {"containerPort": 9153, "name": "metrics", "protocol": "TCP"},
+                             {"containerPort": 8080, "name": "liveness-probe", "protocol": "TCP"},
+                             {"containerPort": 8181, "name": "readiness-probe", "protocol": "TCP"},
                          ],
-                         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                             "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]}},
-                         "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}, "initialDelaySeconds": 60,
-                                           "timeoutSeconds": 5, "failureThreshold": 5},
-                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 2},
+                         "livenessProbe": {"httpGet": {"path": "/health", "port": "liveness-probe", "scheme": "HTTP"},
+                                           "initialDelaySeconds": 60, "timeoutSeconds": 5, "successThreshold": 1,
+                                           "failureThreshold": 5},
+                         "readinessProbe": {"httpGet": {"path": "/ready", "port": "readiness-probe",
+                                                        "scheme": "HTTP"}},
+                         "securityContext": {"allowPrivilegeEscalation": False,
+                                             "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+                                             "readOnlyRootFilesystem": True},
                      }],
+                     "dnsPolicy": "Default",
                      "volumes": [{"name": "config-volume", "configMap": {
                          "name": "coredns", "items": [{"key": "Corefile", "path": "Corefile"}]}}],
                  },
              },
          }},
         {"apiVersion": "v1", "kind": "Service",
-         "metadata": {"name": "kube-dns", "namespace": NAMESPACE,
-                      "labels": {**labels, "kubernetes.io/name": "CoreDNS"},
+         "metadata": {"labels": {**labels, "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "CoreDNS"},
+                      "name": "kube-dns", "namespace": NAMESPACE,
                       "annotations": {"prometheus.io/port": "9153", "prometheus.io/scrape": "true"}},
-         "spec": {"selector": labels, "clusterIP": str(CLUSTER_DNS), "ports": [
+         "spec": {"clusterIP": str(CLUSTER_DNS), "ports": [
              {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
              {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
              {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153},
-         ]}},
+         ], "selector": labels}},
     ]
 
 

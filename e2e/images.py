@@ -220,7 +220,8 @@ def images() -> dict[str, Path]:
 # ip, bash, and wget, which Alpine's busybox has: the service-proxy-name/headless tests use it),
 # not the upstream bytes:
 #   agnhost          upstream's recipe (test/images/agnhost/Dockerfile) on Debian instead of Alpine:
-#                    /agnhost, /agnhost-2, porter's certificate, /uploads, user 1000 in group 50000
+#                    /agnhost, /agnhost-2, /coredns (the built one), porter's certificate, /uploads,
+#                    user 1000 in group 50000
 #   jessie-dnsutils  the DNS tests' second querier: only runs `sh -c` with dig/getent/hostname
 #   nginx            the EndpointSlice tests only need a container that keeps running (and
 #                    serves HTTP on 80 as nginx would): agnhost test-webserver
@@ -292,7 +293,10 @@ def debian_layer(base: Path, extra: Rootfs) -> bytes:
 
 def _agnhost_extra() -> Rootfs:
     porter = pause_source().parents[3] / "test/images/agnhost/porter"
-    files = {"agnhost": (build.binary("agnhost").read_bytes(), 0o755)}
+    # upstream's agnhost also carries /coredns (its Dockerfile unpacks a CoreDNS release there): the
+    # DNS tests' server pods run `/coredns -conf ...` from the agnhost image (generateCoreDNSServerPod)
+    files = {"agnhost": (build.binary("agnhost").read_bytes(), 0o755),
+             "coredns": (build.binary("coredns").read_bytes(), 0o755)}
     for name in ("localhost.crt", "localhost.key"):
         if (porter / name).exists():
             files[name] = ((porter / name).read_bytes(), 0o644)
@@ -302,7 +306,7 @@ def _agnhost_extra() -> Rootfs:
 def e2e_test_images(names=tuple(TEST_IMAGE_CONFIGS)) -> dict[str, Path]:
     """The e2e.test images (name → tarball), built when missing or when an input changed:
     the agnhost binary is built first if needed, the Debian rootfs made once."""
-    binaries = {"agnhost", *(STATIC_TEST_IMAGES[n] for n in names if n in STATIC_TEST_IMAGES)}
+    binaries = {"agnhost", "coredns", *(STATIC_TEST_IMAGES[n] for n in names if n in STATIC_TEST_IMAGES)}
     build.ensure_built([t for t in build.TARGETS if t.binary in binaries])
     base = debian_rootfs() if any(n not in STATIC_TEST_IMAGES for n in names) else None
     layer = None
@@ -313,7 +317,7 @@ def e2e_test_images(names=tuple(TEST_IMAGE_CONFIGS)) -> dict[str, Path]:
         path = images_dir() / (name.rsplit("/", 1)[-1].replace(":", "_") + ".tar")
         stamp_file = path.with_name("." + path.name + ".stamp")
         h = hashlib.sha256(json.dumps([name, config], sort_keys=True).encode())
-        for p in [build.binary(static)] if static else [base, build.binary("agnhost")]:
+        for p in [build.binary(static)] if static else [base, build.binary("agnhost"), build.binary("coredns")]:
             st = p.stat()
             h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
         if not (path.exists() and stamp_file.exists() and stamp_file.read_text() == h.hexdigest()):

@@ -40,6 +40,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -80,6 +81,12 @@ PRIVATE_TREES = ("/etc", "/opt", "/var/lib", "/var/log")
 CNI_CONF_DIR, CNI_BIN_DIR = "/etc/cni/net.d", "/opt/cni/bin"  # as seen inside a node
 CLUSTER_DNS = ipaddress.ip_address("10.96.0.10")
 CLUSTER_DOMAIN = "cluster.local"
+# Nodes spread over three zones of one region, round robin by node number (node1 zone-a, node2
+# zone-b, node3 zone-c, node4 zone-a, ...), as kind users label them: the kubelet sets them at
+# registration (--node-labels). NodeRestriction lets a kubelet set topology.kubernetes.io/zone
+# and /region on its own Node (kubeletapis.KubeletLabels), so no admin patch is needed.
+ZONES = ("zone-a", "zone-b", "zone-c")
+REGION = "region-1"
 
 
 class NodeRuntimeError(RuntimeError):
@@ -185,6 +192,15 @@ disabled_plugins = ['io.containerd.internal.v1.opt', 'io.containerd.snapshotter.
   [{cri}.registry]
     config_path = ''
 """
+
+
+def topology_labels(node_name: str) -> dict[str, str]:
+    """The zone and region labels of node<N>. Pure."""
+    m = re.fullmatch(r"node([1-9][0-9]*)", node_name)
+    if not m:
+        raise ValueError(f"not a harness node name: {node_name!r}")
+    return {"topology.kubernetes.io/region": REGION,
+            "topology.kubernetes.io/zone": ZONES[(int(m.group(1)) - 1) % len(ZONES)]}
 
 
 def kubelet_config(rt: "NodeRuntime", client_ca: Path) -> dict:
@@ -421,6 +437,7 @@ class NodeRuntime:
             self.bin / "kubelet", f"--config={config}", f"--kubeconfig={kubeconfig}",
             f"--root-dir={self.dir / 'kubelet'}", f"--hostname-override={name}", f"--node-ip={self.node.ip}",
             "--v=1",
+            "--node-labels=" + ",".join(f"{k}={v}" for k, v in topology_labels(name).items()),
         ]
 
     def launch_kubelet(self) -> None:
