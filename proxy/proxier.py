@@ -153,7 +153,7 @@ class Proxier:
         with self._sync_lock, self._lock:
             for fam, syncer in self.syncers.items():
                 syncer.runner.apply(render_delete(NFT_FAMILY[fam], self.config.table_name))
-                syncer.applied = None
+                syncer.forget()
             self.all_dirty = True
 
     def request_full_sync(self) -> None:

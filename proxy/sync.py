@@ -7,20 +7,37 @@ the kernel's table (which is what made kube-proxy slow at scale), and send only 
 ordered so each step is valid inside the transaction:
   1. declare new chains, sets;            2. flush changed and removed chains;
   3. fill new and changed chains;          4. delete stale map/set elements, add new ones;
-  5. delete removed chains (nothing references them any more), then removed sets.
+  5. delete the chains, then the sets, that an earlier transaction left stale.
 Fragments the planner reused are skipped by identity, so cost follows the change size.
+
+A removed chain is deleted one sync later, as kube-proxy's nftables mode does: kernels before
+6.2 refuse to delete a chain in the transaction that removes its last map element or jump to it.
+The transaction that stops using a chain or set flushes it and records it as stale; the next
+one deletes it (a diff sync, or a full sync). A full sync also finds what an earlier run left
+behind (a Service deleted while the daemon was down): it lists the names of our table's chains,
+sets and maps (names only, never rules or elements) and treats the ones no longer desired alike.
 """
 from __future__ import annotations
 
+import json
+import logging
+import subprocess
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Iterable, Protocol
 
-from netkit.nft import NftError
+from netkit.nft import NftError, nft_binary
 from netkit.nft import apply as nft_apply
 from proxy import nft
+from proxy.plan import FAMILIES, NFT_FAMILY, DesiredState, Fragment
 
-__all__ = ["NftError", "NftRunner", "Runner", "SyncResult", "TableSyncer", "element_changes", "render_diff"]
-from proxy.plan import DesiredState, Fragment
+__all__ = ["NftError", "NftRunner", "Runner", "SyncResult", "TableSyncer", "Transaction", "cleanup", "diff",
+           "element_changes", "render_diff", "render_full_sync"]
+
+log = logging.getLogger(__name__)
+
+# An object of our table: ("chain" | "set" | "map", name).
+Object = tuple[str, str]
+_KINDS = ("chain", "set", "map")
 
 
 class Runner(Protocol):
@@ -37,9 +54,44 @@ class NftRunner:
     def apply(self, text: str) -> None:
         nft_apply(text, self.netns_path)
 
+    def objects(self, family: str, table: str) -> set[Object]:
+        """The chains, sets and maps of one table, by name (empty when the table does not exist).
+        Names only: `list chains` and terse `list sets|maps` carry no rules and no elements."""
+        ref = nft.table_ref(family, table)  # checks both
+        prefix = ["nsenter", f"--net={self.netns_path}"] if self.netns_path else []
+        out: set[Object] = set()
+        for kind in _KINDS:
+            argv = [*prefix, nft_binary(), "-j", "-t", "list", f"{kind}s", family]
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise NftError(f"listing the {kind}s of {ref}: {r.stderr}")
+            for item in json.loads(r.stdout or "{}").get("nftables", ()):
+                obj = item.get(kind) if isinstance(item, dict) else None
+                if isinstance(obj, dict) and obj.get("table") == table and isinstance(obj.get("name"), str):
+                    out.add((kind, obj["name"]))
+        return out
 
-def render_diff(old: DesiredState, new: DesiredState) -> str | None:
-    """The transaction that turns `old` into `new`; None when only a full sync can."""
+
+@dataclass(frozen=True)
+class Transaction:
+    """One sync's text, and what it left stale: flushed, referenced by nothing once it is
+    applied, and deleted by the next transaction."""
+    text: str
+    stale: frozenset[Object] = frozenset()
+
+
+def _deletes(t: nft.Table, objs: Iterable[Object]) -> list[str]:
+    """Delete lines, chains first (their rules may name the sets)."""
+    order = {k: i for i, k in enumerate(_KINDS)}
+    out = []
+    for kind, n in sorted(objs, key=lambda o: (order[o[0]], o[1])):
+        out.append(nft.chain_op("delete", t, n) if kind == "chain" else nft.set_op("delete", kind, t, n))
+    return out
+
+
+def diff(old: DesiredState, new: DesiredState, stale: Iterable[Object] = ()) -> Transaction | None:
+    """The transaction that turns `old` into `new` and deletes `stale` (left by the previous
+    transaction); None when only a full sync can."""
     ob, nb = old.base, new.base
     if (ob.family, ob.name) != (nb.family, nb.name) or ob.chains != nb.chains \
             or ob.sets != nb.sets or {k: m.type for k, m in ob.maps.items()} != {k: m.type for k, m in nb.maps.items()}:
@@ -78,9 +130,41 @@ def render_diff(old: DesiredState, new: DesiredState) -> str | None:
     for name in sorted(adds):
         items = list(adds[name]) if name in nb.sets else [f"{k} : {v}" for k, v in adds[name].items()]
         out.extend(nft.element_lines(t, name, items))
-    out += [nft.chain_op("delete", t, n) for n in sorted(removed)]
-    out += [nft.set_op("delete", "set", t, n) for n in sorted(removed_sets)]
-    return "\n".join(out) + "\n" if out else ""
+    # What an earlier transaction left stale is deleted now, unless this one declares it again
+    # (a Service that came back): nothing has referenced it since that transaction.
+    revived = {("chain", c.name) for c in new_chains} | {("set", s.name) for s in new_sets}
+    out += _deletes(t, set(stale) - revived)
+    left = {("chain", n) for n in removed} | {("set", n) for n in removed_sets}
+    return Transaction("\n".join(out) + "\n" if out else "", frozenset(left))
+
+
+def render_diff(old: DesiredState, new: DesiredState, stale: Iterable[Object] = ()) -> str | None:
+    """The text of diff(old, new, stale); None when only a full sync can."""
+    tx = diff(old, new, stale)
+    return None if tx is None else tx.text
+
+
+def desired_objects(t: nft.Table) -> set[Object]:
+    return {("chain", n) for n in t.chains} | {("set", n) for n in t.sets} | {("map", n) for n in t.maps}
+
+
+def render_full_sync(t: nft.Table, existing: set[Object] | None, stale: Iterable[Object] = ()) -> Transaction:
+    """The whole table (nft.render_full), plus the cleanup of what is no longer desired.
+
+    `existing`: the kernel's objects of this table (NftRunner.objects), None when unknown.
+    `stale` (left by our previous transaction) is deleted now; anything else that exists but
+    is not desired may still be referenced when this transaction starts (by a map element this
+    transaction flushes), so it is flushed now (`flush table` empties its rules) and left stale
+    for the next transaction to delete."""
+    desired = desired_objects(t)
+    gone = set(stale) - desired
+    if existing is not None:
+        gone &= existing  # deleting what is not there would fail the whole transaction
+    left = (existing - desired - gone) if existing is not None else set()
+    out = [nft.set_op("flush", kind, t, n) for kind, n in sorted(left) if kind != "chain"]
+    out += _deletes(t, gone)
+    text = nft.render_full(t)
+    return Transaction(text + "\n".join(out) + "\n" if out else text, frozenset(left))
 
 
 def element_changes(old: DesiredState, new: DesiredState) -> tuple[dict[str, set], dict[str, dict]]:
@@ -110,32 +194,53 @@ class SyncResult:
 
 
 class TableSyncer:
-    """Keeps what was last applied for one table; `sync` sends the smallest transaction."""
+    """Keeps what was last applied for one table; `sync` sends the smallest transaction.
+
+    `stale`: the objects the last applied transaction left to delete (see the module doc)."""
 
     def __init__(self, runner: Runner):
         self.runner = runner
         self.applied: DesiredState | None = None
+        self.stale: frozenset[Object] = frozenset()
+
+    def _existing(self, t: nft.Table) -> set[Object] | None:
+        objects = getattr(self.runner, "objects", None)
+        return None if objects is None else objects(t.family, t.name)
 
     def sync(self, new: DesiredState) -> SyncResult:
-        text = render_diff(self.applied, new) if self.applied is not None else None
-        full = text is None
-        if full:
-            text = nft.render_full(new.table())
-        if not text:
-            self.applied = new
-            return SyncResult(False, False, 0)
+        tx = diff(self.applied, new, self.stale) if self.applied is not None else None
+        full = tx is None
         try:
+            if tx is None:
+                table = new.table()
+                tx = render_full_sync(table, self._existing(table), self.stale)
+            if not tx.text:
+                self.applied, self.stale = new, tx.stale
+                return SyncResult(False, False, 0)
             try:
-                self.runner.apply(text)
+                self.runner.apply(tx.text)
             except Exception:
                 if not full:
                     raise
                 # The table holds something our `add`s conflict with (an older layout): start
                 # from an empty table instead. Affinity entries are lost only in this case.
-                text = nft.render_full(new.table(), keep_dynamic=False)
-                self.runner.apply(text)
+                tx = Transaction(nft.render_full(new.table(), keep_dynamic=False))
+                self.runner.apply(tx.text)
         except Exception:
             self.applied = None  # the kernel state is unknown now: next sync is a full one
             raise
-        self.applied = new
-        return SyncResult(full, True, len(text))
+        self.applied, self.stale = new, tx.stale
+        return SyncResult(full, True, len(tx.text))
+
+    def forget(self) -> None:
+        """The table was deleted: the next sync is a full one, with nothing stale."""
+        self.applied, self.stale = None, frozenset()
+
+
+def cleanup(cfg=None, netns_path: str | None = None, table: str | None = None) -> None:
+    """Delete the proxy's tables of both families if present (the feature is switched off; the
+    daemon calls this at start through node_daemon.features). They are all the proxy owns."""
+    from proxy.model import ProxyConfig
+
+    name = table or ProxyConfig().table_name
+    nft_apply("".join(nft.render_delete(NFT_FAMILY[f], name) for f in FAMILIES), netns_path)

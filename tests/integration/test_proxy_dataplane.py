@@ -284,3 +284,62 @@ def test_dual_stack_clusterip_and_nodeport_over_ipv6(topo):
     assert answers(topo.client_run("tcp", "fd00:1::1", 30080)) == {"fd00:2::2"}
     assert answers(topo.client_run("tcp", "10.96.0.10", 80)) == {"10.0.2.2"}
     assert topo.client_run("tcp", "fd00:96::10", 81)[0][0] == "refused"
+
+
+def _objects(topo) -> set[str]:
+    """Names of the chains and sets of our IPv4 table in the node namespace (read with nft itself)."""
+    out = set()
+    for kind in ("chains", "sets"):
+        listing = json.loads(sh("ip", "netns", "exec", topo.node, "nft", "-j", "-t", "list", kind, "ip"))
+        for item in listing["nftables"]:
+            obj = item.get(kind[:-1])
+            if obj and obj["table"] == "podwire-proxy":
+                out.add(obj["name"])
+    return out
+
+
+def test_a_restart_deletes_what_a_service_deleted_meanwhile_left(topo):
+    """Issue 12: a Service deleted while the daemon was down kept its chains forever. The first
+    (full) sync of the next run flushes them, the next sync deletes them; traffic is served
+    throughout."""
+    topo.serve("10.0.2.2", 8080)
+    first = topo.proxier()
+    first.on_service(WEB)
+    first.on_slice(web_slice("10.0.2.2"))
+    first.on_service(svc("gone", cip="10.96.0.11", sessionAffinity="ClientIP"))
+    first.on_slice(slc("gone", [ep("10.0.2.3")], name="gone-x"))
+    assert first.sync()
+    before = {n for n in _objects(topo) if "/gone/" in n}
+    assert {n.split("-")[0] for n in before} == {"svc", "ep", "aff"}
+    # a new process: `gone` was deleted while none ran
+    second = topo.proxier()
+    second.on_service(WEB)
+    second.on_slice(web_slice("10.0.2.2"))
+    assert second.sync()
+    assert {n for n in _objects(topo) if "/gone/" in n} == before  # flushed, referenced until this sync
+    listing = sh("ip", "netns", "exec", topo.node, "nft", "list", "chain", "ip", "podwire-proxy",
+                 sorted(n for n in before if n.startswith("svc-"))[0])
+    assert "goto" not in listing and "dnat" not in listing
+    assert second.sync()  # nothing changed: still one transaction, the deletions
+    assert not {n for n in _objects(topo) if "/gone/" in n}
+    assert answers(topo.client_run("tcp", "10.96.0.10", 80)) == {"10.0.2.2"}
+
+
+def test_a_removed_service_is_deleted_one_sync_later(topo):
+    topo.serve("10.0.2.2", 8080)
+    px = topo.proxier()
+    px.on_service(WEB)
+    px.on_slice(web_slice("10.0.2.2"))
+    px.on_service(svc("gone", cip="10.96.0.11"))
+    px.on_slice(slc("gone", [ep("10.0.2.2")], name="gone-x"))
+    assert px.sync()
+    chains = {n for n in _objects(topo) if "/gone/" in n}
+    assert chains
+    px.on_service(svc("gone", cip="10.96.0.11"), deleted=True)
+    assert px.sync()
+    assert {n for n in _objects(topo) if "/gone/" in n} == chains  # emptied, not yet deleted
+    assert topo.client_run("tcp", "10.96.0.11", 80)[0][0] != "ok"
+    assert px.sync()
+    assert not {n for n in _objects(topo) if "/gone/" in n}
+    px.request_full_sync()  # a full sync finds nothing stale: the listing is exact
+    assert px.sync() and not px.syncers[4].stale

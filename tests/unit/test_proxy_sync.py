@@ -5,7 +5,7 @@ from proxy.from_api import service_from_api, slice_from_api
 from proxy.model import NodeInfo, ProxyConfig
 from proxy.nft import render_full
 from proxy.plan import Planner, plan_family
-from proxy.sync import NftError, TableSyncer, render_diff
+from proxy.sync import NftError, TableSyncer, diff, render_diff
 from tests.unit.test_proxy_plan import CONFIG, NODE, ep, port, slc, svc
 
 GOLDEN = """\
@@ -158,18 +158,24 @@ def test_unchanged_plan_sends_nothing():
     assert not res.changed and len(runner.texts) == 1
 
 
-def test_transaction_order_deletes_chains_after_their_references():
+def test_a_removed_chain_is_flushed_now_and_deleted_by_the_next_transaction():
+    """Kernels before 6.2 refuse to delete a chain in the transaction that removes the last map
+    element or jump to it: the diff flushes it and leaves it stale; the next one deletes it."""
     services, slices = objs(extra_svcs=[svc("gone", cip="10.96.0.12", sessionAffinity="ClientIP")])
     gone_slice = slice_from_api(slc("gone", [ep("10.244.3.5")], name="gone-x"))
     p = Planner(4)
     old = p.plan(services, slices + [gone_slice], NODE, CONFIG)
     new = p.plan(services[:2], slices, NODE, CONFIG)
-    lines = render_diff(old, new).strip().splitlines()
-    first_delete_chain = min(i for i, ln in enumerate(lines) if ln.startswith("delete chain"))
-    last_elem = max(i for i, ln in enumerate(lines) if "element" in ln)
-    assert last_elem < first_delete_chain
-    assert lines[-1].startswith("delete set ip podwire-proxy aff-")  # sets after the chains using them
-    assert any(ln.startswith("flush chain") and "/gone/" in ln for ln in lines[:first_delete_chain])
+    tx = diff(old, new)
+    lines = tx.text.strip().splitlines()
+    assert not any(ln.startswith("delete chain") or ln.startswith("delete set") for ln in lines)
+    assert any(ln.startswith("flush chain") and "/gone/" in ln for ln in lines)
+    assert {k for k, _ in tx.stale} == {"chain", "set"} and all("/gone/" in n for _, n in tx.stale)
+    then = p.plan(services[:2], slices, NODE, CONFIG)
+    nxt = diff(new, then, tx.stale).text.strip().splitlines()
+    kinds = [ln.split()[1] for ln in nxt]
+    assert set(ln.split()[0] for ln in nxt) == {"delete"} and kinds == sorted(kinds)  # chains before sets
+    assert len(nxt) == len(tx.stale)
 
 
 def test_changed_map_value_is_deleted_then_added():
