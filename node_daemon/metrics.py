@@ -1,4 +1,4 @@
-"""Prometheus metrics and /healthz on one small HTTP server.
+"""Prometheus metrics and /healthz on one small HTTP server (node_daemon.httpserve).
 
 The registry is the daemon's own (not the global default) and is handed to the proxy so its
 metrics appear on the same /metrics.
@@ -7,12 +7,11 @@ metrics appear on the same /metrics.
 from __future__ import annotations
 
 import logging
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .httpserve import Reply, Server, split_address, text
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +39,22 @@ class DaemonMetrics:
                                      registry=r)
 
 
-def serve(address: str, registry: CollectorRegistry, healthy: Callable[[], tuple[bool, str]]):
-    """Serve /metrics and /healthz on host:port in a daemon thread. Returns the server."""
-    host, _, port = address.rpartition(":")
+def serve(address: str, registry: CollectorRegistry, healthy: Callable[[], tuple[bool, str]]) -> Server:
+    """Serve /metrics and /healthz (and /livez) on host:port in a daemon thread. Returns the server."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server API
-            path = self.path.split("?")[0]
-            if path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path in ("/healthz", "/livez"):
-                ok, why = healthy()
-                self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
-            else:
-                self._send(404, b"not found\n", "text/plain")
+    def answer(path: str) -> Reply | None:
+        if path == "/metrics":
+            return metrics_reply(registry)
+        if path in ("/healthz", "/livez"):
+            ok, why = healthy()
+            return text(200 if ok else 503, why + "\n")
+        return None
 
-        def _send(self, code, body, ctype):
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):  # quiet: scrapes are frequent
-            pass
-
-    host = host.strip("[]") or "0.0.0.0"
-    server_cls = type("Server", (ThreadingHTTPServer,),
-                      {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
-    server = server_cls((host, int(port)), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    server = Server(*split_address(address), answer, name="metrics")
     log.info("serving /metrics and /healthz on %s", address)
     return server
+
+
+def metrics_reply(registry: CollectorRegistry) -> Reply:
+    """The registry in Prometheus' text format (every server serving /metrics uses this)."""
+    return Reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)

@@ -4,6 +4,7 @@ Pure. Per service port and family: resolve each endpoint's port from its slice (
 targetPorts are resolved by the EndpointSlice controller, per slice), then pick
   cluster: ready ones (narrowed by topology hints when usable), else serving+terminating;
   local:   the same among endpoints on this node.
+and, for a healthCheckNodePort, how many of this node's endpoints count (`local_ready_endpoints`).
 """
 from __future__ import annotations
 
@@ -76,3 +77,15 @@ def categorize(svc: Service, eps: list[PortEndpoint], node: NodeInfo) -> Categor
     cluster = _usable(eps, True, node)
     local = _usable([e for e in eps if e.local], False, node)
     return Categorized(cluster, local, bool(eps))
+
+
+def local_ready_endpoints(slices: Iterable[EndpointSlice], node_name: str) -> int:
+    """The count a healthCheckNodePort reports (kube-proxy's LocalReadyEndpoints): distinct
+    addresses of this node's endpoints whose `ready` condition holds, over all the slices of one
+    Service. Terminating endpoints are left out even when they are the node's only ones (ready is
+    false for them unless publishNotReadyAddresses): the dataplane may still fall back to them,
+    but the 503 tells load balancers to drain the node while its pods shut down (KEP-1669)."""
+    if not node_name:
+        return 0
+    return len({ep.addresses[0] for sl in slices for ep in sl.endpoints
+                if ep.node_name == node_name and ep.ready and ep.addresses})

@@ -5,18 +5,19 @@
   deleted (load balancers should drain it); /livez ignores that (do not restart us for it).
 * `ServiceHealthServers`: one listener per healthCheckNodePort of an eTP=Local Service,
   answering `{"service":{...},"localEndpoints":N,"serviceProxyHealthy":bool}`, 200 when
-  N > 0, else 503, so external load balancers send traffic only to nodes with endpoints.
-Small `http.server` threads: a few requests per second from probes, no framework needed.
+  N > 0 and the proxy is healthy, else 503, so external load balancers send traffic only to
+  nodes with endpoints (N counts ready endpoints only: proxy.endpoints.local_ready_endpoints).
+The listeners are node_daemon.httpserve servers, as every HTTP endpoint podwire serves.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from functools import partial
 from typing import Callable
 
+from node_daemon.httpserve import Reply, Server, as_json
 from proxy.plan import HealthCheck
 
 
@@ -54,41 +55,14 @@ class ProxyHealth:
         return (200 if ok else 503), body
 
 
-def _json_handler(answer: Callable[[str], tuple[int, dict] | None]):
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            res = answer(self.path.split("?")[0])
-            if res is None:
-                self.send_error(404)
-                return
-            code, body = res
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+class _Server(Server):
+    """A JSON-answering listener (kube-proxy's health endpoints all answer JSON)."""
 
-        def log_message(self, *args):  # probes every few seconds: keep the log quiet
-            pass
-    return Handler
-
-
-class _Server:
-    def __init__(self, addr: str, port: int, answer):
-        self.httpd = ThreadingHTTPServer((addr, port), _json_handler(answer))
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def port(self) -> int:
-        return self.httpd.server_address[1]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def __init__(self, addr: str, port: int, answer: Callable[[str], tuple[int, dict] | None], name: str):
+        def reply(path: str) -> Reply | None:
+            res = answer(path)
+            return None if res is None else as_json(*res)
+        super().__init__(addr or "0.0.0.0", port, reply, name=name)
 
 
 class HealthzServer(_Server):
@@ -100,7 +74,7 @@ class HealthzServer(_Server):
             if metrics is not None:
                 (metrics.livez if path == "/livez" else metrics.healthz).labels(str(code)).inc()
             return code, body
-        super().__init__(addr, port, answer)
+        super().__init__(addr, port, answer, name="proxy-healthz")
 
 
 class ServiceHealthServers:
@@ -120,19 +94,23 @@ class ServiceHealthServers:
         for port in checks:
             if port not in self._servers:
                 try:
-                    self._servers[port] = _Server(self.addr, port, lambda path, p=port: self._answer(p))
+                    self._servers[port] = _Server(self.addr, port, partial(self._answer, port),
+                                                 name=f"health-check-{port}")
                     self.errors.pop(port, None)
                 except OSError as e:  # port taken: report, retry on the next update
                     self.errors[port] = str(e)
 
-    def _answer(self, port: int):
+    def _answer(self, port: int, path: str = "/") -> tuple[int, dict] | None:
         hc = self._checks.get(port)
         if hc is None:
             return None
+        healthy = self.proxy_healthy()
         body = {"service": {"namespace": hc.namespace, "name": hc.name},
                 "localEndpoints": hc.local_endpoints,
-                "serviceProxyHealthy": self.proxy_healthy()}
-        return (200 if hc.local_endpoints > 0 else 503), body
+                "serviceProxyHealthy": healthy}
+        # kube-proxy: 200 only with local endpoints *and* a healthy proxy; a node whose rules
+        # lag behind its updates must not attract load-balancer traffic either
+        return (200 if hc.local_endpoints > 0 and healthy else 503), body
 
     def close(self) -> None:
         self.update({})
