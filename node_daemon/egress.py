@@ -72,6 +72,18 @@ def render(cluster_cidrs: list[IPNetwork], node_ips: list[IPAddress]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_delete() -> str:
+    """Both families' tables deleted if present (`add` first: no error when one is absent)."""
+    return "".join(f"add table {family} {TABLE}\ndelete table {family} {TABLE}\n"
+                   for family, _, _ in _FAMILIES.values())
+
+
+def cleanup(cfg=None, netns_path: str | None = None) -> None:
+    """Egress masquerade is switched off (node_daemon.features calls this at start): delete the
+    tables an earlier run left, so pods stop being masqueraded."""
+    NftRunner(netns_path).apply(render_delete())
+
+
 @dataclass
 class NftRunner:
     """Applies a transaction with the project's one nft edge; `netns_path` lets tests aim at a
