@@ -15,6 +15,8 @@ import re
 import socket
 from dataclasses import dataclass
 
+from proxy.conntrack_settings import MAX_TIMEOUT  # the kernel's bound on conntrack timeouts
+
 from .cniconf import CniSettings
 from .model import IPNetwork, parse_ip, parse_network
 from .netlink import DEFAULT_ROUTE_PROTOCOL
@@ -42,6 +44,16 @@ class Config:
     ensure_forwarding: bool = True  # sysctls of the daemon's own netns only
     proxy_enabled: bool = False
     proxy_healthz_address: str = "0.0.0.0:10256"  # kube-proxy's port, served by the proxy
+    # kube-proxy's metrics address (/healthz, /proxyMode, /metrics); "" or port 0: not served
+    proxy_metrics_address: str = "127.0.0.1:10249"
+    # conntrack sysctls the proxy sets as kube-proxy does (proxy/conntrack_settings.py), in seconds;
+    # 0 leaves one as it is. Both are per network namespace: the daemon's own only.
+    conntrack_tcp_timeout_close_wait: int = 3600
+    conntrack_tcp_timeout_established: int = 86400
+    # nf_conntrack_max = max(per_core * cores, conntrack_min), host-global (writable only from the
+    # host's initial namespace): 0, the default, leaves it alone; kube-proxy's per-core value is 32768
+    conntrack_max_per_core: int = 0
+    conntrack_min: int = 131072
     policy_enabled: bool = False  # NetworkPolicy (policy/)
     # where the CNI plugin asks, at every ADD, for its pod's policy to be in force before the pod
     # starts (policy/gate.py); the directory is the node's own (a hostPath in the DaemonSet)
@@ -112,6 +124,14 @@ def _address(value, what: str) -> None:
     _check(ok, f"{what} (IP:port)", value)
 
 
+def _optional_address(value, what: str) -> None:
+    """host:port as _address, or switched off: "" or port 0."""
+    if value == "":
+        return
+    host, sep, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    _address(f"{host}:1" if sep and port == "0" else value, what)  # the host must parse either way
+
+
 def validate(c: Config) -> Config:
     try:
         mode = Mode(c.mode)
@@ -142,6 +162,11 @@ def validate(c: Config) -> Config:
     _int(c.route_protocol, "route protocol", FIRST_ROUTE_PROTOCOL, 255)
     _address(c.metrics_address, "metrics address")
     _address(c.proxy_healthz_address, "proxy healthz address")
+    _optional_address(c.proxy_metrics_address, "proxy metrics address")
+    for what in ("conntrack_tcp_timeout_close_wait", "conntrack_tcp_timeout_established"):
+        _int(getattr(c, what), f"{what} (seconds; 0 leaves it)", 0, MAX_TIMEOUT)
+    _int(c.conntrack_max_per_core, "conntrack_max_per_core (0 leaves nf_conntrack_max)", 0, 2**24)
+    _int(c.conntrack_min, "conntrack_min", 0, 2**31 - 1)
     for what in ("min_sync_interval", "resync_interval"):
         v = getattr(c, what)
         _check(type(v) in (int, float) and math.isfinite(v) and v > 0, f"{what} (seconds > 0)", v)
@@ -190,6 +215,16 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="enforce NetworkPolicies")
     p.add_argument("--policy-socket", help="unix socket the CNI plugin waits on (default /run/podwire/policy.sock)")
     p.add_argument("--egress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--proxy-metrics-address",
+                   help="kube-proxy's metrics address, default 127.0.0.1:10249 (empty or port 0: off)")
+    p.add_argument("--conntrack-tcp-timeout-close-wait", type=int, metavar="SECONDS",
+                   help="default 3600 (kube-proxy's); 0 leaves it")
+    p.add_argument("--conntrack-tcp-timeout-established", type=int, metavar="SECONDS",
+                   help="default 86400 (kube-proxy's); 0 leaves it")
+    p.add_argument("--conntrack-max-per-core", type=int,
+                   help="set the host-global nf_conntrack_max to max(this x cores, --conntrack-min); "
+                        "default 0: leave it")
+    p.add_argument("--conntrack-min", type=int)
     p.add_argument("--log-level")
     a = p.parse_args(argv)
 
@@ -202,7 +237,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
             "metrics_address": a.metrics_address, "route_protocol": a.route_protocol,
             "resync_interval": a.resync_interval, "proxy_enabled": a.proxy_enabled,
             "egress": a.egress, "log_level": a.log_level, "policy_enabled": a.policy_enabled,
-            "policy_socket": a.policy_socket,
+            "policy_socket": a.policy_socket, "proxy_metrics_address": a.proxy_metrics_address,
+            "conntrack_tcp_timeout_close_wait": a.conntrack_tcp_timeout_close_wait,
+            "conntrack_tcp_timeout_established": a.conntrack_tcp_timeout_established,
+            "conntrack_max_per_core": a.conntrack_max_per_core, "conntrack_min": a.conntrack_min,
         }.items() if v is not None}
         vx = {k: v for k, v in {"port": a.vxlan_port, "vni": a.vxlan_vni, "device": a.vxlan_device}.items()
               if v is not None}

@@ -4,13 +4,18 @@ It shares the daemon's process, API client, Node informer and metrics registry; 
 informers of its own (Services, EndpointSlices with kube-proxy's selector) and its own sync runner,
 so a slow ruleset sync never delays routes and vice versa. The Proxier is fed plain API dicts on
 informer threads (cheap: it only marks Services dirty) and reconciles in `sync()`.
+Around it, what kube-proxy also does on a node: :10256 health, the metrics address
+(127.0.0.1:10249: /healthz, /proxyMode, /metrics of the daemon's shared registry) and the
+conntrack sysctls (proxy.conntrack_settings), set at start.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
+from node_daemon.httpserve import split_address
 from node_daemon.runner import SyncRunner
 
 log = logging.getLogger(__name__)
@@ -34,9 +39,13 @@ def start(host) -> list:
     """Start the proxy's watches and runner (node_daemon.features.Host); returns what to stop."""
     from kubernetes import client
 
+    from proxy.conntrack_settings import ConntrackSettings, ConntrackSysctls
+
     cfg = host.cfg
+    sysctls = ConntrackSysctls(ConntrackSettings.from_config(cfg))
+    sysctls.ensure()  # before any Service flow exists; retried after syncs if nf_conntrack was not loaded
     proxier, servers = build_proxier(cfg, host.registry)
-    sync = ProxySync(proxier, cfg.resync_interval * FULL_RESYNC_EVERY)
+    sync = ProxySync(proxier, cfg.resync_interval * FULL_RESYNC_EVERY, after_sync=sysctls.ensure)
     core, discovery = client.CoreV1Api(host.api), client.DiscoveryV1Api(host.api)
     runner = SyncRunner(sync, name="proxy", min_interval=min(cfg.min_sync_interval, PROXY_MIN_SYNC_INTERVAL),
                         resync_interval=cfg.resync_interval,
@@ -61,11 +70,14 @@ def start(host) -> list:
 class ProxySync:
     """The proxy runner's sync function: the proxier's (diff) sync, made a full rewrite when
     `full_every` seconds have passed since the last full one; raises when the sync failed, so
-    the runner retries with backoff."""
+    the runner retries with backoff. `after_sync` runs after successful syncs until it returns
+    True (the conntrack sysctls, which exist only once a ruleset has loaded nf_conntrack)."""
 
-    def __init__(self, proxier, full_every: float, clock=time.monotonic):
+    def __init__(self, proxier, full_every: float, clock=time.monotonic,
+                 after_sync: Callable[[], bool] | None = None):
         self.proxier, self.full_every, self.clock = proxier, full_every, clock
         self.last_full = clock()  # the first sync is full anyway
+        self.after_sync = after_sync
 
     def __call__(self) -> None:
         now = self.clock()
@@ -74,14 +86,8 @@ class ProxySync:
             self.last_full = now
         if self.proxier.sync() is False:  # the proxier reports failure instead of raising
             raise RuntimeError("service proxy sync failed")
-
-
-class _Closing:
-    def __init__(self, server):
-        self.server = server
-
-    def stop(self):
-        self.server.close()
+        if self.after_sync is not None and self.after_sync():
+            self.after_sync = None
 
 
 def build_proxier(cfg, registry):
@@ -99,6 +105,25 @@ def build_proxier(cfg, registry):
                       {f: NftRunner() for f in families}, conntrack_runner=ConntrackRunner(),
                       metrics=metrics, health=health,
                       service_health=ServiceHealthServers(proxy_healthy=health.healthy))
-    host, _, port = cfg.proxy_healthz_address.rpartition(":")
-    healthz = HealthzServer(health, addr=host.strip("[]") or "0.0.0.0", port=int(port), metrics=metrics)
-    return proxier, [_Closing(healthz)]
+    healthz = HealthzServer(health, *split_address(cfg.proxy_healthz_address), metrics=metrics)
+    parts = [healthz]
+    metrics_server = serve_metrics(cfg.proxy_metrics_address, metrics)
+    if metrics_server is not None:
+        parts.append(metrics_server)
+    return proxier, parts
+
+
+def serve_metrics(address: str, metrics):
+    """kube-proxy's metrics server on `address` ("" or port 0: off). A taken address is logged,
+    not fatal (kube-proxy's default, --bind-address-hard-fail off): the proxy works without it."""
+    if not address or address.endswith(":0"):
+        log.info("kube-proxy's metrics address is switched off")
+        return None
+    host, port = split_address(address)
+    try:
+        server = metrics.serve(port, host)
+    except OSError as e:
+        log.error("cannot serve kube-proxy's metrics address %s: %s", address, e)
+        return None
+    log.info("serving kube-proxy's /healthz, /proxyMode and /metrics on %s", address)
+    return server

@@ -41,3 +41,38 @@ def test_yaml_config(tmp_path):
     c = parse_args(["--config", str(f)])
     assert (c.node_name, c.mode, c.vxlan.vni) == ("y1", Mode.VXLAN, 7)
     assert [n.version for n in c.cluster_cidrs] == [4, 6]
+
+
+def test_kube_proxy_parity_defaults():
+    c = parse_args(["--node-name", "n"])
+    assert c.proxy_metrics_address == "127.0.0.1:10249"  # kube-proxy's --metrics-bind-address
+    assert (c.conntrack_tcp_timeout_close_wait, c.conntrack_tcp_timeout_established) == (3600, 86400)
+    assert c.conntrack_max_per_core == 0 and c.conntrack_min == 131072  # nf_conntrack_max: left alone
+
+
+def test_kube_proxy_parity_flags_and_file(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"node_name": "n", "proxy_metrics_address": "[::1]:10249",
+                             "conntrack_tcp_timeout_established": 0, "conntrack_max_per_core": 32768}))
+    c = parse_args(["--config", str(f), "--conntrack-tcp-timeout-close-wait", "7200", "--conntrack-min", "1000"])
+    assert c.proxy_metrics_address == "[::1]:10249"
+    assert (c.conntrack_tcp_timeout_close_wait, c.conntrack_tcp_timeout_established) == (7200, 0)
+    assert (c.conntrack_max_per_core, c.conntrack_min) == (32768, 1000)
+    for off in ("", "127.0.0.1:0"):
+        assert parse_args(["--node-name", "n", "--proxy-metrics-address", off]).proxy_metrics_address == off
+
+
+@pytest.mark.parametrize("key, value", [
+    ("proxy_metrics_address", "localhost:10249"), ("proxy_metrics_address", "127.0.0.1"),
+    ("proxy_metrics_address", "nonsense:0"), ("proxy_metrics_address", "127.0.0.1:65536"),
+    ("proxy_metrics_address", 10249), ("proxy_metrics_address", "127.0.0.1:-1"),
+    ("conntrack_tcp_timeout_close_wait", -1), ("conntrack_tcp_timeout_close_wait", "3600"),
+    ("conntrack_tcp_timeout_close_wait", 3600.0), ("conntrack_tcp_timeout_close_wait", True),
+    ("conntrack_tcp_timeout_established", 2**31), ("conntrack_max_per_core", -5),
+    ("conntrack_max_per_core", 2**40), ("conntrack_min", None), ("conntrack_min", 2**31)])
+def test_kube_proxy_parity_options_refuse_bad_values(tmp_path, key, value):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"node_name": "n", key: value}))
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--config", str(f)])
+    assert e.value.code == 2
