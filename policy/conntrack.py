@@ -12,28 +12,22 @@ conntrack shows as the reply direction's source. Flows the node itself opened (k
 `output`, which the table does not hook: they are never judged, so never deleted.
 
 Pure: affected(), now_denied(), parse_line(), delete_message(). Edge: ConntrackCleaner lists with the
-`conntrack` CLI (filtered per address; nsenter for another netns) and deletes over ctnetlink, one
-hash lookup per entry, where `conntrack -D` walks the whole table per entry; it never raises into
+`conntrack` CLI (filtered per address; nsenter for another netns) and deletes over ctnetlink
+(netkit.conntrack, the one home of netlink conntrack code), one hash lookup per entry, where `conntrack -D` walks the whole table per entry; it never raises into
 the sync.
 """
 from __future__ import annotations
 
-import errno
 import ipaddress
 import json
 import logging
 import os
-import socket
-import struct
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Union
 
-from netkit import rtnl
-from netkit.netns import open_netns, setns
-from netkit.rtnl import nla, nla_nested
+from netkit import conntrack as ctnl
 from policy.flowcheck import FlowCheck
 from policy.ruleset import DIRECTIONS, PROTOCOLS, Ruleset
 
@@ -225,84 +219,20 @@ def now_denied(flows: Iterable[Flow], new: Ruleset, exempt: frozenset[Addr] = fr
     return out
 
 
-# ctnetlink (linux/netfilter/nfnetlink_conntrack.h): one IPCTNL_MSG_CT_DELETE per entry, by its original tuple
-NETLINK_NETFILTER = 12
-_CT_DELETE = (1 << 8) | 2  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
-CTA_TUPLE_ORIG, CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 1, 2
-CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
-CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
-CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE = 4, 5, 6
-CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE = 7, 8, 9
-_PROTO_NUM = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
+def _tuple(f: Flow) -> ctnl.Tuple:
+    return ctnl.Tuple(ctnl.PROTO_NUMBERS[f.proto], f.src, f.dst, f.sport or 0, f.dport or 0, f.icmp)
 
 
 def delete_message(f: Flow) -> bytes:
     """The body of a ctnetlink delete of exactly this entry: nfgenmsg + its original tuple. The
     kernel looks the tuple up in its hash (zone 0), so no other entry can match."""
-    v6 = f.src.version == 6
-    ip = nla_nested(CTA_TUPLE_IP, nla(CTA_IP_V6_SRC if v6 else CTA_IP_V4_SRC, f.src.packed),
-                    nla(CTA_IP_V6_DST if v6 else CTA_IP_V4_DST, f.dst.packed))
-    l4 = [nla(CTA_PROTO_NUM, struct.pack("B", _PROTO_NUM[f.proto]))]
-    if f.icmp is not None:
-        i, t, c = (CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE) if v6 else \
-            (CTA_PROTO_ICMP_ID, CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMP_CODE)
-        l4 += [nla(i, struct.pack("!H", f.icmp[2])), nla(t, struct.pack("B", f.icmp[0])),
-               nla(c, struct.pack("B", f.icmp[1]))]
-    else:
-        l4 += [nla(CTA_PROTO_SRC_PORT, struct.pack("!H", f.sport)), nla(CTA_PROTO_DST_PORT, struct.pack("!H", f.dport))]
-    nfgen = struct.pack("=BBH", socket.AF_INET6 if v6 else socket.AF_INET, 0, 0)
-    return nfgen + nla_nested(CTA_TUPLE_ORIG, ip, nla_nested(CTA_TUPLE_PROTO, *l4))
-
-
-class _CtnlSocket(rtnl.RtnlSocket):
-    """netkit's batched, acknowledged netlink exchange over a NETLINK_NETFILTER socket."""
-
-    def __init__(self, sock: socket.socket):  # not super().__init__: that opens a NETLINK_ROUTE socket
-        self._sock = sock
-        self._seq = 0
-        self._strict = False
-
-
-def _netfilter_socket(netns_path: str | None) -> socket.socket:
-    """A NETLINK_NETFILTER socket in `netns_path`'s namespace (ours when None). A socket keeps the
-    namespace it was made in; the setns happens in a thread of its own that ends right after, so no
-    thread that runs anything else ever changes namespace."""
-    def make() -> socket.socket:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        s.setsockopt(rtnl.SOL_NETLINK, rtnl.NETLINK_CAP_ACK, 1)
-        s.bind((0, 0))
-        return s
-    if netns_path is None:
-        return make()
-    box: dict[str, object] = {}
-
-    def enter_and_make() -> None:
-        try:
-            fd = open_netns(netns_path)
-            try:
-                setns(fd)
-            finally:
-                os.close(fd)
-            box["sock"] = make()
-        except Exception as e:
-            box["error"] = e
-    t = threading.Thread(target=enter_and_make, name="ctnl-netns")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["sock"]  # type: ignore[return-value]
+    return _tuple(f).delete_message()
 
 
 def delete_flows(flows: list[Flow], netns_path: str | None = None) -> int:
-    """Deletes each entry by its original tuple, in batches of acknowledged requests; returns how
-    many the kernel deleted (an entry that ended meanwhile, ENOENT, is not counted)."""
-    sock = _netfilter_socket(netns_path)
-    with _CtnlSocket(sock) as ct:
-        batch = ct.batch()
-        for f in flows:
-            batch.add("conntrack delete", _CT_DELETE, 0, delete_message(f), tolerate=(errno.ENOENT,))
-        return sum(1 for err in batch.commit() if err == 0)
+    """Deletes each entry by its original tuple (netkit.conntrack, batched); returns how many the
+    kernel deleted (an entry that ended meanwhile is not counted)."""
+    return ctnl.delete([_tuple(f) for f in flows], netns_path)
 
 
 # ---- the edge ---------------------------------------------------------------------------------

@@ -7,13 +7,17 @@ kube-proxy; we never flush everything (that would cut every healthy UDP flow too
   * an endpoint left a service port -> entries from that port's frontends to that endpoint;
   * a service port went from 0 to N endpoints -> entries to its frontends (they were
     rejected or never NATed).
+The edge lists the table once per family over ctnetlink and deletes the matching entries by
+tuple in one batch (netkit.conntrack), where it ran a `conntrack -D` process per filter, each
+walking the whole table.
 """
 from __future__ import annotations
 
-import subprocess
+import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
 
+from netkit import conntrack as ctnl
 from proxy.plan import DesiredState, PortPlan
 
 
@@ -25,14 +29,16 @@ class Flush:
     dport: int
     endpoint: tuple[str, int] | None = None  # None: whatever it was NATed to
 
-    def argv(self) -> list[str]:
-        argv = ["conntrack", "-D", "-f", "ipv6" if self.family == 6 else "ipv4", "-p", "udp"]
-        if self.dst:
-            argv += ["--orig-dst", self.dst]
-        argv += ["--orig-port-dst", str(self.dport)]
-        if self.endpoint:
-            argv += ["--reply-src", self.endpoint[0], "--reply-port-src", str(self.endpoint[1])]
-        return argv
+    def matches(self, e: ctnl.Entry) -> bool:
+        """This filter's UDP entry: to `dst` (any when None) port `dport`, and with `endpoint`, one
+        DNATed to it (the reply comes from the endpoint)."""
+        o, r = e.orig, e.reply
+        if o.proto != ctnl.UDP or o.src.version != self.family or o.dport != self.dport:
+            return False
+        if self.dst is not None and o.dst != ipaddress.ip_address(self.dst):
+            return False
+        return self.endpoint is None or (r.src == ipaddress.ip_address(self.endpoint[0])
+                                         and r.sport == self.endpoint[1])
 
 
 def _frontends(pp: PortPlan) -> list[tuple[str | None, int]]:
@@ -69,16 +75,24 @@ def stale_flows(old: DesiredState | None, new: DesiredState) -> list[Flush]:
 
 
 class ConntrackRunner:
-    """Runs the deletions; `conntrack -D` exits 1 when nothing matched, which is fine."""
+    """Deletes the entries the filters match, in our netns or `netns_path`'s: one listing per
+    family over ctnetlink, one batch of deletions by tuple. Returns errors, never raises."""
 
     def __init__(self, netns_path: str | None = None):
-        self.prefix = ["nsenter", f"--net={netns_path}"] if netns_path else []
+        self.netns_path = netns_path
+        self.deleted = 0  # entries deleted by the last call
 
     def delete(self, flushes: Iterable[Flush]) -> list[str]:
-        errors = []
+        self.deleted = 0
+        by_family: dict[int, list[Flush]] = {}
         for f in flushes:
-            r = subprocess.run(self.prefix + f.argv(), capture_output=True, text=True, timeout=30)
-            if r.returncode not in (0, 1):
-                errors.append(f"{' '.join(f.argv())}: {r.stderr.strip()}")
+            by_family.setdefault(f.family, []).append(f)
+        errors = []
+        for family, fs in sorted(by_family.items()):
+            try:
+                entries, _ = ctnl.list_entries(self.netns_path, family)
+                doomed = [e.orig for e in entries if any(f.matches(e) for f in fs)]
+                self.deleted += ctnl.delete(doomed, self.netns_path) if doomed else 0
+            except (OSError, ValueError) as e:
+                errors.append(f"IPv{family} UDP conntrack entries of {len(fs)} filters: {e}")
         return errors
-

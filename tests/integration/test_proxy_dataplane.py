@@ -343,3 +343,48 @@ def test_a_removed_service_is_deleted_one_sync_later(topo):
     assert not {n for n in _objects(topo) if "/gone/" in n}
     px.request_full_sync()  # a full sync finds nothing stale: the listing is exact
     assert px.sync() and not px.syncers[4].stale
+
+
+def _udp_entries(topo) -> list[tuple[str, str]]:
+    """The node's UDP conntrack entries to the test's Service port, as `conntrack -L` shows them:
+    (original source port, reply source = the endpoint it was DNATed to)."""
+    out = sh("ip", "netns", "exec", topo.node, "conntrack", "-L", "-p", "udp", "--orig-port-dst", "53")
+    entries = []
+    for ln in out.splitlines():
+        if ln.startswith("udp"):
+            fields = [t.split("=", 1) for t in ln.split() if "=" in t]
+            entries.append((dict(fields[:4])["sport"], [v for k, v in fields if k == "src"][1]))
+    return entries
+
+
+def test_udp_conntrack_entry_of_a_gone_endpoint_is_deleted_over_netlink(topo):
+    """The proxy's stale-UDP cleanup through netkit.conntrack (one ctnetlink dump, deletes by
+    tuple, no `conntrack` process): the entry DNATed to the endpoint that went away is deleted,
+    the one to the endpoint that stays is kept."""
+    for ip in ("10.0.2.2", "10.0.2.3"):
+        topo.serve(ip, 8080)
+    px = topo.proxier()
+    px.on_service(WEB)
+    px.on_slice(web_slice("10.0.2.2"))
+    assert px.sync()
+    assert answers(topo.client_run("udp", "10.96.0.10", 53, sport=40010)) == {"10.0.2.2"}
+    px.on_slice(web_slice("10.0.2.2", "10.0.2.3"))
+    assert px.sync()
+    kept = [r for r in topo.client_run("udp", "10.96.0.10", 53, n=12) if r[1] == "10.0.2.3"]
+    assert kept, "no flow reached the second endpoint"
+    entries = _udp_entries(topo)
+    assert ("40010", "10.0.2.2") in entries and any(ep == "10.0.2.3" for _, ep in entries), entries
+    px.on_slice(web_slice("10.0.2.3"))  # 10.0.2.2 goes away
+    calls = []
+    real = subprocess.run
+    subprocess.run = lambda *a, **k: (calls.append(a), real(*a, **k))[1]  # type: ignore[assignment]
+    try:
+        assert px.sync()
+    finally:
+        subprocess.run = real  # type: ignore[assignment]
+    assert not [c for c in calls if "conntrack" in str(c)]  # no process per filter any more
+    assert px.conntrack.deleted >= 1
+    after = _udp_entries(topo)
+    assert not any(ep == "10.0.2.2" for _, ep in after), after
+    assert {e for e in entries if e[1] == "10.0.2.3"} <= set(after), after  # the other endpoint's flows stay
+    assert answers(topo.client_run("udp", "10.96.0.10", 53, sport=40010)) == {"10.0.2.3"}

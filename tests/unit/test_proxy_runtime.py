@@ -1,11 +1,13 @@
 """Conntrack cleanup computation, the Proxier (events -> sync), metrics and health servers."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import urllib.error
 import urllib.request
 
+from netkit import conntrack as ctnl
 from proxy.conntrack import Flush, stale_flows
 from proxy.from_api import service_from_api, slice_from_api
 from proxy.healthz import HealthzServer, ProxyHealth, ServiceHealthServers
@@ -39,9 +41,29 @@ def test_removed_endpoint_flushes_only_its_udp_flows():
         Flush(4, "192.0.2.7", 53, ("10.244.2.5", 53)),
         Flush(4, None, 30053, ("10.244.2.5", 53)),
     }
-    assert Flush(4, None, 30053, ("10.244.2.5", 53)).argv() == [
-        "conntrack", "-D", "-f", "ipv4", "-p", "udp", "--orig-port-dst", "30053",
-        "--reply-src", "10.244.2.5", "--reply-port-src", "53"]
+
+
+def _entry(dst, dport, reply_src, reply_sport, proto=17, src="10.0.1.2", sport=40000):
+    ip = ipaddress.ip_address
+    return ctnl.Entry(ctnl.Tuple(proto, ip(src), ip(dst), sport, dport),
+                      ctnl.Tuple(proto, ip(reply_src), ip(src), reply_sport, sport))
+
+
+def test_a_flush_matches_the_entries_conntrack_d_would():
+    """The filter `conntrack -D -p udp [--orig-dst D] --orig-port-dst P [--reply-src E
+    --reply-port-src EP]` stood for, judged on netlink entries."""
+    np = Flush(4, None, 30053, ("10.244.2.5", 53))
+    assert np.matches(_entry("172.18.0.2", 30053, "10.244.2.5", 53))  # any node address
+    assert not np.matches(_entry("172.18.0.2", 30053, "10.244.1.5", 53))  # another endpoint
+    assert not np.matches(_entry("172.18.0.2", 30053, "10.244.2.5", 54))
+    assert not np.matches(_entry("172.18.0.2", 30053, "10.244.2.5", 53, proto=6))  # TCP is left alone
+    assert not np.matches(_entry("172.18.0.2", 30054, "10.244.2.5", 53))
+    cip = Flush(4, "10.96.0.11", 53)  # 0 -> N endpoints: whatever it was (not) NATed to
+    assert cip.matches(_entry("10.96.0.11", 53, "10.96.0.11", 53))
+    assert not cip.matches(_entry("10.96.0.12", 53, "10.96.0.12", 53))
+    assert not Flush(6, "10.96.0.11", 53).matches(_entry("10.96.0.11", 53, "10.96.0.11", 53))
+    v6 = Flush(6, "fd00:96::11", 53, ("fd00:244::5", 53))
+    assert v6.matches(_entry("fd00:96::11", 53, "fd00:244::5", 53, src="fd00:1::2"))
 
 
 def test_zero_to_n_endpoints_flushes_the_frontends():
