@@ -81,3 +81,17 @@ def test_flags_set_other_values_and_zero_leaves_one_alone(ns):
     assert got["nf_conntrack_tcp_timeout_close_wait"] == 1800
     assert got["nf_conntrack_tcp_timeout_established"] == fresh["nf_conntrack_tcp_timeout_established"]
     assert _root_values() == root_before
+
+
+def test_a_read_only_proc_sys_is_reported_and_not_fatal(ns):
+    """As in the unprivileged DaemonSet container: runtimes mount /proc/sys read-only. The child
+    gets its own mount namespace (unshare -m: private propagation) where /proc/sys is a read-only
+    bind; nothing outside it changes."""
+    fresh = _ns_values(ns)
+    script = 'mount --bind -o ro /proc/sys /proc/sys && exec "$0" "$@"'
+    r = in_ns(ns, "unshare", "-m", "sh", "-c", script, sys.executable, "-c", CHILD, cwd=ROOT,
+              env={**os.environ, "PYTHONPATH": ROOT})
+    res = json.loads(r.stdout)
+    assert res["done"] is True  # given up on, not retried after every sync
+    assert [err.rsplit(": ", 1)[-1] for *_, err in res["outcomes"]] == ["/proc/sys is mounted read-only here"] * 2
+    assert _ns_values(ns) == fresh
