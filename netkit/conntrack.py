@@ -32,7 +32,9 @@ NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 1, 2
 CT_GET = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET
 CT_DELETE = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
-CTA_TUPLE_ORIG, CTA_TUPLE_REPLY = 1, 2
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_FILTER = 1, 2, 25
+CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 1, 2
+F_IP_SRC, F_IP_DST, F_PROTO_NUM, F_PROTO_SRC_PORT, F_PROTO_DST_PORT = 1 << 0, 1 << 1, 1 << 3, 1 << 4, 1 << 5
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
@@ -129,6 +131,57 @@ def parse_entry(body: bytes) -> Entry:
         raise ValueError(f"malformed conntrack entry: {type(e).__name__}: {e}") from None
 
 
+@dataclass(frozen=True)
+class Filter:
+    """Which entries a listing returns: one family and protocol, with this original destination and
+    destination port, and this reply source and source port (after DNAT: the endpoint); None is
+    any. The kernel applies it during the dump (CTA_FILTER, Linux >= 5.8), and `find` checks it
+    again, so a kernel that ignores the attribute only makes the listing slower, never wider."""
+    family: int
+    proto: int
+    dst: Addr | None = None
+    dport: int | None = None
+    reply_src: Addr | None = None
+    reply_sport: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in _FAMILY or self.proto not in _PORTS:
+            raise ValueError(f"filter family {self.family!r:.10} / protocol {self.proto!r:.10} not supported")
+        for a in (self.dst, self.reply_src):
+            if a is not None and (type(a) not in _ADDR_TYPES or a.version != self.family):
+                raise ValueError(f"filter address {a!r:.60} is not an IPv{self.family} address")
+        for p in (self.dport, self.reply_sport):
+            if p is not None and (type(p) is not int or not 0 <= p <= 65535):
+                raise ValueError(f"filter port {p!r:.20} is not an integer 0-65535")
+
+    def matches(self, e: Entry) -> bool:
+        o, r = e.orig, e.reply
+        return o.proto == self.proto and o.src.version == self.family \
+            and (self.dst is None or o.dst == self.dst) and (self.dport is None or o.dport == self.dport) \
+            and (self.reply_src is None or r.src == self.reply_src) \
+            and (self.reply_sport is None or r.sport == self.reply_sport)
+
+    def _tuple(self, kind: int, addr_kind: int, addr: Addr | None, port_kind: int,
+               port: int | None) -> tuple[bytes, int]:
+        flags, ip, l4 = F_PROTO_NUM, b"", [nla(CTA_PROTO_NUM, struct.pack("B", self.proto))]
+        if addr is not None:
+            ip = nla_nested(CTA_TUPLE_IP, nla(addr_kind + (2 if self.family == 6 else 0), addr.packed))
+            flags |= F_IP_DST if addr_kind == CTA_IP_V4_DST else F_IP_SRC
+        if port is not None:
+            l4.append(nla(port_kind, struct.pack("!H", port)))
+            flags |= F_PROTO_DST_PORT if port_kind == CTA_PROTO_DST_PORT else F_PROTO_SRC_PORT
+        return nla_nested(kind, ip, nla_nested(CTA_TUPLE_PROTO, *l4)), flags
+
+    def request(self) -> bytes:
+        """The body of a filtered dump request."""
+        orig, oflags = self._tuple(CTA_TUPLE_ORIG, CTA_IP_V4_DST, self.dst, CTA_PROTO_DST_PORT, self.dport)
+        reply, rflags = self._tuple(CTA_TUPLE_REPLY, CTA_IP_V4_SRC, self.reply_src, CTA_PROTO_SRC_PORT,
+                                    self.reply_sport)
+        flt = nla_nested(CTA_FILTER, nla(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", oflags)),
+                         nla(CTA_FILTER_REPLY_FLAGS, struct.pack("=I", rflags)))
+        return struct.pack("=BBH", _FAMILY[self.family], 0, 0) + orig + reply + flt
+
+
 class CtnlSocket(rtnl.RtnlSocket):
     """netkit's batched, acknowledged netlink exchange over a NETLINK_NETFILTER socket."""
 
@@ -184,6 +237,22 @@ def list_entries(netns_path: str | None = None, family: int | None = None) -> tu
                 except ValueError:
                     bad += 1
     return entries, bad
+
+
+def find(filters: Iterable[Filter], netns_path: str | None = None) -> list[Entry]:
+    """The entries any of `filters` matches: one filtered dump each (the kernel walks its table,
+    Python parses only what matched), checked again here; each entry once."""
+    found: dict[Tuple, Entry] = {}
+    with CtnlSocket(netfilter_socket(netns_path)) as ct:
+        for f in filters:
+            for body in ct.dump(CT_GET, f.request()):
+                try:
+                    e = parse_entry(body)
+                except ValueError:
+                    continue
+                if f.matches(e):
+                    found.setdefault(e.orig, e)
+    return list(found.values())
 
 
 def delete(tuples: Iterable[Tuple], netns_path: str | None = None) -> int:

@@ -7,9 +7,8 @@ kube-proxy; we never flush everything (that would cut every healthy UDP flow too
   * an endpoint left a service port -> entries from that port's frontends to that endpoint;
   * a service port went from 0 to N endpoints -> entries to its frontends (they were
     rejected or never NATed).
-The edge lists the table once per family over ctnetlink and deletes the matching entries by
-tuple in one batch (netkit.conntrack), where it ran a `conntrack -D` process per filter, each
-walking the whole table.
+The edge asks the kernel over ctnetlink for the entries each filter matches and deletes them by
+tuple in one batch (netkit.conntrack), where it ran a `conntrack -D` process per filter.
 """
 from __future__ import annotations
 
@@ -29,16 +28,13 @@ class Flush:
     dport: int
     endpoint: tuple[str, int] | None = None  # None: whatever it was NATed to
 
-    def matches(self, e: ctnl.Entry) -> bool:
-        """This filter's UDP entry: to `dst` (any when None) port `dport`, and with `endpoint`, one
-        DNATed to it (the reply comes from the endpoint)."""
-        o, r = e.orig, e.reply
-        if o.proto != ctnl.UDP or o.src.version != self.family or o.dport != self.dport:
-            return False
-        if self.dst is not None and o.dst != ipaddress.ip_address(self.dst):
-            return False
-        return self.endpoint is None or (r.src == ipaddress.ip_address(self.endpoint[0])
-                                         and r.sport == self.endpoint[1])
+    def filter(self) -> ctnl.Filter:
+        """As a netlink listing filter: UDP to `dst` (any when None) port `dport`, and with
+        `endpoint`, DNATed to it (the reply comes from the endpoint)."""
+        ip = ipaddress.ip_address
+        return ctnl.Filter(self.family, ctnl.UDP, ip(self.dst) if self.dst else None, self.dport,
+                           ip(self.endpoint[0]) if self.endpoint else None,
+                           self.endpoint[1] if self.endpoint else None)
 
 
 def _frontends(pp: PortPlan) -> list[tuple[str | None, int]]:
@@ -75,8 +71,8 @@ def stale_flows(old: DesiredState | None, new: DesiredState) -> list[Flush]:
 
 
 class ConntrackRunner:
-    """Deletes the entries the filters match, in our netns or `netns_path`'s: one listing per
-    family over ctnetlink, one batch of deletions by tuple. Returns errors, never raises."""
+    """Deletes the entries the filters match, in our netns or `netns_path`'s: one filtered
+    ctnetlink dump per filter, one batch of deletions by tuple. Returns errors, never raises."""
 
     def __init__(self, netns_path: str | None = None):
         self.netns_path = netns_path
@@ -84,15 +80,12 @@ class ConntrackRunner:
 
     def delete(self, flushes: Iterable[Flush]) -> list[str]:
         self.deleted = 0
-        by_family: dict[int, list[Flush]] = {}
-        for f in flushes:
-            by_family.setdefault(f.family, []).append(f)
-        errors = []
-        for family, fs in sorted(by_family.items()):
-            try:
-                entries, _ = ctnl.list_entries(self.netns_path, family)
-                doomed = [e.orig for e in entries if any(f.matches(e) for f in fs)]
-                self.deleted += ctnl.delete(doomed, self.netns_path) if doomed else 0
-            except (OSError, ValueError) as e:
-                errors.append(f"IPv{family} UDP conntrack entries of {len(fs)} filters: {e}")
-        return errors
+        fs = list(flushes)
+        if not fs:
+            return []
+        try:
+            doomed = [e.orig for e in ctnl.find([f.filter() for f in fs], self.netns_path)]
+            self.deleted = ctnl.delete(doomed, self.netns_path) if doomed else 0
+        except (OSError, ValueError) as e:
+            return [f"UDP conntrack entries of {len(fs)} filters: {e}"]
+        return []

@@ -63,3 +63,32 @@ def test_a_malformed_entry_is_a_value_error_not_a_traceback(body):
 def test_a_tuple_refuses_values_the_kernel_could_not_mean(kwargs):
     with pytest.raises(ValueError):
         ctnl.Tuple(**kwargs)
+
+
+def test_a_filter_asks_the_kernel_for_exactly_its_fields():
+    f = ctnl.Filter(4, ctnl.UDP, ip("10.96.0.10"), 53, ip("10.244.1.5"), 8080)
+    body = f.request()
+    assert body[:4] == struct.pack("=BBH", 2, 0, 0)
+    a = parse_attrs(body, 4)
+    flt = parse_attrs(a[ctnl.CTA_FILTER])
+    flags = {k: struct.unpack("=I", v)[0] for k, v in flt.items()}
+    assert flags == {ctnl.CTA_FILTER_ORIG_FLAGS: ctnl.F_PROTO_NUM | ctnl.F_IP_DST | ctnl.F_PROTO_DST_PORT,
+                     ctnl.CTA_FILTER_REPLY_FLAGS: ctnl.F_PROTO_NUM | ctnl.F_IP_SRC | ctnl.F_PROTO_SRC_PORT}
+    orig = parse_attrs(a[ctnl.CTA_TUPLE_ORIG])
+    assert parse_attrs(orig[ctnl.CTA_TUPLE_IP]) == {ctnl.CTA_IP_V4_DST: ip("10.96.0.10").packed}
+    assert parse_attrs(orig[ctnl.CTA_TUPLE_PROTO]) == {ctnl.CTA_PROTO_NUM: b"\x11",
+                                                      ctnl.CTA_PROTO_DST_PORT: b"\x00\x35"}
+    reply = parse_attrs(a[ctnl.CTA_TUPLE_REPLY])
+    assert parse_attrs(reply[ctnl.CTA_TUPLE_IP]) == {ctnl.CTA_IP_V4_SRC: ip("10.244.1.5").packed}
+    any_dst = parse_attrs(ctnl.Filter(6, ctnl.UDP, None, 30053).request(), 4)
+    assert struct.unpack("=I", parse_attrs(any_dst[ctnl.CTA_FILTER])[ctnl.CTA_FILTER_ORIG_FLAGS])[0] == \
+        ctnl.F_PROTO_NUM | ctnl.F_PROTO_DST_PORT
+    v6 = parse_attrs(ctnl.Filter(6, ctnl.UDP, ip("fd00::1"), 1).request(), 4)
+    assert ctnl.CTA_IP_V6_DST in parse_attrs(parse_attrs(v6[ctnl.CTA_TUPLE_ORIG])[ctnl.CTA_TUPLE_IP])
+
+
+@pytest.mark.parametrize("args", [(5, ctnl.UDP), (4, ctnl.ICMP), (4, ctnl.UDP, ip("fd00::1")),
+                                  (4, ctnl.UDP, "10.0.0.1"), (4, ctnl.UDP, None, 70000)])
+def test_a_filter_refuses_what_it_cannot_mean(args):
+    with pytest.raises(ValueError):
+        ctnl.Filter(*args)

@@ -53,17 +53,17 @@ def test_a_flush_matches_the_entries_conntrack_d_would():
     """The filter `conntrack -D -p udp [--orig-dst D] --orig-port-dst P [--reply-src E
     --reply-port-src EP]` stood for, judged on netlink entries."""
     np = Flush(4, None, 30053, ("10.244.2.5", 53))
-    assert np.matches(_entry("172.18.0.2", 30053, "10.244.2.5", 53))  # any node address
-    assert not np.matches(_entry("172.18.0.2", 30053, "10.244.1.5", 53))  # another endpoint
-    assert not np.matches(_entry("172.18.0.2", 30053, "10.244.2.5", 54))
-    assert not np.matches(_entry("172.18.0.2", 30053, "10.244.2.5", 53, proto=6))  # TCP is left alone
-    assert not np.matches(_entry("172.18.0.2", 30054, "10.244.2.5", 53))
+    assert np.filter().matches(_entry("172.18.0.2", 30053, "10.244.2.5", 53))  # any node address
+    assert not np.filter().matches(_entry("172.18.0.2", 30053, "10.244.1.5", 53))  # another endpoint
+    assert not np.filter().matches(_entry("172.18.0.2", 30053, "10.244.2.5", 54))
+    assert not np.filter().matches(_entry("172.18.0.2", 30053, "10.244.2.5", 53, proto=6))  # TCP is left alone
+    assert not np.filter().matches(_entry("172.18.0.2", 30054, "10.244.2.5", 53))
     cip = Flush(4, "10.96.0.11", 53)  # 0 -> N endpoints: whatever it was (not) NATed to
-    assert cip.matches(_entry("10.96.0.11", 53, "10.96.0.11", 53))
-    assert not cip.matches(_entry("10.96.0.12", 53, "10.96.0.12", 53))
-    assert not Flush(6, "10.96.0.11", 53).matches(_entry("10.96.0.11", 53, "10.96.0.11", 53))
+    assert cip.filter().matches(_entry("10.96.0.11", 53, "10.96.0.11", 53))
+    assert not cip.filter().matches(_entry("10.96.0.12", 53, "10.96.0.12", 53))
+    assert not Flush(6, "fd00:96::11", 53).filter().matches(_entry("10.96.0.11", 53, "10.96.0.11", 53))
     v6 = Flush(6, "fd00:96::11", 53, ("fd00:244::5", 53))
-    assert v6.matches(_entry("fd00:96::11", 53, "fd00:244::5", 53, src="fd00:1::2"))
+    assert v6.filter().matches(_entry("fd00:96::11", 53, "fd00:244::5", 53, src="fd00:1::2"))
 
 
 def test_zero_to_n_endpoints_flushes_the_frontends():
