@@ -15,9 +15,9 @@ import time
 from typing import Callable, Protocol
 
 from node_daemon.cniconf import write_if_changed
-from policy.compile import MAX_ALLOWS_PER_POD, compile_node
+from policy.compile import MAX_ALLOWS_PER_POD, NodeCompiler
 from policy.model import Cluster
-from policy.ruleset import DIRECTIONS, LogConfig, Ruleset, elements, render_diff, render_full
+from policy.ruleset import DIRECTIONS, ElementCache, LogConfig, Ruleset, elements, render_diff, render_full
 from policy.store import Store
 
 log = logging.getLogger("podwire.policy")
@@ -43,6 +43,9 @@ class PolicyAgent:
         self._overflows: frozenset = frozenset()
         self._cond = threading.Condition()
         self._sync_lock = threading.Lock()
+        # incremental: a sync recompiles and re-renders only the local pods an event touched
+        self._compiler = NodeCompiler(node_name)
+        self._element_cache = ElementCache()
 
     def request_full_sync(self) -> None:
         with self._sync_lock:
@@ -54,13 +57,13 @@ class PolicyAgent:
             started = self.clock()
             version, cluster, local = self.store.snapshot_all()
             overflows: list = []
-            rs = compile_node(cluster, self.node_name, self.log_config, local, overflows)
+            rs = self._compiler.compile(cluster, self.log_config, local, overflows)
             self._report_overflows(overflows)
             compiled = self.clock()
             if self.bridge is not None:
                 self.bridge()  # before the first pod's rules count on it (same-node traffic)
             old = self.applied
-            els = elements(rs)
+            els = elements(rs, self._element_cache)
             full = self._apply(old, rs, els)
             self.applied, self._elements = rs, els
             deleted = 0

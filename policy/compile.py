@@ -42,17 +42,68 @@ def _host(ip: IPAddress) -> IPNetwork:
 
 
 class _Compiler:
-    """Caches over one snapshot: owned addresses, selector peers, the named-port index."""
+    """The pieces of a compile, cached across snapshots (see NodeCompiler): selector peers per
+    (namespace scope, peer) while the namespaces they read are unchanged, a rule's peer addresses
+    and named destinations while the policy and those peers are the very same objects, the
+    named-port index while no pod changed. Owned addresses are per snapshot.
 
-    def __init__(self, cluster: Cluster):
-        self.cluster = cluster
+    Change detection is by identity: the Store converts an object once per event and a snapshot
+    reuses the records of unchanged objects, so a namespace whose policed pods are the same objects
+    in the same order (Cluster sorts them by name) is unchanged."""
+
+    def __init__(self) -> None:
+        self.cluster: Cluster = Cluster.build()
+        self._gen: dict[str, int] = {}  # per namespace: bumped when its policed pods change
+        self._ns_gen = 0  # bumped when namespace labels (or the namespaces holding pods) change
+        self._all_gen = 0  # bumped when any pod changes (the named-port index)
+        self._prev_pods: dict[str, tuple[Pod, ...]] = {}
+        self._prev_namespaces: dict[str, object] = {}
+        self._conflicts = False
         self._owned: dict[tuple[str, str], tuple[IPAddress, ...]] = {}
-        self._peers: dict[tuple[str | None, Peer], tuple[Pod, ...]] = {}
+        self._peers: dict[tuple[str | None, Peer], tuple[tuple, tuple[Pod, ...]]] = {}  # -> (deps, pods)
         self._named: dict[tuple[str, str], tuple[tuple[Pod, int], ...]] | None = None
+        self._named_gen = -1
         self._named_sorted: dict[tuple[str, str, int], tuple[list[int], list[tuple[IPAddress, int]]]] = {}
         self._hosts: dict[IPAddress, IPNetwork] = {}
-        self._rule_nets: dict[tuple, list[IPNetwork]] = {}
-        self._rule_named: dict[tuple, list[tuple[IPNetwork, int]]] = {}
+        self._rule_nets: dict[tuple, tuple[NetworkPolicy, tuple, list[IPNetwork]]] = {}
+        self._rule_named: dict[tuple, tuple[NetworkPolicy, tuple, list[tuple[IPNetwork, int]]]] = {}
+        self._this_sync: dict[tuple, tuple[NetworkPolicy, list[IPNetwork]]] = {}  # peer_nets within one snapshot
+
+    def begin(self, cluster: Cluster) -> None:
+        """Take a new snapshot: bump the generations of what changed since the last one."""
+        conflicts = bool(cluster.ip_conflicts)
+        if conflicts or self._conflicts:  # an address conflict moves ownership across namespaces: start over
+            self.__init__()  # type: ignore[misc]
+        self._conflicts = conflicts
+        self.cluster = cluster
+        self._owned = {}
+        self._this_sync = {}
+        now = cluster.pods_by_namespace
+        changed = False
+        for ns in set(now) | set(self._prev_pods):
+            new, old = now.get(ns, ()), self._prev_pods.get(ns, ())
+            if not _identical(new, old):
+                self._gen[ns] = self._gen.get(ns, 0) + 1
+                changed = True
+        if changed:
+            self._all_gen += 1
+        if now.keys() != self._prev_pods.keys() or cluster.namespaces.keys() != self._prev_namespaces.keys() \
+                or any(v is not self._prev_namespaces[k] for k, v in cluster.namespaces.items()):
+            self._ns_gen += 1
+        self._prev_pods = dict(now)
+        self._prev_namespaces = dict(cluster.namespaces)
+        if len(self._hosts) > 1_000_000:  # addresses come and go: bound the memo
+            self._hosts.clear()
+
+    def prune(self, cluster: Cluster) -> None:
+        """Forget entries of policies that are gone or replaced (the caches are keyed by name)."""
+        current = {id(p) for p in cluster.policies}
+        for memo in (self._rule_nets, self._rule_named):
+            for key in [k for k, hit in memo.items() if id(hit[0]) not in current]:
+                del memo[key]
+        if len(self._peers) > 4 * sum(len(r.peers) for p in cluster.policies
+                                      for d in (INGRESS, EGRESS) for r in p.rules(d)) + 1000:
+            self._peers.clear()
 
     def owned(self, pod: Pod) -> tuple[IPAddress, ...]:
         """The pod's addresses that are its own in the snapshot (not lost to an IP conflict)."""
@@ -70,11 +121,34 @@ class _Compiler:
                     yield Allow(ip, self.host(other))
 
     def peer_pods(self, policy: NetworkPolicy, peer: Peer) -> tuple[Pod, ...]:
-        key = (policy.namespace if peer.namespace_selector is None else None, peer)
-        found = self._peers.get(key)
-        if found is None:
-            found = self._peers[key] = peer_pods(self.cluster, policy, peer)
+        """verdict.peer_pods, the same tuple object while the namespaces it read are unchanged."""
+        scope = policy.namespace if peer.namespace_selector is None else None
+        key = (scope, peer)
+        hit = self._peers.get(key)
+        deps: tuple
+        if hit is not None:
+            deps, found = hit
+            if scope is not None:
+                if deps[0] == self._gen.get(scope, 0):
+                    return found
+            elif deps[0] == self._ns_gen and all(self._gen.get(ns, 0) == g for ns, g in deps[1]):
+                return found
+        found = peer_pods(self.cluster, policy, peer)
+        if hit is not None and _identical(hit[1], found):
+            found = hit[1]  # the same pods: keep the object, so what was built from it stays valid
+        if scope is not None:
+            deps = (self._gen.get(scope, 0),)
+        else:
+            sel = peer.namespace_selector
+            assert sel is not None
+            spaces = [ns for ns in self.cluster.pods_by_namespace if sel.matches(self.cluster.namespace_labels(ns))]
+            deps = (self._ns_gen, tuple((ns, self._gen.get(ns, 0)) for ns in spaces))
+        self._peers[key] = (deps, found)
         return found
+
+    def _peer_deps(self, policy: NetworkPolicy, rule) -> tuple:
+        """The peer results a rule's addresses come from (identity tells a change)."""
+        return tuple(self.peer_pods(policy, peer) for peer in rule.peers if peer.ip_block is None)
 
     def host(self, ip: IPAddress) -> IPNetwork:
         found = self._hosts.get(ip)
@@ -84,7 +158,9 @@ class _Compiler:
 
     def named(self, name: str, protocol: str) -> tuple[tuple[Pod, int], ...]:
         """Every policed pod declaring this named port, with its number there."""
-        if self._named is None:
+        if self._named is None or self._named_gen != self._all_gen:
+            self._named_sorted = {}
+            self._named_gen = self._all_gen
             index: dict[tuple[str, str], list[tuple[Pod, int]]] = {}
             for pods in self.cluster.pods_by_namespace.values():
                 for pod in pods:
@@ -97,6 +173,7 @@ class _Compiler:
     def named_in(self, name: str, protocol: str, version: int, net: IPNetwork) -> list[tuple[IPAddress, int]]:
         """(address, number) of the pods declaring the named port whose own address lies in `net`."""
         key = (name, protocol, version)
+        self.named(name, protocol)  # (re)builds the index and clears this memo when pods changed
         found = self._named_sorted.get(key)
         if found is None:
             pairs = sorted(((ip, number) for pod, number in self.named(name, protocol)
@@ -110,10 +187,15 @@ class _Compiler:
     def peer_nets(self, policy: NetworkPolicy, direction: str, index: int, version: int) -> list[IPNetwork]:
         """Where a rule's peers are, in one family (ipBlock: cidr minus excepts; pods: their own /32 or /128)."""
         key = (policy.key, direction, index, version)
-        found = self._rule_nets.get(key)
-        if found is not None:
-            return found
+        memo = self._this_sync.get(key)
+        if memo is not None and memo[0] is policy:  # every local pod a policy selects asks again
+            return memo[1]
         rule = policy.rules(direction)[index]
+        deps = self._peer_deps(policy, rule)
+        hit = self._rule_nets.get(key)
+        if hit is not None and hit[0] is policy and _identical(hit[1], deps):
+            self._this_sync[key] = (policy, hit[2])
+            return hit[2]
         out: list[IPNetwork] = []
         if not rule.peers:
             out.extend(_EVERYWHERE[version])
@@ -124,7 +206,10 @@ class _Compiler:
                 continue
             for pod in self.peer_pods(policy, peer):
                 out.extend(self.host(ip) for ip in self.owned(pod) if ip.version == version)
-        self._rule_nets[key] = out
+        if hit is not None and hit[2] == out:
+            out = hit[2]  # the same addresses (e.g. a peer pod's labels changed, not its address): keep the object
+        self._rule_nets[key] = (policy, deps, out)
+        self._this_sync[key] = (policy, out)
         return out
 
     def named_destinations(self, policy: NetworkPolicy, index: int, rule_port: Port,
@@ -133,11 +218,15 @@ class _Compiler:
         peers admit that declares the name."""
         assert isinstance(rule_port.port, str)
         key = (policy.key, index, rule_port, version)
-        found = self._rule_named.get(key)
-        if found is not None:
-            return found
-        name, proto = rule_port.port, rule_port.protocol
         rule = policy.egress[index]
+        deps = self._peer_deps(policy, rule)
+        if not rule.peers or any(peer.ip_block is not None for peer in rule.peers):
+            deps += (self._all_gen,)  # reads the cluster-wide named-port index
+        hit = self._rule_named.get(key)
+        if hit is not None and hit[0] is policy and len(hit[1]) == len(deps) \
+                and all(a is b or a == b for a, b in zip(hit[1], deps, strict=True)):
+            return hit[2]
+        name, proto = rule_port.port, rule_port.protocol
         pairs: list[tuple[IPAddress, int]] = []
         if not rule.peers:
             pairs.extend(self.named_in(name, proto, version, _EVERYWHERE[version][0]))
@@ -151,8 +240,25 @@ class _Compiler:
                 number = pod.named_ports.lookup(name, proto)
                 if number is not None:
                     pairs.extend((ip, number) for ip in self.owned(pod) if ip.version == version)
-        found = self._rule_named[key] = [(self.host(ip), number) for ip, number in pairs]
+        found = [(self.host(ip), number) for ip, number in pairs]
+        if hit is not None and hit[2] == found:
+            found = hit[2]
+        self._rule_named[key] = (policy, deps, found)
         return found
+
+    def pod_deps(self, policy: NetworkPolicy, direction: str, ips: tuple[IPAddress, ...]) -> tuple:
+        """What a local pod's allows from one policy are made of besides the pod and the policy: the
+        cached peer addresses and named destinations it reads (the same objects: nothing changed)."""
+        out: list = []
+        versions = {ip.version for ip in ips}
+        for index, rule in enumerate(policy.rules(direction)):
+            for v in versions:
+                out.append(self.peer_nets(policy, direction, index, v))
+                if direction == EGRESS:
+                    for rp in rule.ports:
+                        if isinstance(rp.port, str):
+                            out.append(self.named_destinations(policy, index, rp, v))
+        return tuple(out)
 
     def ingress_allows(self, policy: NetworkPolicy, index: int, pod: Pod, ip: IPAddress) -> Iterable[Allow]:
         rule = policy.ingress[index]
@@ -202,6 +308,122 @@ class Overflow(NamedTuple):
     policies: tuple[str, ...]
 
 
+class _PodResult(NamedTuple):
+    """One local pod's compiled policy in one direction, with what it was made of."""
+    pod: Pod
+    policies: tuple[NetworkPolicy, ...]
+    deps: tuple
+    groups: dict[IPAddress, frozenset[Allow]]  # per owned address (Ruleset.groups)
+    overflow: Overflow | None
+
+
+class NodeCompiler:
+    """compile_node with a memory: `compile(cluster)` returns what compile_node returns, but
+    recomputes only the local pods whose inputs changed since the previous call — the pod record,
+    the policies selecting it, and the peer addresses and named destinations their rules read (all
+    compared by identity; see _Compiler). An unchanged pod keeps its very allow frozensets, which
+    lets policy.ruleset.ElementCache reuse its rendered elements. One instance per agent; not
+    thread-safe (the agent's sync lock serialises it)."""
+
+    def __init__(self, node_name: str, max_allows: int = MAX_ALLOWS_PER_POD):
+        self.node_name, self.max_allows = node_name, max_allows
+        self._c = _Compiler()
+        self._isolating: dict[tuple[tuple[str, str], str], tuple[Pod, tuple, tuple[NetworkPolicy, ...]]] = {}
+        self._pods: dict[tuple[tuple[str, str], str], _PodResult] = {}
+        self._syncs = 0
+        self.recompiled = 0  # pods (per direction) compiled afresh by the last call, for tests and metrics
+
+    def _isolating_for(self, cluster: Cluster, pod: Pod, direction: str) -> tuple[NetworkPolicy, ...]:
+        key = (pod.key, direction)
+        in_ns = cluster.policies_in(pod.namespace)
+        hit = self._isolating.get(key)
+        if hit is not None and hit[0] is pod and _identical(hit[1], in_ns):
+            return hit[2]
+        found = isolating(cluster, pod, direction)
+        self._isolating[key] = (pod, in_ns, found)
+        return found
+
+    def _compile_pod(self, pod: Pod, ips: tuple[IPAddress, ...], direction: str,
+                     policies: tuple[NetworkPolicy, ...], deps: tuple) -> _PodResult:
+        c = self._c
+        found = chain.from_iterable(
+            c.ingress_allows(policy, index, pod, ip) if direction == INGRESS
+            else c.egress_allows(policy, index, ip)
+            for policy in policies for index in range(len(policy.rules(direction))) for ip in ips)
+        mine: set[Allow] = set()
+        for allow in found:  # bounded work: reading stops once the pod is over budget
+            mine.add(allow)
+            if len(mine) > self.max_allows:
+                break
+        overflow = None
+        if len(mine) > self.max_allows:
+            mine.clear()
+            overflow = Overflow(str(pod), direction, tuple(str(p) for p in policies))
+        mine.update(c.self_allows(ips))
+        by_ip: dict[IPAddress, list[Allow]] = {}
+        for al in mine:
+            by_ip.setdefault(al.pod, []).append(al)
+        return _PodResult(pod, policies, deps, {ip: frozenset(v) for ip, v in by_ip.items()}, overflow)
+
+    def compile(self, cluster: Cluster, log: LogConfig = LogConfig(),  # noqa: B008
+                local: tuple[IPNetwork, ...] = (), overflows: list[Overflow] | None = None) -> Ruleset:
+        c = self._c
+        c.begin(cluster)
+        self._syncs += 1
+        if self._syncs % 100 == 0:
+            c.prune(cluster)
+        self.recompiled = 0
+        isolated: dict[str, set[IPAddress]] = {INGRESS: set(), EGRESS: set()}
+        groups: dict[str, dict[IPAddress, frozenset[Allow]]] = {INGRESS: {}, EGRESS: {}}
+        known: set[IPAddress] = set()
+        seen: set[tuple[tuple[str, str], str]] = set()
+        for pods in cluster.pods_by_namespace.values():
+            for pod in pods:
+                if pod.node != self.node_name:
+                    continue
+                ips = c.owned(pod)
+                if not ips:
+                    continue
+                if local:
+                    known.update(ips)
+                for direction in (INGRESS, EGRESS):
+                    policies = self._isolating_for(cluster, pod, direction)
+                    if not policies:
+                        continue
+                    key = (pod.key, direction)
+                    seen.add(key)
+                    deps = tuple(c.pod_deps(policy, direction, ips) for policy in policies)
+                    hit = self._pods.get(key)
+                    if hit is None or hit.pod is not pod or not _identical(hit.policies, policies) \
+                            or not _same(hit.deps, deps):
+                        hit = self._pods[key] = self._compile_pod(pod, ips, direction, policies, deps)
+                        self.recompiled += 1
+                    isolated[direction].update(ips)
+                    groups[direction].update(hit.groups)
+                    if hit.overflow is not None and overflows is not None:
+                        overflows.append(hit.overflow)
+        for key in [k for k in self._pods if k not in seen]:
+            del self._pods[key]
+        for key in [k for k in self._isolating if k not in seen]:
+            del self._isolating[key]
+        allows = {d: frozenset().union(*groups[d].values()) for d in (INGRESS, EGRESS)}
+        return Ruleset(isolated_ingress=frozenset(isolated[INGRESS]), isolated_egress=frozenset(isolated[EGRESS]),
+                       ingress=allows[INGRESS], egress=allows[EGRESS], log=log,
+                       local=tuple(local), known=frozenset(known),
+                       groups={"ingress": groups[INGRESS], "egress": groups[EGRESS]})  # ruleset's names
+
+
+def _identical(a, b) -> bool:
+    """Same length, and the very same objects in order (what tells 'unchanged' here: records are
+    converted once per event, so an equal-but-new object is a change)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Two pods' dependency tuples (per policy, per rule and family) hold the very same objects."""
+    return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b, strict=True))
+
+
 def compile_node(cluster: Cluster, node_name: str, log: LogConfig = LogConfig(),  # noqa: B008
                  local: tuple[IPNetwork, ...] = (), overflows: list[Overflow] | None = None,
                  max_allows: int = MAX_ALLOWS_PER_POD) -> Ruleset:
@@ -210,40 +432,6 @@ def compile_node(cluster: Cluster, node_name: str, log: LogConfig = LogConfig(),
     Pure and deterministic (the result is sets). Pieces that resolve to nothing (a named port no pod
     declares, a peer selecting no pod) simply add no allow; the isolation stays. `local`: the node's
     pod CIDRs; with them, every owned address of a local pod is `known` (Ruleset.local). A pod whose
-    allows in one direction exceed `max_allows` gets none but itself; it is appended to `overflows`."""
-    c = _Compiler(cluster)
-    isolated: dict[str, set[IPAddress]] = {INGRESS: set(), EGRESS: set()}
-    allows: dict[str, set[Allow]] = {INGRESS: set(), EGRESS: set()}
-    known: set[IPAddress] = set()
-    for pods in cluster.pods_by_namespace.values():
-        for pod in pods:
-            if pod.node != node_name:
-                continue
-            ips = c.owned(pod)
-            if not ips:
-                continue
-            if local:
-                known.update(ips)
-            for direction in (INGRESS, EGRESS):
-                policies = isolating(cluster, pod, direction)
-                if not policies:
-                    continue
-                isolated[direction].update(ips)
-                found = chain.from_iterable(
-                    c.ingress_allows(policy, index, pod, ip) if direction == INGRESS
-                    else c.egress_allows(policy, index, ip)
-                    for policy in policies for index in range(len(policy.rules(direction))) for ip in ips)
-                mine: set[Allow] = set()
-                for allow in found:  # bounded work: reading stops once the pod is over budget
-                    mine.add(allow)
-                    if len(mine) > max_allows:
-                        break
-                if len(mine) > max_allows:
-                    mine.clear()
-                    if overflows is not None:
-                        overflows.append(Overflow(str(pod), direction, tuple(str(p) for p in policies)))
-                allows[direction].update(mine)
-                allows[direction].update(c.self_allows(ips))
-    return Ruleset(isolated_ingress=frozenset(isolated[INGRESS]), isolated_egress=frozenset(isolated[EGRESS]),
-                   ingress=frozenset(allows[INGRESS]), egress=frozenset(allows[EGRESS]), log=log,
-                   local=tuple(local), known=frozenset(known))
+    allows in one direction exceed `max_allows` gets none but itself; it is appended to `overflows`.
+    A daemon compiles with one NodeCompiler across syncs (the same result, computed incrementally)."""
+    return NodeCompiler(node_name, max_allows).compile(cluster, log, local, overflows)

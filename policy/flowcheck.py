@@ -4,7 +4,9 @@ A pure evaluator that mirrors policy/ruleset.py's chains (ct state aside: this i
 of a connection). It reads the very set elements `ruleset.elements()` renders — after the
 normalisation into disjoint boxes — not the Allow records, so it checks what the kernel would hold:
 
-    egress  (source pod):  pod . peer . l4proto . dport @egress-ports  -> return
+    egress  (source pod):  pod . peer . l4proto . dport @egress-exact  -> return
+                           pod . peer @egress-pair                     -> return
+                           pod . peer . l4proto . dport @egress-ports  -> return
                            pod . peer @egress-any                      -> return
                            pod @egress-isolated                        -> drop
     ingress (dest. pod):   the same with the destination as pod and the source as peer
@@ -47,11 +49,11 @@ class FlowCheck:
             for v in (4, 6):
                 self._isolated[(direction, v)] = frozenset(
                     ipaddress.ip_address(e) for e in els[set_name(direction, "isolated", v)])
-                for e in els[set_name(direction, "ports", v)]:
+                for e in els[set_name(direction, "exact", v)] | els[set_name(direction, "ports", v)]:
                     pod, peer, proto, ports = e.split(" . ")
                     self._ports.setdefault((direction, ipaddress.ip_address(pod)), []).append(
                         (*_interval(peer), proto, *_ports(ports)))
-                for e in els[set_name(direction, "any", v)]:
+                for e in els[set_name(direction, "pair", v)] | els[set_name(direction, "any", v)]:
                     pod, peer = e.split(" . ")
                     self._any.setdefault((direction, ipaddress.ip_address(pod)), []).append(_interval(peer))
 

@@ -481,7 +481,7 @@ def test_elements_of_many_peers_is_not_quadratic():
     pod_ip = A("10.0.0.1")
     base = int(A("10.128.0.0"))
     rs = Ruleset(isolated_ingress=frozenset({pod_ip}), ingress=frozenset(
-        Allow(pod_ip, ipaddress.IPv4Network(base + 2 * i), "tcp", 80, 80) for i in range(1000)))
+        Allow(pod_ip, ipaddress.IPv4Network(base + 2 * i), "tcp", 80, 81) for i in range(1000)))
     t = time.perf_counter()
-    assert len(elements(rs)["ingress-ports4"]) == 1000
-    assert time.perf_counter() - t < 0.05
+    assert len(elements(rs)["ingress-ports4"]) == 1000  # port ranges: the interval set, boxes
+    assert time.perf_counter() - t < 0.25  # quadratic would be seconds; loose for a loaded CI machine

@@ -24,7 +24,8 @@ def small() -> Ruleset:
         isolated_ingress=frozenset({B, D6}), isolated_egress=frozenset({C}),
         ingress=frozenset({Allow(B, N("10.0.1.2/32"), "tcp", 80, 81), Allow(B, N("10.0.0.0/8"), "tcp", 80, 80),
                            Allow(D6, N("fd00::/64"), "udp", 53, 53)}),
-        egress=frozenset({Allow(C, N("10.0.1.0/24"))}))
+        egress=frozenset({Allow(C, N("10.0.1.0/24")), Allow(C, N("10.0.2.9/32"), "udp", 53, 53),  # exact
+                          Allow(C, N("10.0.2.7/32"))}))  # pair
 
 
 GOLDEN = """\
@@ -39,14 +40,22 @@ add chain inet podwire-policy ingress
 add chain inet podwire-policy ingress-deny
 add set inet podwire-policy egress-any4 { type ipv4_addr . ipv4_addr ; flags interval ; }
 add set inet podwire-policy egress-any6 { type ipv6_addr . ipv6_addr ; flags interval ; }
+add set inet podwire-policy egress-exact4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service ; }
+add set inet podwire-policy egress-exact6 { type ipv6_addr . ipv6_addr . inet_proto . inet_service ; }
 add set inet podwire-policy egress-isolated4 { type ipv4_addr ; }
 add set inet podwire-policy egress-isolated6 { type ipv6_addr ; }
+add set inet podwire-policy egress-pair4 { type ipv4_addr . ipv4_addr ; }
+add set inet podwire-policy egress-pair6 { type ipv6_addr . ipv6_addr ; }
 add set inet podwire-policy egress-ports4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service ; flags interval ; }
 add set inet podwire-policy egress-ports6 { type ipv6_addr . ipv6_addr . inet_proto . inet_service ; flags interval ; }
 add set inet podwire-policy ingress-any4 { type ipv4_addr . ipv4_addr ; flags interval ; }
 add set inet podwire-policy ingress-any6 { type ipv6_addr . ipv6_addr ; flags interval ; }
+add set inet podwire-policy ingress-exact4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service ; }
+add set inet podwire-policy ingress-exact6 { type ipv6_addr . ipv6_addr . inet_proto . inet_service ; }
 add set inet podwire-policy ingress-isolated4 { type ipv4_addr ; }
 add set inet podwire-policy ingress-isolated6 { type ipv6_addr ; }
+add set inet podwire-policy ingress-pair4 { type ipv4_addr . ipv4_addr ; }
+add set inet podwire-policy ingress-pair6 { type ipv6_addr . ipv6_addr ; }
 add set inet podwire-policy ingress-ports4 { type ipv4_addr . ipv4_addr . inet_proto . inet_service ; flags interval ; }
 add set inet podwire-policy ingress-ports6 { type ipv6_addr . ipv6_addr . inet_proto . inet_service ; flags interval ; }
 add set inet podwire-policy known4 { type ipv4_addr ; }
@@ -66,28 +75,38 @@ add rule inet podwire-policy input ct state established,related accept
 add rule inet podwire-policy input meta l4proto ipv6-icmp icmpv6 type { nd-router-solicit, nd-router-advert, \
 nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept
 add rule inet podwire-policy input jump egress
+add rule inet podwire-policy egress ip saddr . ip daddr . meta l4proto . th dport @egress-exact4 return
+add rule inet podwire-policy egress ip saddr . ip daddr @egress-pair4 return
 add rule inet podwire-policy egress ip saddr . ip daddr . meta l4proto . th dport @egress-ports4 return
 add rule inet podwire-policy egress ip saddr . ip daddr @egress-any4 return
 add rule inet podwire-policy egress ip saddr @egress-isolated4 goto egress-deny
+add rule inet podwire-policy egress ip6 saddr . ip6 daddr . meta l4proto . th dport @egress-exact6 return
+add rule inet podwire-policy egress ip6 saddr . ip6 daddr @egress-pair6 return
 add rule inet podwire-policy egress ip6 saddr . ip6 daddr . meta l4proto . th dport @egress-ports6 return
 add rule inet podwire-policy egress ip6 saddr . ip6 daddr @egress-any6 return
 add rule inet podwire-policy egress ip6 saddr @egress-isolated6 goto egress-deny
 add rule inet podwire-policy egress-deny limit rate 10/second burst 20 packets counter log prefix pw-deny-out group 1
 add rule inet podwire-policy egress-deny counter drop
+add rule inet podwire-policy ingress ip daddr . ip saddr . meta l4proto . th dport @ingress-exact4 return
+add rule inet podwire-policy ingress ip daddr . ip saddr @ingress-pair4 return
 add rule inet podwire-policy ingress ip daddr . ip saddr . meta l4proto . th dport @ingress-ports4 return
 add rule inet podwire-policy ingress ip daddr . ip saddr @ingress-any4 return
 add rule inet podwire-policy ingress ip daddr @ingress-isolated4 goto ingress-deny
+add rule inet podwire-policy ingress ip6 daddr . ip6 saddr . meta l4proto . th dport @ingress-exact6 return
+add rule inet podwire-policy ingress ip6 daddr . ip6 saddr @ingress-pair6 return
 add rule inet podwire-policy ingress ip6 daddr . ip6 saddr . meta l4proto . th dport @ingress-ports6 return
 add rule inet podwire-policy ingress ip6 daddr . ip6 saddr @ingress-any6 return
 add rule inet podwire-policy ingress ip6 daddr @ingress-isolated6 goto ingress-deny
 add rule inet podwire-policy ingress-deny limit rate 10/second burst 20 packets counter log prefix pw-deny-in group 1
 add rule inet podwire-policy ingress-deny counter drop
 add element inet podwire-policy egress-any4 { 10.0.1.4 . 10.0.1.0/24 }
+add element inet podwire-policy egress-exact4 { 10.0.1.4 . 10.0.2.9 . udp . 53 }
 add element inet podwire-policy egress-isolated4 { 10.0.1.4 }
+add element inet podwire-policy egress-pair4 { 10.0.1.4 . 10.0.2.7 }
 add element inet podwire-policy ingress-isolated4 { 10.0.1.3 }
 add element inet podwire-policy ingress-isolated6 { fd00::3 }
-add element inet podwire-policy ingress-ports4 { 10.0.1.3 . 10.0.0.0-10.0.1.1 . tcp . 80, \
-10.0.1.3 . 10.0.1.2 . tcp . 80-81, 10.0.1.3 . 10.0.1.3-10.255.255.255 . tcp . 80 }
+add element inet podwire-policy ingress-ports4 { 10.0.1.3 . 10.0.0.0-10.0.1.1 . tcp . 80, 10.0.1.3 . 10.0.1.2 . tcp . \
+80-81, 10.0.1.3 . 10.0.1.3-10.255.255.255 . tcp . 80 }
 add element inet podwire-policy ingress-ports6 { fd00::3 . fd00::/64 . udp . 53 }
 """
 
@@ -123,7 +142,9 @@ def test_diff_is_element_deletes_then_adds():
         Allow(B, N("10.0.1.2/32"), "tcp", 80, 90), Allow(B, N("10.0.0.0/8"), "udp", 80, 80)}))
     assert render_diff(small(), new) == """\
 delete element inet podwire-policy egress-any4 { 10.0.1.4 . 10.0.1.0/24 }
+delete element inet podwire-policy egress-exact4 { 10.0.1.4 . 10.0.2.9 . udp . 53 }
 delete element inet podwire-policy egress-isolated4 { 10.0.1.4 }
+delete element inet podwire-policy egress-pair4 { 10.0.1.4 . 10.0.2.7 }
 delete element inet podwire-policy ingress-isolated6 { fd00::3 }
 delete element inet podwire-policy ingress-ports4 { 10.0.1.3 . 10.0.0.0-10.0.1.1 . tcp . 80, \
 10.0.1.3 . 10.0.1.2 . tcp . 80-81, 10.0.1.3 . 10.0.1.3-10.255.255.255 . tcp . 80 }
@@ -306,5 +327,8 @@ def test_every_prefix_length_renders_as_itself():
         for plen in range(bits + 1):
             net = ipaddress.ip_network(f"{base}/{plen}", strict=False)
             rs = Ruleset(isolated_egress=frozenset({pod}), egress=frozenset({Allow(pod, net, "tcp", 80, 80)}))
-            peer = str(net.network_address) if plen == bits else str(net)
-            assert elements(rs)[f"egress-ports{family}"] == {f"{pod} . {peer} . tcp . 80"}
+            if plen == bits:  # one peer address, one port: the hash set
+                assert elements(rs)[f"egress-exact{family}"] == {f"{pod} . {net.network_address} . tcp . 80"}
+                assert not elements(rs)[f"egress-ports{family}"]
+            else:
+                assert elements(rs)[f"egress-ports{family}"] == {f"{pod} . {net} . tcp . 80"}
