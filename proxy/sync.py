@@ -204,8 +204,16 @@ class TableSyncer:
         self.stale: frozenset[Object] = frozenset()
 
     def _existing(self, t: nft.Table) -> set[Object] | None:
+        """The kernel's objects of our table; None when the runner cannot list them or the listing
+        failed (the sync still programs the Services; only the cleanup waits for a later one)."""
         objects = getattr(self.runner, "objects", None)
-        return None if objects is None else objects(t.family, t.name)
+        if objects is None:
+            return None
+        try:
+            return objects(t.family, t.name)
+        except (OSError, ValueError, NftError, subprocess.SubprocessError) as e:
+            log.warning("listing %s for stale objects failed: %s", t.ref, e)
+            return None
 
     def sync(self, new: DesiredState) -> SyncResult:
         tx = diff(self.applied, new, self.stale) if self.applied is not None else None

@@ -10,7 +10,6 @@ if the transaction removes the reference (kernels before 6.2 refuse the chain ca
 """
 from __future__ import annotations
 
-import copy
 import random
 import re
 from dataclasses import dataclass, field
@@ -49,7 +48,9 @@ class FakeNft:
 
     # ---- the Runner interface ----------------------------------------------------------------
     def apply(self, text: str) -> None:
-        work = copy.deepcopy(self.tables)
+        work = {k: _Table({n: (h, list(r)) for n, (h, r) in t.chains.items()},
+                          {n: _Set(v.kind, v.header, dict(v.elements)) for n, v in t.sets.items()})
+                for k, t in self.tables.items()}
         refs_at_start = {k: self._referenced(t) for k, t in work.items()}
         for line in text.splitlines():
             if line.strip():
@@ -254,8 +255,7 @@ def _history(seed: int, steps: int):
 
 
 def _parsed(services: dict, slices: dict):
-    return ([service_from_api(copy.deepcopy(s)) for s in services.values()],
-            [slice_from_api(copy.deepcopy(s)) for s in slices.values()])
+    return ([service_from_api(s) for s in services.values()], [slice_from_api(s) for s in slices.values()])
 
 
 def _full_model(state) -> FakeNft:
@@ -338,3 +338,22 @@ def test_a_service_deleted_while_the_daemon_was_down_leaves_no_chain():
     assert not any("/gone/" in n for _, n in fake.objects("ip", "podwire-proxy"))
     assert fake.snapshot("ip", "podwire-proxy") == _full_model(planner.plan(*only_web, NODE, CONFIG)).snapshot(
         "ip", "podwire-proxy")
+
+
+def test_a_failed_listing_still_programs_the_services_and_cleans_up_later():
+    fake = FakeNft()
+    both = _parsed({0: svc("web", cip="10.96.0.10"), 1: svc("gone", cip="10.96.0.11")},
+                   {0: slc("web", [ep("10.244.1.5")], name="web-x"), 1: slc("gone", [ep("10.244.1.6")], name="gone-x")})
+    TableSyncer(fake).sync(Planner(4).plan(*both, NODE, CONFIG))
+    only_web = ([both[0][0]], [both[1][0]])
+    syncer, planner = TableSyncer(fake), Planner(4)
+    listing, fake.objects = fake.objects, lambda *a: (_ for _ in ()).throw(NftError("nft: killed"))  # type: ignore
+    assert syncer.sync(planner.plan(*only_web, NODE, CONFIG)).full and not syncer.stale
+    want = _full_model(planner.plan(*only_web, NODE, CONFIG)).snapshot("ip", "podwire-proxy")
+    leftovers = {("chain", n) for n in fake.tables[("ip", "podwire-proxy")].chains if "/gone/" in n}
+    assert fake.snapshot("ip", "podwire-proxy", without=leftovers) == want  # served, leftovers emptied
+    fake.objects = listing  # type: ignore[method-assign]
+    syncer.applied = None  # the next periodic full sync
+    syncer.sync(planner.plan(*only_web, NODE, CONFIG))
+    syncer.sync(planner.plan(*only_web, NODE, CONFIG))
+    assert fake.snapshot("ip", "podwire-proxy") == want
