@@ -13,8 +13,8 @@ conntrack shows as the reply direction's source. Flows the node itself opened (k
 
 Pure: affected(), now_denied(), parse_line(), delete_message(). Edge: ConntrackCleaner lists with the
 `conntrack` CLI (filtered per address; nsenter for another netns) and deletes over ctnetlink
-(netkit.conntrack, the one home of netlink conntrack code), one hash lookup per entry, where `conntrack -D` walks the whole table per entry; it never raises into
-the sync.
+(netkit.conntrack, the one home of netlink conntrack code), one hash lookup per entry, where
+`conntrack -D` walks the whole table per entry; it never raises into the sync.
 """
 from __future__ import annotations
 
