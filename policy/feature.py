@@ -130,3 +130,13 @@ def start(host) -> list:
     except OSError as e:
         log.error("denied packets will not be logged: %s", e)
     return parts
+
+
+def cleanup(cfg=None, netns_path: str | None = None) -> None:
+    """Policy switched off: delete its table if present (node_daemon.features calls this at start).
+    Left behind, its `known` backstop would drop every new pod's forwarded traffic, and its
+    isolation would outlive the feature. The bridge's netfilter switch stays (harmless without it)."""
+    from netkit.nft import apply as nft_apply
+    from policy.ruleset import TABLE
+
+    nft_apply(f"add table inet {TABLE}\ndelete table inet {TABLE}\n", netns_path)

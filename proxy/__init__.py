@@ -7,7 +7,7 @@ Modules, in the order data flows through them:
   plan       pure planner: one nftables table per IP family (Planner caches per Service)
   nft        nftables objects as data and the `nft -f` renderer
   sync       full sync, then in-memory diffs in one transaction each; NftRunner edge
-  conntrack  stale UDP conntrack entries to delete, and the `conntrack -D` edge
+  conntrack  stale UDP conntrack entries to delete, deleted over ctnetlink (netkit.conntrack)
   metrics    kube-proxy's metric names (prometheus_client)
   healthz    :10256 healthz/livez and the healthCheckNodePort servers
   proxier    the state holder the node daemon drives

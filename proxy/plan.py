@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from proxy.endpoints import Categorized, PortEndpoint, categorize, port_endpoints
+from proxy.endpoints import Categorized, PortEndpoint, categorize, local_ready_endpoints, port_endpoints
 from proxy.model import EndpointSlice, IPAddress, NodeInfo, ProxyConfig, Service, ServicePort
 from proxy.nft import Chain, Hook, Map, Set, Table
 
@@ -485,10 +485,8 @@ def health_checks(services: Iterable[Service], slices: Iterable[EndpointSlice],
     for svc in services:
         if not (svc.external_local and svc.health_check_node_port):
             continue
-        local: set[IPAddress] = set()
-        for sl in by_svc.get(svc.key, []):
-            eps = [e for e in sl.endpoints if node.name and e.node_name == node.name]
-            usable = [e for e in eps if e.ready] or [e for e in eps if e.serving and e.terminating]
-            local.update(e.addresses[0] for e in usable)
-        out[svc.health_check_node_port] = HealthCheck(svc.namespace, svc.name, len(local))
+        # ready local endpoints only: a node left with terminating ones answers 503 so load balancers
+        # drain it (kube-proxy's LocalReadyEndpoints), though its dataplane still falls back to them
+        local = local_ready_endpoints(by_svc.get(svc.key, []), node.name)
+        out[svc.health_check_node_port] = HealthCheck(svc.namespace, svc.name, local)
     return out

@@ -1,5 +1,5 @@
 """Switched-off features leave no nft table behind (issue 12): the daemon's start, in a namespace
-we make, deletes the proxy's and egress masquerade's tables an earlier run left, and only those."""
+we make, deletes the proxy's, egress masquerade's and policy's tables an earlier run left, and only those."""
 from __future__ import annotations
 
 import os
@@ -34,6 +34,9 @@ add table ip podwire-egress
 add chain ip podwire-egress postrouting { type nat hook postrouting priority srcnat ; }
 add rule ip podwire-egress postrouting masquerade
 add table ip6 podwire-egress
+add table inet podwire-policy
+add chain inet podwire-policy forward { type filter hook forward priority 0 ; }
+add rule inet podwire-policy forward counter drop
 add table ip someone-else
 add chain ip someone-else c
 """
@@ -66,11 +69,13 @@ def daemon_start(ns: str, *switched_on: str) -> str:
 
 def test_a_start_with_proxy_and_egress_off_deletes_their_tables_and_nothing_else(netns):
     subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=LEFTOVERS, text=True, check=True)
-    assert {"ip podwire-proxy", "ip6 podwire-proxy", "ip podwire-egress", "ip6 podwire-egress"} <= tables(netns)
+    assert {"ip podwire-proxy", "ip6 podwire-proxy", "ip podwire-egress", "ip6 podwire-egress",
+            "inet podwire-policy"} <= tables(netns)
     log = daemon_start(netns)
     assert tables(netns) == {"ip someone-else"}
     assert "service proxy is off: its leftovers are removed" in log
     assert "egress masquerade is off: its leftovers are removed" in log
+    assert "network policy is off: its leftovers are removed" in log
     log = daemon_start(netns)  # nothing left to delete: still no error
     assert "failed" not in log and tables(netns) == {"ip someone-else"}
 

@@ -8,8 +8,6 @@ import socket
 import urllib.error
 import urllib.request
 
-import pytest
-
 from proxy.endpoints import local_ready_endpoints
 from proxy.from_api import service_from_api, slice_from_api
 from proxy.healthz import ServiceHealthServers
@@ -22,10 +20,6 @@ from tests.unit.test_proxy_sync import FakeRunner
 HC_PORT_SVC = svc(type_="LoadBalancer", ports=[port(node_port=30080)], externalTrafficPolicy="Local",
                   healthCheckNodePort=31000)
 TERMINATING = dict(ready=False, serving=True, terminating=True)
-# The one line proxy/plan.py (not this change's file) needs for the production path:
-#   local = local_ready_endpoints(by_svc.get(svc.key, []), node.name)
-WIRED = pytest.mark.xfail(strict=True, reason="proxy.plan.health_checks still counts serving+terminating "
-                                              "endpoints; it must call proxy.endpoints.local_ready_endpoints")
 
 
 def slices(*eps, name="web-abc", ports=None):
@@ -59,7 +53,6 @@ def test_no_node_name_counts_nothing():
     assert local_ready_endpoints(slices(ep("10.244.1.5", "")), "") == 0
 
 
-@WIRED
 def test_plan_health_checks_report_zero_for_terminating_only():
     checks = health_checks([service_from_api(HC_PORT_SVC)],
                            slices(ep("10.244.1.5", "n1", **TERMINATING)), NODE)
@@ -93,7 +86,6 @@ def test_health_check_port_answers_503_for_a_terminating_only_node():
         servers.close()
 
 
-@WIRED
 def test_proxier_health_check_port_answers_503_when_its_local_endpoints_terminate():
     """The production path: Proxier.sync -> health_checks -> the listener."""
     hc_port = _free_port()
