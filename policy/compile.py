@@ -68,6 +68,7 @@ class _Compiler:
         self._rule_nets: dict[tuple, tuple[NetworkPolicy, tuple, list[IPNetwork]]] = {}
         self._rule_named: dict[tuple, tuple[NetworkPolicy, tuple, list[tuple[IPNetwork, int]]]] = {}
         self._this_sync: dict[tuple, tuple[NetworkPolicy, list[IPNetwork]]] = {}  # peer_nets within one snapshot
+        self._pod_hosts: dict[tuple[tuple[str, str], int], tuple[Pod, tuple[IPNetwork, ...]]] = {}
 
     def begin(self, cluster: Cluster) -> None:
         """Take a new snapshot: bump the generations of what changed since the last one."""
@@ -92,8 +93,10 @@ class _Compiler:
             self._ns_gen += 1
         self._prev_pods = dict(now)
         self._prev_namespaces = dict(cluster.namespaces)
-        if len(self._hosts) > 1_000_000:  # addresses come and go: bound the memo
+        if len(self._hosts) > 1_000_000:  # addresses come and go: bound the memos
             self._hosts.clear()
+        if len(self._pod_hosts) > 2 * len(cluster.pods) + 1000:
+            self._pod_hosts.clear()
 
     def prune(self, cluster: Cluster) -> None:
         """Forget entries of policies that are gone or replaced (the caches are keyed by name)."""
@@ -107,10 +110,23 @@ class _Compiler:
 
     def owned(self, pod: Pod) -> tuple[IPAddress, ...]:
         """The pod's addresses that are its own in the snapshot (not lost to an IP conflict)."""
+        if not self._conflicts and pod.policed:  # every address of a policed pod is its own
+            return pod.ips
         found = self._owned.get(pod.key)
         if found is None:
             at = self.cluster.pod_at
             found = self._owned[pod.key] = tuple(ip for ip in pod.ips if at(ip) is pod or at(ip) == pod)
+        return found
+
+    def pod_hosts(self, pod: Pod, version: int) -> tuple[IPNetwork, ...]:
+        """The pod's own addresses of one family as /32 or /128, the same objects while the record is
+        (so a rebuilt peer list compares equal to the old one at identity speed)."""
+        key = (pod.key, version)
+        hit = self._pod_hosts.get(key)
+        if hit is not None and hit[0] is pod and not self._conflicts:
+            return hit[1]
+        found = tuple(self.host(ip) for ip in self.owned(pod) if ip.version == version)
+        self._pod_hosts[key] = (pod, found)
         return found
 
     def self_allows(self, ips: tuple[IPAddress, ...]) -> Iterable[Allow]:
@@ -205,7 +221,7 @@ class _Compiler:
                     out.extend(peer.ip_block.nets())
                 continue
             for pod in self.peer_pods(policy, peer):
-                out.extend(self.host(ip) for ip in self.owned(pod) if ip.version == version)
+                out.extend(self.pod_hosts(pod, version))
         if hit is not None and hit[2] == out:
             out = hit[2]  # the same addresses (e.g. a peer pod's labels changed, not its address): keep the object
         self._rule_nets[key] = (policy, deps, out)
