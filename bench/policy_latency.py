@@ -236,6 +236,8 @@ def daemon_metrics(netns: str) -> dict[str, float]:
         out[f"{m.group(1)}_{m.group(2)}"] = float(m.group(3))
     for m in re.finditer(r"^podwire_policy_(compile_seconds_(?:sum|count)) ([\d.e+-]+)$", text, re.M):
         out[m.group(1)] = float(m.group(2))
+    for m in re.finditer(r'^podwire_policy_sync_phase_seconds_(sum|count)\{phase="(\w+)"\} ([\d.e+-]+)$', text, re.M):
+        out[f"phase_{m.group(2)}_{m.group(1)}"] = float(m.group(3))
     return out
 
 
@@ -324,6 +326,10 @@ def run(n_pods: int, n_policies: int, trials: int) -> dict:
         n = metrics.get(f"sync_seconds_count_{kind}")
         if n:
             print(f"  daemon's own {kind} syncs: {n:.0f}, mean {metrics[f'sync_seconds_sum_{kind}'] / n * 1e3:.1f} ms")
+    phases = [k.split("_")[1] for k in metrics if k.startswith("phase_") and k.endswith("_count")]
+    if phases:
+        print("  per sync, mean ms: " + ", ".join(
+            f"{p} {metrics[f'phase_{p}_sum'] / metrics[f'phase_{p}_count'] * 1e3:.1f}" for p in phases))
     return out
 
 

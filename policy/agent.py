@@ -45,6 +45,7 @@ class PolicyAgent:
         self._sync_lock = threading.Lock()
         # incremental: a sync recompiles and re-renders only the local pods an event touched
         self._compiler = NodeCompiler(node_name)
+        self.last_phases: dict[str, float] = {}  # seconds per phase of the last sync (metrics, logs)
         self._element_cache = ElementCache()
 
     def request_full_sync(self) -> None:
@@ -54,36 +55,46 @@ class PolicyAgent:
     def sync(self) -> None:
         """Raises when the kernel refused the ruleset (the runner retries with backoff)."""
         with self._sync_lock:
-            started = self.clock()
+            clock = self.clock
+            t0 = clock()
             version, cluster, local = self.store.snapshot_all()
+            t1 = clock()
             overflows: list = []
             rs = self._compiler.compile(cluster, self.log_config, local, overflows)
             self._report_overflows(overflows)
-            compiled = self.clock()
+            t2 = clock()
             if self.bridge is not None:
                 self.bridge()  # before the first pod's rules count on it (same-node traffic)
             old = self.applied
             els = elements(rs, self._element_cache)
+            t3 = clock()
             full = self._apply(old, rs, els)
             self.applied, self._elements = rs, els
+            t4 = clock()
+            # in force: release the waiters (a CNI ADD) before the conntrack cleanup, which concerns
+            # flows that exist already, never a new pod's
+            with self._cond:
+                self.committed, self.cluster = version, cluster
+                self._cond.notify_all()
             deleted = 0
             if self.conntrack is not None:
                 try:
                     deleted = self.conntrack(old, rs)
                 except Exception as e:  # noqa: BLE001 - the rules are in; stale flows are logged
                     log.warning("conntrack cleanup failed: %s", e)
+            t5 = clock()
             self._publish()
-            with self._cond:
-                self.committed, self.cluster = version, cluster
-                self._cond.notify_all()
-            done = self.clock()
+            done = clock()
+            self.last_phases = {"snapshot": t1 - t0, "compile": t2 - t1, "render": t3 - t2, "nft": t4 - t3,
+                                "conntrack": t5 - t4, "publish": done - t5}
             if self.metrics is not None:
-                self.metrics.observe_sync(rs, full, compiled - started, done - started, deleted)
+                self.metrics.observe_sync(rs, full, t2 - t0, done - t0, deleted, self.last_phases)
             if full or deleted:
                 log.info("policy %s sync: %d/%d pods isolated for ingress/egress, %d/%d allows, "
-                         "%d conntrack entries deleted, %.0f ms", "full" if full else "diff",
+                         "%d conntrack entries deleted, %.0f ms (%s)", "full" if full else "diff",
                          len(rs.isolated_ingress), len(rs.isolated_egress), len(rs.ingress), len(rs.egress),
-                         deleted, (done - started) * 1000)
+                         deleted, (done - t0) * 1000,
+                         ", ".join(f"{k} {v * 1000:.0f}" for k, v in self.last_phases.items()))
 
     def _report_overflows(self, overflows: list) -> None:
         """Log pods over the allow budget when that set changes (not every sync)."""

@@ -276,39 +276,36 @@ class _Compiler:
                             out.append(self.named_destinations(policy, index, rp, v))
         return tuple(out)
 
-    def ingress_allows(self, policy: NetworkPolicy, index: int, pod: Pod, ip: IPAddress) -> Iterable[Allow]:
-        rule = policy.ingress[index]
-        ports: list[tuple[str | None, int, int]] = []
+    def rule_ports(self, policy: NetworkPolicy, direction: str, index: int,
+                   pod: Pod) -> tuple[tuple[tuple[str | None, int, int], ...], tuple[Port, ...]]:
+        """(the rule's (protocol, first, last) towards every peer, its egress named ports). Ingress
+        named ports resolve on the selected (destination) pod; egress ones per destination pod
+        (named_destinations). A rule without ports: every protocol and port."""
+        rule = policy.rules(direction)[index]
         if not rule.ports:
-            ports.extend(_ANY_PORT)
-        for rp in rule.ports:
-            r = port_range(rp, pod)  # named ports resolve on the selected (destination) pod
-            if r is not None:
-                ports.append((r[0].lower(), r[1], r[2]))
-        if not ports:
-            return
-        for net in self.peer_nets(policy, INGRESS, index, ip.version):
-            for proto, lo, hi in ports:
-                yield Allow(ip, net, proto, lo, hi)
-
-    def egress_allows(self, policy: NetworkPolicy, index: int, ip: IPAddress) -> Iterable[Allow]:
-        rule = policy.egress[index]
+            return _ANY_PORT, ()
         fixed: list[tuple[str | None, int, int]] = []
-        if not rule.ports:
-            fixed.extend(_ANY_PORT)
+        named: list[Port] = []
         for rp in rule.ports:
-            if isinstance(rp.port, str):
-                named_proto = rp.protocol.lower()
-                for net, number in self.named_destinations(policy, index, rp, ip.version):
-                    yield Allow(ip, net, named_proto, number, number)
-            else:
-                r = port_range(rp, None)
-                assert r is not None
+            if direction == EGRESS and isinstance(rp.port, str):
+                named.append(rp)
+                continue
+            r = port_range(rp, pod if direction == INGRESS else None)
+            if r is not None:
                 fixed.append((r[0].lower(), r[1], r[2]))
-        if fixed:
-            for net in self.peer_nets(policy, EGRESS, index, ip.version):
-                for proto, lo, hi in fixed:
-                    yield Allow(ip, net, proto, lo, hi)
+        return tuple(fixed), tuple(named)
+
+
+class _RuleResult(NamedTuple):
+    """One rule's allows for one local pod address, kept per peer network so that a change of the
+    rule's peers rebuilds only the allows of the peers that came or went."""
+    pod: Pod
+    policy: NetworkPolicy
+    ports: tuple
+    nets: list  # the peer_nets object it was built from
+    named: tuple  # the named_destinations lists it was built from
+    by_net: dict
+    allows: frozenset
 
 
 # Allow entries one pod may have per direction (as Cilium's per-endpoint policy map, 16k by
@@ -346,6 +343,8 @@ class NodeCompiler:
         self._c = _Compiler()
         self._isolating: dict[tuple[tuple[str, str], str], tuple[Pod, tuple, tuple[NetworkPolicy, ...]]] = {}
         self._pods: dict[tuple[tuple[str, str], str], _PodResult] = {}
+        # (pod key, direction) -> (policy key, rule index, address) -> that rule's allows
+        self._rules: dict[tuple[tuple[str, str], str], dict[tuple, _RuleResult]] = {}
         self._syncs = 0
         self.recompiled = 0  # pods (per direction) compiled afresh by the last call, for tests and metrics
 
@@ -359,23 +358,69 @@ class NodeCompiler:
         self._isolating[key] = (pod, in_ns, found)
         return found
 
+    def _rule(self, pod: Pod, ip: IPAddress, direction: str, policy: NetworkPolicy, index: int,
+              budget: int, before: dict, after: dict) -> frozenset[Allow] | None:
+        """One rule's allows for `ip`; None when they would exceed `budget` (not built: a hostile
+        policy's 1,000 ports x 100 excepts is computed as a size first)."""
+        c = self._c
+        ports, named_ports = c.rule_ports(policy, direction, index, pod)
+        nets = c.peer_nets(policy, direction, index, ip.version) if ports else []
+        named = tuple(c.named_destinations(policy, index, rp, ip.version) for rp in named_ports)
+        key = (policy.key, index, ip)
+        prev = before.get(key)
+        if prev is not None and prev.pod is pod and prev.policy is policy and prev.nets is nets \
+                and _identical(prev.named, named):
+            after[key] = prev
+            return prev.allows
+        if len(nets) * len(ports) + sum(len(x) for x in named) > budget:
+            return None
+        old = prev.by_net if prev is not None and prev.policy is policy and prev.ports == ports else {}
+        by_net: dict = {}
+        for net in nets:
+            made = old.get(net)
+            if made is None:
+                made = tuple(Allow(ip, net, proto, lo, hi) for proto, lo, hi in ports)
+            by_net[net] = made
+        allows: set[Allow] = set(chain.from_iterable(by_net.values()))
+        for rp, pairs in zip(named_ports, named, strict=True):
+            proto = rp.protocol.lower()
+            allows.update(Allow(ip, net, proto, number, number) for net, number in pairs)
+        found = frozenset(allows)
+        if prev is not None and prev.allows == found:
+            found = prev.allows
+        after[key] = _RuleResult(pod, policy, ports, nets, named, by_net, found)
+        return found
+
     def _compile_pod(self, pod: Pod, ips: tuple[IPAddress, ...], direction: str,
                      policies: tuple[NetworkPolicy, ...], deps: tuple) -> _PodResult:
-        c = self._c
-        found = chain.from_iterable(
-            c.ingress_allows(policy, index, pod, ip) if direction == INGRESS
-            else c.egress_allows(policy, index, ip)
-            for policy in policies for index in range(len(policy.rules(direction))) for ip in ips)
-        mine: set[Allow] = set()
-        for allow in found:  # bounded work: reading stops once the pod is over budget
-            mine.add(allow)
-            if len(mine) > self.max_allows:
+        parts: list[frozenset[Allow]] = []
+        total = 0
+        over = False
+        before = self._rules.get((pod.key, direction), {})
+        after: dict = {}
+        for policy in policies:
+            for index in range(len(policy.rules(direction))):
+                for ip in ips:
+                    got = self._rule(pod, ip, direction, policy, index, self.max_allows - total, before, after)
+                    if got is None:
+                        over = True
+                        break
+                    parts.append(got)
+                    total += len(got)  # an upper bound of the union: overlaps count twice
+                if over:
+                    break
+            if over:
                 break
+        self._rules[(pod.key, direction)] = after  # the rules it has now; the others' results go
+        mine: set[Allow] = set()
         overflow = None
-        if len(mine) > self.max_allows:
-            mine.clear()
+        if not over:
+            mine = set(frozenset().union(*parts))
+            over = len(mine) > self.max_allows
+        if over:
+            mine = set()
             overflow = Overflow(str(pod), direction, tuple(str(p) for p in policies))
-        mine.update(c.self_allows(ips))
+        mine.update(self._c.self_allows(ips))
         by_ip: dict[IPAddress, list[Allow]] = {}
         for al in mine:
             by_ip.setdefault(al.pod, []).append(al)
@@ -422,6 +467,8 @@ class NodeCompiler:
             del self._pods[key]
         for key in [k for k in self._isolating if k not in seen]:
             del self._isolating[key]
+        for key in [k for k in self._rules if k not in seen]:
+            del self._rules[key]
         allows = {d: frozenset().union(*groups[d].values()) for d in (INGRESS, EGRESS)}
         return Ruleset(isolated_ingress=frozenset(isolated[INGRESS]), isolated_egress=frozenset(isolated[EGRESS]),
                        ingress=allows[INGRESS], egress=allows[EGRESS], log=log,

@@ -13,6 +13,8 @@ class PolicyMetrics:
                               ["kind"], buckets=_FAST, registry=r)
         self.compile = Histogram("podwire_policy_compile_seconds", "Snapshot and compile of this node's ruleset",
                                  buckets=_FAST, registry=r)
+        self.phase = Histogram("podwire_policy_sync_phase_seconds", "Policy sync, per phase: snapshot, "
+                               "compile, render, nft, conntrack, publish", ["phase"], buckets=_FAST, registry=r)
         self.isolated = Gauge("podwire_policy_isolated_pods", "Local pod addresses isolated, per direction",
                               ["direction"], registry=r)
         self.allows = Gauge("podwire_policy_allows", "Allows in this node's ruleset, per direction",
@@ -24,9 +26,12 @@ class PolicyMetrics:
         self.admit = Histogram("podwire_policy_admit_seconds",
                                "CNI ADD wait until the new pod's policy was in force", buckets=_FAST, registry=r)
 
-    def observe_sync(self, rs, full: bool, compile_seconds: float, seconds: float, deleted: int) -> None:
+    def observe_sync(self, rs, full: bool, compile_seconds: float, seconds: float, deleted: int,
+                     phases: dict[str, float] | None = None) -> None:
         self.sync.labels("full" if full else "diff").observe(seconds)
         self.compile.observe(compile_seconds)
+        for phase, took in (phases or {}).items():
+            self.phase.labels(phase).observe(took)
         for d in ("ingress", "egress"):
             self.isolated.labels(d).set(len(rs.isolated(d)))
             self.allows.labels(d).set(len(rs.allows(d)))

@@ -95,6 +95,7 @@ class Store:
         self.overrides: dict[tuple[str, str], tuple[str, tuple[IPAddress, ...], str, float]] = {}
         self.local: tuple = ()  # this node's pod CIDRs (Ruleset.local), from its Node object
         self.version = 0  # bumped by every change a sync must see
+        self._derivations: dict[tuple[str, str], tuple] = {}  # key -> (base record, inputs, derived record)
         self._lock = threading.Lock()
 
     # ---- events (informer threads) -----------------------------------------------------
@@ -130,7 +131,8 @@ class Store:
                     if other_pod or set(o[1]) <= set(pod.ips):  # ... or the API confirms the CNI
                         del self.overrides[key]
                 changed = self.pods.get(key) != pod
-                self.pods[key] = pod
+                if changed:  # an equal record stays the same object: the compiler tells changes by identity
+                    self.pods[key] = pod
             if changed:
                 self.version += 1
             return changed
@@ -146,7 +148,8 @@ class Store:
                 changed = deleted and self.namespaces.pop(name, None) is not None
             else:
                 changed = self.namespaces.get(name) != ns
-                self.namespaces[name] = ns
+                if changed:
+                    self.namespaces[name] = ns
             if changed:
                 self.version += 1
             return changed
@@ -165,7 +168,8 @@ class Store:
                 return False
             else:
                 changed = self.policies.get(key) != pol
-                self.policies[key] = pol
+                if changed:
+                    self.policies[key] = pol
             if changed:
                 self.version += 1
             return changed
@@ -207,6 +211,16 @@ class Store:
         with self._lock:
             return sorted({k[0] for k in self.policies})
 
+    def _derived(self, key, base: Pod | None, inputs, make) -> Pod:
+        """A record derived from an API record and an override, the same object from snapshot to
+        snapshot while both are (the compiler tells changes by identity)."""
+        hit = self._derivations.get(key)
+        if hit is not None and hit[0] is base and hit[1] == inputs:
+            return hit[2]
+        made = make(base)
+        self._derivations[key] = (base, inputs, made)
+        return made
+
     def knows_pod(self, namespace: str, name: str) -> bool:
         with self._lock:
             return (namespace, name) in self.pods
@@ -233,12 +247,17 @@ class Store:
                 fresh = {ip: key for key, o in self.overrides.items() if key in pods for ip in o[1]}
                 for key, pod in self.pods.items():
                     if key not in self.overrides and any(ip in fresh for ip in pod.ips):
-                        pods[key] = replace(pod, ips=tuple(ip for ip in pod.ips if ip not in fresh))
+                        pods[key] = self._derived(key, pod, fresh, lambda p: replace(
+                            p, ips=tuple(ip for ip in p.ips if ip not in fresh)))
                 for key, (uid, ips, node, _) in self.overrides.items():
                     shown = pods.get(key)
                     if shown is None:  # not in the API (the gate admits that only where no policy is)
-                        pods[key] = Pod(key[0], key[1], uid, node, ips)
+                        pods[key] = self._derived(key, None, (uid, ips, node),
+                                                  lambda _: Pod(key[0], key[1], uid, node, ips))
                     else:
-                        pods[key] = replace(shown, ips=ips, node=shown.node or node)
+                        pods[key] = self._derived(key, shown, (ips, node), lambda p: replace(
+                            p, ips=ips, node=p.node or node))
+            else:
+                self._derivations.clear()
             return (self.version, Cluster.build(pods.values(), self.namespaces.values(), self.policies.values()),
                     self.local)
