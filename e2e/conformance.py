@@ -264,7 +264,7 @@ def versions(cluster) -> dict:
         return r.stdout.strip() if r.returncode == 0 else "?"
 
     commit = out(["git", "rev-parse", "--short=12", "HEAD"])
-    dirty = out(["git", "status", "--porcelain", "--", "cni_plugin", "ipam", "netkit", "node_daemon", "proxy",
+    dirty = out(["git", "status", "--porcelain", "--", "cni_plugin", "ipam", "netkit", "node_daemon", "policy", "proxy",
                  "packaging", "manifests"])
     if dirty:  # the image is built from the working tree, which other engineers share
         commit += " + uncommitted changes in " + ", ".join(line.split()[-1] for line in dirty.splitlines())
