@@ -241,7 +241,7 @@ def daemon_metrics(netns: str) -> dict[str, float]:
     return out
 
 
-def run(n_pods: int, n_policies: int, trials: int) -> dict:
+def run(n_pods: int, n_policies: int, trials: int, keep_log: str | None = None) -> dict:
     from tests.integration.daemon_cluster_helpers import daemon_cluster, grant_role, kill_leftovers, start_daemon
     from tests.integration.policy_cluster_helpers import POLICY_RBAC_RULES
 
@@ -259,6 +259,7 @@ def run(n_pods: int, n_policies: int, trials: int) -> dict:
         log_path = tmp_path / f"{node.name}.log"
         # the daemon's default resync (start_daemon's 10 s would rewrite the whole table every 100 s)
         daemon = start_daemon(c, node, tmp_path / node.name, log_path, "--policy", "--resync-interval", "30",
+                              *(("--log-level", "DEBUG") if keep_log else ()),
                               "--policy-socket", str(tmp_path / node.name / "run" / "policy.sock"))
         monitor = Monitor(node.netns)
         try:
@@ -296,6 +297,8 @@ def run(n_pods: int, n_policies: int, trials: int) -> dict:
         finally:
             monitor.close()
             daemon.terminate()
+            if keep_log and log_path.exists():
+                Path(keep_log).write_text(log_path.read_text())
             try:
                 daemon.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -339,6 +342,7 @@ def main() -> int:
     ap.add_argument("--pods", type=int, default=1000)
     ap.add_argument("--policies", type=int, default=1000)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--daemon-log", help="run the daemon at DEBUG (a line per sync) and keep its log here")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces, the e2e harness)", file=sys.stderr)
@@ -346,7 +350,7 @@ def main() -> int:
     if not 1 <= a.trials <= 80:
         print("--trials: 1-80 (three local addresses per trial in the node's /24)", file=sys.stderr)
         return 2
-    result = run(a.pods, a.policies, a.trials)
+    result = run(a.pods, a.policies, a.trials, a.daemon_log)
     if a.json:
         print(json.dumps(result))
     return 0

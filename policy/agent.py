@@ -27,6 +27,64 @@ class Runner(Protocol):
     def apply(self, text: str) -> None: ...
 
 
+class ConntrackWorker:
+    """Runs the conntrack cleanup off the sync path (it lists and judges existing flows, tens of ms,
+    and would delay the next sync, i.e. the next change's enforcement). Cleanups requested while one
+    runs coalesce into one from the oldest `old` to the newest `new`: a flow is cut if the newest
+    ruleset denies it and the pod it involves lost an allow since the last cleanup."""
+
+    def __init__(self, cleaner: Callable[[Ruleset | None, Ruleset], int], metrics=None):
+        self.cleaner, self.metrics = cleaner, metrics
+        self._cond = threading.Condition()
+        self._pending: tuple[Ruleset | None, Ruleset] | None = None
+        self._busy = self._closed = False
+        self.deleted = 0
+        threading.Thread(target=self._run, name="policy-conntrack", daemon=True).start()
+
+    def __call__(self, old: Ruleset | None, new: Ruleset) -> int:
+        with self._cond:
+            self._pending = (old if self._pending is None else self._pending[0], new)
+            self._cond.notify_all()
+        return 0  # counted when done (podwire_policy_conntrack_deleted_total)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                (old, new), self._pending = self._pending, None  # type: ignore[misc]
+                self._busy = True
+            try:
+                n = self.cleaner(old, new)
+            except Exception as e:  # noqa: BLE001 - never kill the worker; the rules are in
+                log.warning("conntrack cleanup failed: %s", e)
+                n = 0
+            with self._cond:
+                self._busy = False
+                self.deleted += n
+                self._cond.notify_all()
+            if n and self.metrics is not None:
+                self.metrics.conntrack_deleted.inc(n)
+
+    def idle(self, timeout: float) -> bool:
+        """Wait until nothing is pending or running (tests)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def stop(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
 class PolicyAgent:
     def __init__(self, node_name: str, store: Store, runner: Runner, *, log_config: LogConfig = LogConfig(),  # noqa: B008
                  bridge: Callable[[], None] | None = None,
@@ -89,7 +147,11 @@ class PolicyAgent:
                                 "conntrack": t5 - t4, "publish": done - t5}
             if self.metrics is not None:
                 self.metrics.observe_sync(rs, full, t2 - t0, done - t0, deleted, self.last_phases)
-            if full or deleted:
+            if not (full or deleted):
+                log.debug("policy diff sync (store version %d): %d pods recompiled, %.0f ms (%s)", version,
+                          self._compiler.recompiled, (done - t0) * 1000,
+                          ", ".join(f"{k} {v * 1000:.0f}" for k, v in self.last_phases.items()))
+            else:
                 log.info("policy %s sync: %d/%d pods isolated for ingress/egress, %d/%d allows, "
                          "%d conntrack entries deleted, %.0f ms (%s)", "full" if full else "diff",
                          len(rs.isolated_ingress), len(rs.isolated_egress), len(rs.ingress), len(rs.egress),

@@ -12,7 +12,7 @@ import logging
 
 from node_daemon.cniconf import policy_namespaces_file
 from node_daemon.runner import SyncRunner
-from policy.agent import PolicyAgent
+from policy.agent import ConntrackWorker, PolicyAgent
 from policy.conntrack import ConntrackCleaner
 from policy.denylog import DenyReader, DenyReporter
 from policy.gate import Gate
@@ -78,8 +78,9 @@ def start(host) -> list:
     cfg = host.cfg
     core, net = client.CoreV1Api(host.api), client.NetworkingV1Api(host.api)
     store, metrics = Store(), PolicyMetrics(host.registry)
+    cleaner = ConntrackWorker(ConntrackCleaner(), metrics)  # off the sync path: the next change goes first
     agent = PolicyAgent(cfg.node_name, store, NftRunner(), log_config=LogConfig(group=cfg.policy_log_group),
-                        bridge=BridgeNetfilter(cfg.cni.bridge), conntrack=ConntrackCleaner(),
+                        bridge=BridgeNetfilter(cfg.cni.bridge), conntrack=cleaner,
                         namespaces_file=policy_namespaces_file(cfg.policy_socket), metrics=metrics)
     runner = SyncRunner(_Sync(agent, cfg.resync_interval * FULL_RESYNC_EVERY, time.monotonic), name="policy",
                         min_interval=MIN_SYNC_INTERVAL, resync_interval=cfg.resync_interval,
@@ -116,7 +117,7 @@ def start(host) -> list:
 
     gate = Gate(cfg.policy_socket, cfg.node_name, store, agent, runner.trigger, fetch_pod, metrics=metrics,
                 ready=lambda: all(i.synced.is_set() for i in informers) and agent.committed >= 0)
-    parts: list = []
+    parts: list = [cleaner]
     for part in (*informers, runner, gate):
         part.start()
         parts.append(part)

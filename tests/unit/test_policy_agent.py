@@ -11,6 +11,7 @@ import pytest
 from policy.agent import PolicyAgent
 from policy.compile import compile_node
 from policy.gate import BadRequest, Gate, parse_request
+from policy.ruleset import Ruleset
 from policy.store import Store, slim_pod
 
 A = ipaddress.ip_address
@@ -223,3 +224,33 @@ def test_gate_admission():
     assert A("10.0.1.9") in agent.applied.isolated_ingress
     not_ready = Gate("/x", "n1", s, agent, agent.sync, lambda ns, n: None, timeout=0.1, ready=lambda: False)
     assert not not_ready.admit("x", "a", "u1", (A("10.0.1.9"),))[0]
+
+
+def test_conntrack_worker_runs_off_the_sync_and_coalesces():
+    import time
+
+    from policy.agent import ConntrackWorker
+
+    gate, calls = threading.Event(), []
+
+    def cleaner(old, new):
+        calls.append((old, new))
+        gate.wait(5)
+        return 2
+
+    r0, r1, r2, r3 = (Ruleset(known=frozenset({ipaddress.ip_address(f"10.0.0.{i}")})) for i in range(4))
+    w = ConntrackWorker(cleaner)
+    try:
+        assert w(r0, r1) == 0  # returns at once: the sync goes on
+        for _ in range(100):
+            if calls:
+                break
+            time.sleep(0.01)
+        w(r1, r2)  # while the first runs: these two coalesce into one, from r1 to r3
+        w(r2, r3)
+        gate.set()
+        assert w.idle(5)
+        assert calls == [(r0, r1), (r1, r3)]
+        assert w.deleted == 4
+    finally:
+        w.stop()
