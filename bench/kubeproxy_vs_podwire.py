@@ -307,7 +307,8 @@ class Bench:
             lane.proc = node.spawn("podwire", [
                 sys.executable, "-m", "node_daemon", "--node-name", node.name, "--kubeconfig", kc,
                 "--cni-conf-dir", node.dir / "cni", "--cluster-cidr", "10.244.0.0/16", "--no-egress",
-                "--metrics-address", "127.0.0.1:10249", "--proxy"], env={**os.environ, "PYTHONPATH": str(ROOT)})
+                "--metrics-address", "127.0.0.1:10249", "--proxy", "--proxy-metrics-address", ""],
+                env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     def stop_proxy(self, lane: Lane) -> None:
         if lane.proc is not None:

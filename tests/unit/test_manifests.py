@@ -235,6 +235,11 @@ def test_privileges(objs, daemon_config):
     assert daemon_config.ensure_forwarding is False
     fwd = inits["enable-forwarding"]
     assert fwd["securityContext"]["privileged"] is True and "net.ipv4.ip_forward=1" in fwd["command"]
+    # kube-proxy's conntrack timeouts, set by an init container for the same reason
+    ct = inits["conntrack-timeouts"]
+    assert ct["securityContext"]["privileged"] is True
+    assert "tcp_timeout_close_wait=3600" in ct["command"][-1] and "tcp_timeout_established=86400" in ct["command"][-1]
+    assert daemon_config.conntrack_tcp_timeout_close_wait == 0 == daemon_config.conntrack_tcp_timeout_established
     assert objs["Namespace"]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
 
 
