@@ -328,6 +328,9 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the summary goes (default e2e/results)")
     parser.add_argument("--e2e-arg", action="append", default=[], help="extra e2e.test argument (repeatable)")
+    parser.add_argument("--podwire-image", type=Path,
+                        help="a podwire image tarball made earlier (make image) instead of building one from the "
+                             "working tree, which other engineers may be editing")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("e2e.conformance: needs root (network namespaces)", file=sys.stderr)
@@ -337,14 +340,15 @@ def main(argv=None) -> int:
     shards = args.shards or SUITE_SHARDS.get(args.suite, 2)
     summary = run(args.name, focus, skip, args.suite, shards=shards, keep=args.keep, results=args.results,
                   extra=args.e2e_arg, test_images=SUITE_IMAGES.get(args.suite, tuple(images.TEST_IMAGE_CONFIGS)),
-                  excluded=NOT_RUN_HERE.get(args.suite, ()), nodes=args.nodes or SUITE_NODES.get(args.suite, 3))
+                  excluded=NOT_RUN_HERE.get(args.suite, ()), nodes=args.nodes or SUITE_NODES.get(args.suite, 3),
+                  podwire_image=args.podwire_image)
     print(summary["markdown"])
     return 0 if summary["counts"]["failed"] == 0 else 1
 
 
 def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: bool = False,
         results: Path | None = RESULTS, extra=(), nodes: int = 3, work_dir: Path | None = None,
-        test_images=tuple(images.TEST_IMAGE_CONFIGS), excluded=()) -> dict:
+        test_images=tuple(images.TEST_IMAGE_CONFIGS), excluded=(), podwire_image: Path | None = None) -> dict:
     """Cluster up, podwire installed, the selected tests run, summary written (when `results`).
     `test_images`: which of the e2e images to import (all by default; each ~240 MB per node).
     `excluded`: (regex, reason) pairs; the tests the focus matches and the skip removes that one of
@@ -370,13 +374,15 @@ def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: 
     print(f"e2e.conformance: logs and reports in {work}", file=sys.stderr, flush=True)
     cluster.up()
     try:
-        image = build_image(work / "podwire-image.tar")
+        image = podwire_image or build_image(work / "podwire-image.tar")
         for tarball in tarballs.values():
             cluster.import_image(tarball)
         install(cluster, image)  # as a user: image into the nodes, kubectl apply, DaemonSet and nodes Ready
         wait_coredns(cluster)
         route_control_plane_to_pods(cluster)
         stamp = versions(cluster)
+        if podwire_image:  # the working tree says nothing about an image made earlier
+            stamp["podwire"] = f"image {podwire_image} (given; the checkout's HEAD was {stamp['podwire']})"
         ready = time.monotonic()
         print(f"e2e.conformance: cluster ready in {ready - started:.0f}s; running e2e.test", file=sys.stderr,
               flush=True)
