@@ -28,7 +28,7 @@ from itertools import chain
 from typing import Iterable, NamedTuple
 
 from policy.model import EGRESS, INGRESS, Cluster, IPAddress, IPNetwork, NetworkPolicy, Peer, Pod, Port
-from policy.ruleset import Allow, LogConfig, Ruleset
+from policy.ruleset import Allow, LogConfig, Ruleset, trusted_allow, trusted_allows
 from policy.verdict import isolating, peer_pods, port_range
 
 _EVERYWHERE: dict[int, tuple[IPNetwork, ...]] = {
@@ -95,7 +95,7 @@ class _Compiler:
         self._prev_namespaces = dict(cluster.namespaces)
         if len(self._hosts) > 1_000_000:  # addresses come and go: bound the memos
             self._hosts.clear()
-        if len(self._pod_hosts) > 2 * len(cluster.pods) + 1000:
+        if len(self._pod_hosts) > 2 * len(cluster.pods_by_ip) + 1000:
             self._pod_hosts.clear()
 
     def prune(self, cluster: Cluster) -> None:
@@ -375,16 +375,16 @@ class NodeCompiler:
         if len(nets) * len(ports) + sum(len(x) for x in named) > budget:
             return None
         old = prev.by_net if prev is not None and prev.policy is policy and prev.ports == ports else {}
-        by_net: dict = {}
+        by_net: dict = {}  # id(net) -> its allows: the nets are the same objects while unchanged (pod_hosts)
         for net in nets:
-            made = old.get(net)
+            made = old.get(id(net))
             if made is None:
-                made = tuple(Allow(ip, net, proto, lo, hi) for proto, lo, hi in ports)
-            by_net[net] = made
+                made = trusted_allows(ip, net, ports)
+            by_net[id(net)] = made
         allows: set[Allow] = set(chain.from_iterable(by_net.values()))
         for rp, pairs in zip(named_ports, named, strict=True):
             proto = rp.protocol.lower()
-            allows.update(Allow(ip, net, proto, number, number) for net, number in pairs)
+            allows.update(trusted_allow(ip, net, proto, number, number) for net, number in pairs)
         found = frozenset(allows)
         if prev is not None and prev.allows == found:
             found = prev.allows
@@ -415,12 +415,14 @@ class NodeCompiler:
         mine: set[Allow] = set()
         overflow = None
         if not over:
-            mine = set(frozenset().union(*parts))
+            mine = set().union(*parts)  # from sets: their stored hashes, no rehash
             over = len(mine) > self.max_allows
         if over:
             mine = set()
             overflow = Overflow(str(pod), direction, tuple(str(p) for p in policies))
         mine.update(self._c.self_allows(ips))
+        if len(ips) == 1:  # the usual case: every allow is of that address (no regrouping, no rehash)
+            return _PodResult(pod, policies, deps, {ips[0]: frozenset(mine)}, overflow)
         by_ip: dict[IPAddress, list[Allow]] = {}
         for al in mine:
             by_ip.setdefault(al.pod, []).append(al)

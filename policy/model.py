@@ -199,25 +199,43 @@ class Cluster:
     smaller (namespace, name) wins, so the answer does not depend on input order.
     """
 
-    __slots__ = ("pods", "namespaces", "policies", "pods_by_ip", "policies_by_namespace", "pods_by_namespace",
-                 "ip_conflicts")
+    __slots__ = ("_pods", "_all", "namespaces", "policies", "pods_by_ip", "policies_by_namespace",
+                 "pods_by_namespace", "ip_conflicts")
+    _pods: tuple[Pod, ...] | None
+    _all: dict | None
 
-    def __init__(self, pods: tuple[Pod, ...], namespaces: dict[str, Namespace], policies: tuple[NetworkPolicy, ...],
-                 pods_by_ip: dict[IPAddress, Pod], policies_by_namespace: dict[str, tuple[NetworkPolicy, ...]],
-                 ip_conflicts: tuple[IPAddress, ...]):
-        self.pods = pods  # sorted by (namespace, name)
+    def __init__(self, pods: tuple[Pod, ...] | None, namespaces: dict[str, Namespace],
+                 policies: tuple[NetworkPolicy, ...], pods_by_ip: dict[IPAddress, Pod],
+                 policies_by_namespace: dict[str, tuple[NetworkPolicy, ...]], ip_conflicts: tuple[IPAddress, ...],
+                 pods_by_namespace: dict[str, tuple[Pod, ...]] | None = None, all_pods: dict | None = None):
+        """Either `pods` (sorted by (namespace, name); the rest is derived), or `pods_by_namespace`
+        with `all_pods` (key -> record, unordered; `pods` is then sorted on first use): what
+        policy.store's incremental snapshot hands over, so a sync does not sort 150k pods."""
+        object.__setattr__(self, "_pods", pods)
+        object.__setattr__(self, "_all", all_pods)
         self.namespaces: Mapping[str, Namespace] = MappingProxyType(namespaces)
         self.policies = policies  # sorted by (namespace, name)
         self.pods_by_ip: Mapping[IPAddress, Pod] = MappingProxyType(pods_by_ip)
         self.policies_by_namespace: Mapping[str, tuple[NetworkPolicy, ...]] = MappingProxyType(policies_by_namespace)
-        by_ns: dict[str, list[Pod]] = {}
-        for pod in pods:
-            if pod.policed:
-                by_ns.setdefault(pod.namespace, []).append(pod)
+        if pods_by_namespace is None:
+            by_ns: dict[str, list[Pod]] = {}
+            for pod in pods or ():
+                if pod.policed:
+                    by_ns.setdefault(pod.namespace, []).append(pod)
+            pods_by_namespace = {ns: tuple(v) for ns, v in by_ns.items()}
         # policed pods only (the ones selectors can select), sorted by name
-        self.pods_by_namespace: Mapping[str, tuple[Pod, ...]] = MappingProxyType(
-            {ns: tuple(v) for ns, v in by_ns.items()})
+        self.pods_by_namespace: Mapping[str, tuple[Pod, ...]] = MappingProxyType(pods_by_namespace)
         self.ip_conflicts = ip_conflicts
+
+    @property
+    def pods(self) -> tuple[Pod, ...]:
+        """Every pod (hostNetwork and terminal ones too), sorted by (namespace, name)."""
+        found = self._pods
+        if found is None:
+            all_pods = self._all or {}
+            found = tuple(all_pods[k] for k in sorted(all_pods))
+            object.__setattr__(self, "_pods", found)
+        return found
 
     @classmethod
     def build(cls, pods=(), namespaces=(), policies=()) -> "Cluster":
@@ -244,7 +262,7 @@ class Cluster:
                    tuple(sorted(conflicts, key=lambda ip: (ip.version, ip))))
 
     def __setattr__(self, name, value):
-        if hasattr(self, name):
+        if name == "pods" or hasattr(self, name):
             raise AttributeError(f"Cluster is immutable: {name}")
         object.__setattr__(self, name, value)
 

@@ -80,6 +80,30 @@ class Allow:
             raise ValueError("an allow with ports needs a protocol")
 
 
+def trusted_allow(pod: Addr, peer: Net, proto: str | None, first_port: int, last_port: int) -> Allow:
+    """An Allow built without __post_init__'s checks, for policy.compile only: its inputs are
+    records policy.from_api parsed and checked (ipaddress objects, protocols of the fixed set,
+    ports in range), and a compile makes ~150k of these for a node of 1k pods, where the checks
+    cost more than the rest of the compile. Rendering checks the text again (proxy.nft's alphabet
+    guards); tests/unit/test_policy_incremental.py re-checks what the compiler made."""
+    a = object.__new__(Allow)
+    a.__dict__.update(pod=pod, peer=peer, proto=proto, first_port=first_port, last_port=last_port)
+    return a
+
+
+def trusted_allows(pod: Addr, peer: Net, ports) -> tuple[Allow, ...]:
+    """trusted_allow for each (proto, first, last) of `ports`, hashes precomputed (Allow.__hash__'s
+    formula, the address integers taken once)."""
+    head = (int(pod), int(peer.network_address), peer.prefixlen)
+    out = []
+    for proto, lo, hi in ports:
+        a = object.__new__(Allow)
+        a.__dict__.update(pod=pod, peer=peer, proto=proto, first_port=lo, last_port=hi,
+                          _hash=hash((*head, proto, lo, hi)))
+        out.append(a)
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """Denied packets go to nflog `group`, at most `rate` per second per direction (+ `burst`)."""

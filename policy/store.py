@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from policy.from_api import Skip, namespace_from_api, pod_from_api, policy_from_api
 from policy.model import Cluster, IPAddress, Namespace, NetworkPolicy, Pod
+from policy.pod_index import PodIndex
 from proxy.from_api import parse_network
 
 log = logging.getLogger("podwire.policy")
@@ -97,6 +98,14 @@ class Store:
         self.version = 0  # bumped by every change a sync must see
         self._derivations: dict[tuple[str, str], tuple] = {}  # key -> (base record, inputs, derived record)
         self._lock = threading.Lock()
+        # the snapshot's pod side, kept incrementally: the keys whose effective record (API record
+        # with overrides applied) may have changed since the last snapshot are refreshed in it
+        self._index = PodIndex()
+        self._touched: set[tuple[str, str]] = set()
+        self._overrides_dirty = False
+        self._fresh: dict[IPAddress, tuple[str, str]] = {}  # address -> override key holding it
+        self._api_claims: dict[IPAddress, set[tuple[str, str]]] = {}  # address -> API records listing it
+        self._policy_parts: tuple | None = None  # (sorted policies, per namespace) until policies change
 
     # ---- events (informer threads) -----------------------------------------------------
     def _convert(self, kind: str, obj, convert):
@@ -122,20 +131,45 @@ class Store:
             if pod is None:  # deleted, or unreadable now: either way it holds no address we trust
                 if deleted:
                     self.invalid.pop(("Pod", *key), None)
-                self.overrides.pop(key, None)
-                changed = self.pods.pop(key, None) is not None
+                if self.overrides.pop(key, None) is not None:
+                    self._overrides_dirty = True
+                    self._touched.add(key)
+                old = self.pods.pop(key, None)
+                changed = old is not None
+                if old is not None:
+                    self._unclaim(key, old)
             else:
                 o = self.overrides.get(key)
                 if o is not None:
                     other_pod = bool(o[0]) and pod.uid != o[0]  # deleted and re-created meanwhile
                     if other_pod or set(o[1]) <= set(pod.ips):  # ... or the API confirms the CNI
                         del self.overrides[key]
-                changed = self.pods.get(key) != pod
+                        self._overrides_dirty = True
+                        self._touched.add(key)
+                old = self.pods.get(key)
+                changed = old != pod
                 if changed:  # an equal record stays the same object: the compiler tells changes by identity
+                    if old is not None:
+                        self._unclaim(key, old)
                     self.pods[key] = pod
+                    for ip in pod.ips:
+                        self._api_claims.setdefault(ip, set()).add(key)
+                    if old is None and key in self.overrides:
+                        self._overrides_dirty = True  # an override's pod reached the API: its addresses are fresh
             if changed:
                 self.version += 1
+                self._touched.add(key)
             return changed
+
+    def _unclaim(self, key, old: Pod) -> None:
+        for ip in old.ips:
+            keys = self._api_claims.get(ip)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._api_claims[ip]
+        if key in self.overrides:
+            self._overrides_dirty = True
 
     def on_namespace(self, obj, deleted: bool) -> bool:
         with self._lock:
@@ -162,6 +196,8 @@ class Store:
             if deleted:
                 self.invalid.pop(("NetworkPolicy", *key), None)
                 changed = self.policies.pop(key, None) is not None
+                if changed:
+                    self._policy_parts = None
             elif pol is None:
                 if key in self.policies:
                     log.warning("NetworkPolicy %s/%s: keeping its last good version", *key)
@@ -170,6 +206,7 @@ class Store:
                 changed = self.policies.get(key) != pol
                 if changed:
                     self.policies[key] = pol
+                    self._policy_parts = None
             if changed:
                 self.version += 1
             return changed
@@ -200,6 +237,8 @@ class Store:
         must reach for them to be in force."""
         with self._lock:
             self.overrides[(namespace, name)] = (uid, ips, node, self.clock() + OVERRIDE_TTL)
+            self._overrides_dirty = True
+            self._touched.add((namespace, name))
             self.version += 1
             return self.version
 
@@ -233,31 +272,56 @@ class Store:
         return version, cluster
 
     def snapshot_all(self) -> tuple[int, Cluster, tuple]:
-        """(version, Cluster, local pod CIDRs), consistent with each other."""
+        """(version, Cluster, local pod CIDRs), consistent with each other. Incremental: only the
+        pods touched since the last snapshot are looked at again (policy/pod_index.py)."""
         with self._lock:
             now = self.clock()
             for key in [k for k, o in self.overrides.items() if o[3] < now]:
                 del self.overrides[key]
-            pods = self.pods
-            if self.overrides:
-                pods = dict(pods)
+                self._touched.add(key)
+                self._overrides_dirty = True
+            if self._overrides_dirty:
                 # This node's IPAM just handed these addresses out: another pod the API still shows
                 # with one of them is gone (its DEL ran), and must not win the address from the new
                 # pod (Cluster.build resolves conflicts by name, which could leave the new pod unpoliced).
-                fresh = {ip: key for key, o in self.overrides.items() if key in pods for ip in o[1]}
-                for key, pod in self.pods.items():
-                    if key not in self.overrides and any(ip in fresh for ip in pod.ips):
-                        pods[key] = self._derived(key, pod, fresh, lambda p: replace(
-                            p, ips=tuple(ip for ip in p.ips if ip not in fresh)))
-                for key, (uid, ips, node, _) in self.overrides.items():
-                    shown = pods.get(key)
-                    if shown is None:  # not in the API (the gate admits that only where no policy is)
-                        pods[key] = self._derived(key, None, (uid, ips, node),
-                                                  lambda _: Pod(key[0], key[1], uid, node, ips))
-                    else:
-                        pods[key] = self._derived(key, shown, (ips, node), lambda p: replace(
-                            p, ips=ips, node=p.node or node))
-            else:
-                self._derivations.clear()
-            return (self.version, Cluster.build(pods.values(), self.namespaces.values(), self.policies.values()),
-                    self.local)
+                fresh = {ip: key for key, o in self.overrides.items() if key in self.pods for ip in o[1]}
+                if fresh != self._fresh:
+                    for ip in set(fresh) | set(self._fresh):
+                        self._touched.update(self._api_claims.get(ip, ()))
+                    self._fresh = fresh
+                self._touched.update(self.overrides)
+                self._overrides_dirty = False
+                if not self.overrides:
+                    self._derivations.clear()
+            for key in self._touched:
+                self._index.put(key, self._effective(key))
+            self._touched.clear()
+            by_ns, by_ip, conflicts = self._index.parts()
+            if self._policy_parts is None:
+                ordered = tuple(self.policies[k] for k in sorted(self.policies))
+                grouped: dict[str, list[NetworkPolicy]] = {}
+                for pol in ordered:
+                    grouped.setdefault(pol.namespace, []).append(pol)
+                self._policy_parts = (ordered, {ns: tuple(v) for ns, v in grouped.items()})
+            policies, policies_by_ns = self._policy_parts
+            cluster = Cluster(None, dict(self.namespaces), policies, by_ip, dict(policies_by_ns), conflicts,
+                              pods_by_namespace=by_ns, all_pods=dict(self._index.records))
+            return self.version, cluster, self.local
+
+    def _effective(self, key: tuple[str, str]) -> Pod | None:
+        """The pod at `key` as a snapshot shows it: its API record, with the CNI plugin's report
+        applied (or, for another pod, this node's fresh addresses taken away)."""
+        shown = self.pods.get(key)
+        o = self.overrides.get(key)
+        if o is not None:
+            uid, ips, node, _ = o
+            if shown is None:  # not in the API (the gate admits that only where no policy is)
+                return self._derived(key, None, (uid, ips, node), lambda _: Pod(key[0], key[1], uid, node, ips))
+            return self._derived(key, shown, (ips, node), lambda p: replace(p, ips=ips, node=p.node or node))
+        if shown is None:
+            return None
+        fresh = self._fresh
+        if fresh and any(ip in fresh for ip in shown.ips):
+            kept = tuple(ip for ip in shown.ips if ip not in fresh)
+            return self._derived(key, shown, kept, lambda p: replace(p, ips=kept))
+        return shown
