@@ -42,6 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from api_nodes import TOLERATE_SILENT_NODES, create_nodes  # noqa: E402
 
 NAMESPACES = 20
 APPS = 50  # per namespace; one policy per (namespace, app) at 1k policies
@@ -136,7 +139,8 @@ class Monitor:
 
 
 def pod_body(name: str, node: str, labels: dict) -> dict:
-    return {"metadata": {"name": name, "labels": labels}, "spec": {"nodeName": node, "containers": [{
+    return {"metadata": {"name": name, "labels": labels}, "spec": {
+        "nodeName": node, "tolerations": TOLERATE_SILENT_NODES, "containers": [{
         "name": "c", "image": "registry.k8s.io/pause:3.10",
         "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]}]}}
@@ -161,6 +165,7 @@ class Objects:
     def __init__(self, api, local_node: str, local_net: ipaddress.IPv4Network):
         from kubernetes import client
 
+        self.api = api
         self.core, self.net = client.CoreV1Api(api), client.NetworkingV1Api(api)
         self.node = local_node
         self.local_ips = (str(local_net.network_address + i) for i in range(2, local_net.num_addresses - 1))
@@ -179,6 +184,8 @@ class Objects:
         for i in range(max(0, n_pods - len(pods))):
             ip = str(ipaddress.IPv4Address(REMOTE_NET + i))
             pods.append((ns_name(i), f"r{i}", {"app": f"svc{(i // NAMESPACES) % APPS}"}, f"gone{i % 50}", ip))
+
+        create_nodes(self.api, (p[3] for p in pods if p[3] != self.node))  # else their pods are deleted
 
         def one_pod(p):
             ns, name, labels, node, ip = p

@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from api_nodes import TOLERATE_SILENT_NODES, create_nodes  # noqa: E402
 from policy_scale import layout, namespace_dicts, pods, policy_dicts  # noqa: E402
 
 PODS_PER_NODE = 150
@@ -54,10 +55,10 @@ def api_body(d: dict) -> dict:
     delete the pod) is left out; status is written after, through its subresource."""
     meta = {k: v for k, v in d["metadata"].items()
             if k in ("name", "namespace", "labels", "annotations", "generateName")}
-    return {"metadata": meta, "spec": d["spec"]}
+    return {"metadata": meta, "spec": {**d["spec"], "tolerations": TOLERATE_SILENT_NODES}}
 
 
-def write_objects(api, n_pods: int) -> float:
+def write_objects(api, n_pods: int, local_node: str) -> float:
     from kubernetes import client
 
     core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
@@ -70,16 +71,20 @@ def write_objects(api, n_pods: int) -> float:
             if e.status != 409:
                 raise
             core.patch_namespace(d["metadata"]["name"], {"metadata": {"labels": d["metadata"]["labels"]}})
-    for d in policy_dicts(spaces, 1000):
+    for d in policy_dicts(spaces, min(1000, 20 * len(spaces))):  # 20 per namespace
         net.create_namespaced_network_policy(d["metadata"]["namespace"], {
             "metadata": {"name": d["metadata"]["name"]}, "spec": d["spec"]})
     done = [0]
     lock = threading.Lock()
     t0 = time.monotonic()
 
+    def node_of(generated: str) -> str:  # node0's share is the daemon's node; the rest have no kubelet
+        return local_node if generated == "node0" else generated.replace("node", "silent")
+
     def one(item):
         _, d = item
         ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
+        d["spec"]["nodeName"] = node_of(d["spec"]["nodeName"])
         core.create_namespaced_pod(ns, api_body(d))
         core.patch_namespaced_pod_status(name, ns, {"status": d["status"]})
         with lock:
@@ -89,6 +94,7 @@ def write_objects(api, n_pods: int) -> float:
                 print(f"  {done[0]} pods written in {el:.0f} s ({2 * done[0] / el:.0f} writes/s)", flush=True)
 
     n_nodes = max(1, n_pods // PODS_PER_NODE)
+    create_nodes(api, (f"silent{k}" for k in range(1, n_nodes)))  # else their pods are deleted (pod GC)
     with ThreadPoolExecutor(THREADS) as ex:
         for _ in ex.map(one, pods(n_pods, n_nodes), chunksize=64):
             pass
@@ -104,8 +110,8 @@ def run(n_pods: int) -> dict:
         node = c.nodes[0]
         api = c.api_client()
         api.configuration.connection_pool_maxsize = THREADS
-        took = write_objects(api, n_pods)
-        print(f"API: {n_pods} pods (+ status) and 1000 policies written in {took:.0f} s", flush=True)
+        took = write_objects(api, n_pods, node.name)
+        print(f"API: {n_pods} pods (+ status) and their policies written in {took:.0f} s", flush=True)
         tmp_path = Path(tmp)
         log_path = tmp_path / f"{node.name}.log"
         t0 = time.monotonic()
