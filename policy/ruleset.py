@@ -19,6 +19,7 @@ concatenated interval set (EEXIST), so allows are normalised into disjoint boxes
 from __future__ import annotations
 
 import ipaddress
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterable, Union
 
@@ -117,6 +118,11 @@ class LogConfig:
                 raise ValueError(f"log {what} {v!r:.20} is not an integer 0-{hi}")
 
 
+# Allow groups (frozensets, immutable) already checked by Ruleset: a sync rebuilds the Ruleset of the
+# whole node, and most pods' groups are the very objects of the sync before. Weak: gone with them.
+_CHECKED: "weakref.WeakValueDictionary[tuple[int, Addr], frozenset]" = weakref.WeakValueDictionary()
+
+
 @dataclass(frozen=True)
 class Ruleset:
     """This node's policy: which local pods are isolated per direction, and what is allowed.
@@ -155,9 +161,12 @@ class Ruleset:
                 for pod, group in groups.items():
                     if pod not in isolated:
                         raise ValueError(f"{direction} allows for {pod}, which is not isolated for {direction}")
+                    if _CHECKED.get((id(group), pod)) is group:  # the same frozenset, same pod, as a sync ago
+                        continue
                     for allow in group:
                         if type(allow) is not Allow or allow.pod is not pod and allow.pod != pod:
                             raise ValueError(f"{direction} allow {allow!r:.80} is not an Allow of {pod}")
+                    _CHECKED[(id(group), pod)] = group
                 continue
             for allow in self.allows(direction):
                 if type(allow) is not Allow:

@@ -332,3 +332,13 @@ def test_every_prefix_length_renders_as_itself():
                 assert not elements(rs)[f"egress-ports{family}"]
             else:
                 assert elements(rs)[f"egress-ports{family}"] == {f"{pod} . {net} . tcp . 80"}
+
+
+def test_groups_are_checked_per_pod_even_when_seen_before():
+    group = frozenset({Allow(B, N("10.0.0.0/8"), "tcp", 80, 80)})
+    ok = Ruleset(isolated_ingress=frozenset({B, C}), ingress=group, groups={"ingress": {B: group}, "egress": {}})
+    assert ok.by_pod("ingress") == {B: group}
+    with pytest.raises(ValueError, match="is not an Allow of"):  # the same checked frozenset, under another pod
+        Ruleset(isolated_ingress=frozenset({B, C}), ingress=group, groups={"ingress": {C: group}, "egress": {}})
+    with pytest.raises(ValueError, match="partition"):
+        Ruleset(isolated_ingress=frozenset({B}), ingress=frozenset(), groups={"ingress": {B: group}, "egress": {}})
