@@ -61,6 +61,8 @@ class _Compiler:
         self._conflicts = False
         self._owned: dict[tuple[str, str], tuple[IPAddress, ...]] = {}
         self._peers: dict[tuple[str | None, Peer], tuple[tuple, tuple[Pod, ...]]] = {}  # -> (deps, pods)
+        # the same, by the Peer object (no hashing of selectors) while no pod or namespace changed
+        self._peers_by_id: dict[tuple[str | None, int], tuple[Peer, tuple[int, int], tuple[Pod, ...]]] = {}
         self._named: dict[tuple[str, str], tuple[tuple[Pod, int], ...]] | None = None
         self._named_gen = -1
         self._named_sorted: dict[tuple[str, str, int], tuple[list[int], list[tuple[IPAddress, int]]]] = {}
@@ -107,6 +109,8 @@ class _Compiler:
         if len(self._peers) > 4 * sum(len(r.peers) for p in cluster.policies
                                       for d in (INGRESS, EGRESS) for r in p.rules(d)) + 1000:
             self._peers.clear()
+        if len(self._peers_by_id) > len(self._peers) + 1000:
+            self._peers_by_id.clear()
 
     def owned(self, pod: Pod) -> tuple[IPAddress, ...]:
         """The pod's addresses that are its own in the snapshot (not lost to an IP conflict)."""
@@ -139,6 +143,10 @@ class _Compiler:
     def peer_pods(self, policy: NetworkPolicy, peer: Peer) -> tuple[Pod, ...]:
         """verdict.peer_pods, the same tuple object while the namespaces it read are unchanged."""
         scope = policy.namespace if peer.namespace_selector is None else None
+        fast = self._peers_by_id.get((scope, id(peer)))
+        stamp = (self._all_gen, self._ns_gen)
+        if fast is not None and fast[0] is peer and fast[1] == stamp:  # no pod or namespace changed since
+            return fast[2]
         key = (scope, peer)
         hit = self._peers.get(key)
         deps: tuple
@@ -146,8 +154,10 @@ class _Compiler:
             deps, found = hit
             if scope is not None:
                 if deps[0] == self._gen.get(scope, 0):
+                    self._peers_by_id[(scope, id(peer))] = (peer, stamp, found)
                     return found
             elif deps[0] == self._ns_gen and all(self._gen.get(ns, 0) == g for ns, g in deps[1]):
+                self._peers_by_id[(scope, id(peer))] = (peer, stamp, found)
                 return found
         found = peer_pods(self.cluster, policy, peer)
         if hit is not None and _identical(hit[1], found):
@@ -160,6 +170,7 @@ class _Compiler:
             spaces = [ns for ns in self.cluster.pods_by_namespace if sel.matches(self.cluster.namespace_labels(ns))]
             deps = (self._ns_gen, tuple((ns, self._gen.get(ns, 0)) for ns in spaces))
         self._peers[key] = (deps, found)
+        self._peers_by_id[(scope, id(peer))] = (peer, stamp, found)
         return found
 
     def _peer_deps(self, policy: NetworkPolicy, rule) -> tuple:
@@ -439,7 +450,8 @@ class NodeCompiler:
         isolated: dict[str, set[IPAddress]] = {INGRESS: set(), EGRESS: set()}
         groups: dict[str, dict[IPAddress, frozenset[Allow]]] = {INGRESS: {}, EGRESS: {}}
         known: set[IPAddress] = set()
-        seen: set[tuple[tuple[str, str], str]] = set()
+        seen: set[tuple[tuple[str, str], str]] = set()  # local pods isolated, per direction
+        alive: set[tuple[tuple[str, str], str]] = set()  # every local pod, per direction
         for pods in cluster.pods_by_namespace.values():
             for pod in pods:
                 if pod.node != self.node_name:
@@ -450,10 +462,11 @@ class NodeCompiler:
                 if local:
                     known.update(ips)
                 for direction in (INGRESS, EGRESS):
+                    key = (pod.key, direction)
+                    alive.add(key)
                     policies = self._isolating_for(cluster, pod, direction)
                     if not policies:
                         continue
-                    key = (pod.key, direction)
                     seen.add(key)
                     deps = tuple(c.pod_deps(policy, direction, ips) for policy in policies)
                     hit = self._pods.get(key)
@@ -467,7 +480,7 @@ class NodeCompiler:
                         overflows.append(hit.overflow)
         for key in [k for k in self._pods if k not in seen]:
             del self._pods[key]
-        for key in [k for k in self._isolating if k not in seen]:
+        for key in [k for k in self._isolating if k not in alive]:
             del self._isolating[key]
         for key in [k for k in self._rules if k not in seen]:
             del self._rules[key]
@@ -481,7 +494,7 @@ class NodeCompiler:
 def _identical(a, b) -> bool:
     """Same length, and the very same objects in order (what tells 'unchanged' here: records are
     converted once per event, so an equal-but-new object is a change)."""
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+    return a is b or len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _same(a: tuple, b: tuple) -> bool:
