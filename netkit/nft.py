@@ -27,3 +27,15 @@ def apply(text: str, netns_path: str | None = None) -> None:
     proc = subprocess.run(cmd, input=text.encode(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     if proc.returncode != 0:
         raise NftError(proc.stderr.decode(errors="replace"))
+
+
+class NftRunner:
+    """The transaction edge as an object: `apply(text)` is `apply(text, netns_path)`. One home for
+    every feature's runner (the proxy's adds a listing of its objects, egress its error type);
+    `netns_path` aims tests and benchmarks at a namespace, the daemon leaves it None."""
+
+    def __init__(self, netns_path: str | None = None):
+        self.netns_path = netns_path
+
+    def apply(self, text: str) -> None:
+        apply(text, self.netns_path)

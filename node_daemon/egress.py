@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 
 from netkit import nft
 
@@ -84,15 +83,11 @@ def cleanup(cfg=None, netns_path: str | None = None) -> None:
     NftRunner(netns_path).apply(render_delete())
 
 
-@dataclass
-class NftRunner:
-    """Applies a transaction with the project's one nft edge; `netns_path` lets tests aim at a
-    node namespace (the daemon itself runs inside its node's namespace and leaves it None)."""
-
-    netns_path: str | None = None
+class NftRunner(nft.NftRunner):
+    """netkit's runner; a refusal is an EgressError (what the daemon's sync reports)."""
 
     def apply(self, text: str) -> None:
         try:
-            nft.apply(text, self.netns_path)
+            super().apply(text)
         except nft.NftError as e:
             raise EgressError(f"nft -f failed: {e}") from None

@@ -25,6 +25,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
+from netkit import nft as netkit_nft
 from netkit.nft import NftError, nft_binary
 from netkit.nft import apply as nft_apply
 from proxy import nft
@@ -44,15 +45,8 @@ class Runner(Protocol):
     def apply(self, text: str) -> None: ...
 
 
-class NftRunner:
-    """Pipes a transaction to `nft -f -` (netkit's edge, shared with the CNI plugin and the
-    daemon), optionally inside a netns for tests and benchmarks."""
-
-    def __init__(self, netns_path: str | None = None):
-        self.netns_path = netns_path
-
-    def apply(self, text: str) -> None:
-        nft_apply(text, self.netns_path)
+class NftRunner(netkit_nft.NftRunner):
+    """netkit's runner, plus the listing of a table's object names a full sync needs."""
 
     def objects(self, family: str, table: str) -> set[Object]:
         """The chains, sets and maps of one table, by name (empty when the table does not exist).
