@@ -8,7 +8,8 @@ Deployments' pods look (policy_scale.pod_dict: labels, named ports, probes, a pr
 the API server adds its own managedFields), each then given status.podIP through the status
 subresource as kubelet would, spread over 150-pod "nodes" that do not exist, plus the 1k
 policies of policy_scale. Then one `python3 -m node_daemon --policy` (with the proxy, as deployed)
-starts on a real node of the harness and lists everything; reported: the time to its first
+starts on a real node of the harness and lists everything (node0's share of the pods is on that
+node, the rest on Node objects without kubelets); reported: the time to its first
 policy table, its resident memory (VmRSS) after the first sync and a settle, and its peak (VmHWM,
 the LIST pages in flight).
 
@@ -142,7 +143,7 @@ def run(n_pods: int) -> dict:
                 kill_leftovers({node.name: daemon})
     out = {"pods": n_pods, "write_s": took, "first_table_s": first, "rss_after_first_sync_mb": after_first["VmRSS"],
            "rss_settled_mb": settled["VmRSS"], "peak_mb": settled["VmHWM"]}
-    print(f"daemon (--policy --proxy) with {n_pods} pods, 1000 policies in the API: first policy table after "
+    print(f"daemon (--policy --proxy) with {n_pods} pods and their policies in the API: first policy table after "
           f"{first:.1f} s; RSS {after_first['VmRSS']} MB after it, {settled['VmRSS']} MB 30 s later, peak (VmHWM) "
           f"{settled['VmHWM']} MB  (target < 500 MB)", flush=True)
     print("daemon log (tail):\n" + log_tail)
