@@ -65,8 +65,10 @@ class ConntrackWorker:
                 self._busy = False
                 self.deleted += n
                 self._cond.notify_all()
-            if n and self.metrics is not None:
-                self.metrics.conntrack_deleted.inc(n)
+            if n:
+                log.info("policy conntrack cleanup: %d entries of flows the change denies deleted", n)
+                if self.metrics is not None:
+                    self.metrics.conntrack_deleted.inc(n)
 
     def idle(self, timeout: float) -> bool:
         """Wait until nothing is pending or running (tests)."""
