@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -57,3 +58,16 @@ def pods():
 @pytest.fixture
 def plugin(frozen_plugin, node) -> Plugin:
     return Plugin(frozen_plugin, node)
+
+
+@pytest.fixture
+def netns():
+    """An empty network namespace of this test's own, deleted afterwards (also on failure)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    name = f"pwt-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)

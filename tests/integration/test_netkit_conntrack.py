@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import subprocess
-import uuid
 
 import pytest
 
@@ -14,16 +12,6 @@ pytestmark = [pytest.mark.root]
 ip = ipaddress.ip_address
 
 
-@pytest.fixture
-def netns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    name = f"pwk-ct-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def insert(ns: str, sport: int, dst: str, dport: int, reply_src: str, reply_sport: int, proto: str = "udp") -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -42,16 +41,6 @@ add chain ip someone-else c
 """
 
 
-@pytest.fixture
-def netns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
-    name = f"pwp-fc-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def tables(ns: str) -> set[str]:
