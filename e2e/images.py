@@ -2,9 +2,9 @@
 
 Why it is built so: nothing can be pulled here (no registry), so every image a pod asks for
 is written by this module — a rootfs as one uncompressed tar layer, an image config, a
-manifest and an index naming the image — and imported into each node's containerd
-(namespace k8s.io) under the exact name the pod spec uses, as `kind load` does. Pods then run
-with the default pull policy (IfNotPresent: tags are never `latest`).
+manifest and an index naming the image, through packaging/oci.py (the one OCI writer) — and
+imported into each node's containerd (namespace k8s.io) under the exact name the pod spec
+uses, as `kind load` does. Pods then run with the default pull policy (IfNotPresent: tags are never `latest`).
 
 Images (name → what it holds):
 
@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 from e2e import build
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PAUSE = "registry.k8s.io/pause:3.10.1"  # containerd 2.2's default sandbox image, kubelet 1.34's too
 BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"  # the name e2e.test v1.34 asks for
@@ -52,77 +56,45 @@ def images_dir() -> Path:
     return build.cache_root() / "images"
 
 
-# -- the OCI image layout, pure -------------------------------------------------------------
+# -- the OCI image layout: packaging/oci.py, the one writer ---------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Rootfs:
-    """A layer's content: files (path → (bytes, mode)), symlinks (path → target), dirs."""
-
-    files: dict = dataclasses.field(default_factory=dict)
-    symlinks: dict = dataclasses.field(default_factory=dict)
-    dirs: tuple = ("bin", "etc", "tmp", "proc", "sys", "dev", "var", "run")
-
-    def tar(self) -> bytes:
-        """The layer as a reproducible tar (mtime 0, root-owned, sorted)."""
-        raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            parents = {str(Path(p).parent) for p in [*self.files, *self.symlinks]} - {"."}
-            for d in sorted(set(self.dirs) | parents):
-                info = tarfile.TarInfo(d)
-                info.type, info.mode = tarfile.DIRTYPE, 0o1777 if d == "tmp" else 0o755
-                tar.addfile(info)
-            for path, (data, mode) in sorted(self.files.items()):
-                info = tarfile.TarInfo(path)
-                info.size, info.mode = len(data), mode
-                tar.addfile(info, io.BytesIO(data))
-            for path, target in sorted(self.symlinks.items()):
-                info = tarfile.TarInfo(path)
-                info.type, info.linkname = tarfile.SYMTYPE, target
-                tar.addfile(info)
-        return raw.getvalue()
+def _load_oci():
+    """packaging/oci.py, loaded by path once per process: packaging/ is no Python package
+    (PyPI's `packaging`, which pip and pytest import, owns the name)."""
+    module = sys.modules.get("podwire_oci")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("podwire_oci", ROOT / "packaging" / "oci.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["podwire_oci"] = module  # before running it: dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return module
 
 
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+oci = _load_oci()
+ROOTFS_DIRS = ("bin", "etc", "tmp", "proc", "sys", "dev", "var", "run")
 
 
-def write_oci_tarball(path: Path, name: str, layer: bytes, config: dict) -> Path:
-    """Write an OCI image-layout tarball holding one image `name` (one uncompressed layer).
+def rootfs(files: dict | None = None, symlinks: dict | None = None, dirs=ROOTFS_DIRS):
+    """A layer's content (an `oci.LayerSpec`): files (path → (bytes, mode)), symlinks (path →
+    target), empty directories (`tmp` sticky and world-writable)."""
+    spec = oci.LayerSpec()
+    for d in dirs:
+        spec.dir(d, 0o1777 if d == "tmp" else 0o755)
+    for path, (data, mode) in (files or {}).items():
+        spec.data(path, data, mode)
+    for path, target in (symlinks or {}).items():
+        spec.symlink(path, target)
+    return spec
 
-    `config` is the image's runtime config (Env, Entrypoint, Cmd, ...). The index names the
-    image both ways containerd reads (`io.containerd.image.name`, `org.opencontainers.image.ref.name`).
-    """
-    image_config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": config,
-        "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]},
-    }, sort_keys=True).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _sha(image_config),
-                   "size": len(image_config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": _sha(layer),
-                    "size": len(layer)}],
-    }, sort_keys=True).encode()
-    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": _sha(manifest), "size": len(manifest),
-        "platform": {"architecture": "amd64", "os": "linux"},
-        "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name},
-    }]}, sort_keys=True).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # two sessions may build at once
-    with tarfile.open(tmp, "w") as tar:
-        def add(member: str, data: bytes) -> None:
-            info = tarfile.TarInfo(member)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
 
-        add("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
-        for blob in (layer, image_config, manifest):
-            add("blobs/sha256/" + _sha(blob).split(":")[1], blob)
-        add("index.json", index)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
+def write_image(path: Path, name: str, layer_tar: bytes, runtime: dict) -> Path:
+    """An OCI image-layout tarball holding one image `name` with one uncompressed layer
+    (imported locally at once: gzip would cost more than it saves); `runtime` is the image's
+    config object (Env, Entrypoint, Cmd, ...)."""
+    layer = oci.Layer.of_tar(layer_tar, compress=False)
+    oci.write_layout(path, name, [layer], oci.image_config([layer], runtime))
     return path
 
 
@@ -155,6 +127,17 @@ def _pause_binary() -> bytes:
     return out.read_bytes()
 
 
+def busybox_rootfs(extra: dict | None = None):
+    """Debian's busybox-static with its applets as symlinks (and `extra` files)."""
+    return rootfs({"bin/busybox": (BUSYBOX_BIN.read_bytes(), 0o755), **ETC, **(extra or {})},
+                  {f"bin/{a}": "busybox" for a in BUSYBOX_APPLETS})
+
+
+def busybox_image(path: Path, name: str) -> Path:
+    """The busybox test image under any `name`, written to `path` (not cached)."""
+    return write_image(path, name, oci.layer_tar(busybox_rootfs()), {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]})
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
     name: str
@@ -165,14 +148,13 @@ class ImageSpec:
     def filename(self) -> str:
         return self.name.rsplit("/", 1)[-1].replace(":", "_") + ".tar"
 
-    def rootfs(self) -> Rootfs:
+    def rootfs(self):
         if self.name == PAUSE:
-            return Rootfs({"pause": (_pause_binary(), 0o755), **ETC}, dirs=("etc", "proc", "sys", "dev"))
+            return rootfs({"pause": (_pause_binary(), 0o755), **ETC}, dirs=("etc", "proc", "sys", "dev"))
         if self.name == BUSYBOX:
-            return Rootfs({"bin/busybox": (BUSYBOX_BIN.read_bytes(), 0o755), **ETC},
-                          {f"bin/{a}": "busybox" for a in BUSYBOX_APPLETS})
+            return busybox_rootfs()
         if self.name == COREDNS:
-            return Rootfs({"coredns": (build.binary("coredns").read_bytes(), 0o755), **ETC},
+            return rootfs({"coredns": (build.binary("coredns").read_bytes(), 0o755), **ETC},
                           dirs=("etc", "tmp", "proc", "sys", "dev"))
         raise ValueError(f"no recipe for {self.name}")
 
@@ -200,7 +182,7 @@ def ensure_image(spec: ImageSpec) -> Path:
     stamp = _stamp(spec)
     if path.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         return path
-    write_oci_tarball(path, spec.name, spec.rootfs().tar(), spec.config)
+    write_image(path, spec.name, oci.layer_tar(spec.rootfs()), spec.config)
     tmp = stamp_file.with_name(f"{stamp_file.name}.{os.getpid()}.tmp")
     tmp.write_text(stamp)
     os.replace(tmp, stamp_file)
@@ -272,10 +254,10 @@ def debian_rootfs() -> Path:
     return out
 
 
-def debian_layer(base: Path, extra: Rootfs) -> bytes:
+def debian_layer(base: Path, extra) -> bytes:
     """One layer: the members of the `base` rootfs tarball, then `extra`'s files and symlinks
     (they replace base members of the same path)."""
-    extra_tar = tarfile.open(fileobj=io.BytesIO(extra.tar()))
+    extra_tar = tarfile.open(fileobj=io.BytesIO(oci.layer_tar(extra)))
     extra_members = extra_tar.getmembers()
     replaced = {m.name.lstrip("./") for m in extra_members if not m.isdir()}
     raw = io.BytesIO()
@@ -291,7 +273,7 @@ def debian_layer(base: Path, extra: Rootfs) -> bytes:
     return raw.getvalue()
 
 
-def _agnhost_extra() -> Rootfs:
+def _agnhost_extra():
     porter = pause_source().parents[3] / "test/images/agnhost/porter"
     # upstream's agnhost also carries /coredns (its Dockerfile unpacks a CoreDNS release there): the
     # DNS tests' server pods run `/coredns -conf ...` from the agnhost image (generateCoreDNSServerPod)
@@ -300,7 +282,7 @@ def _agnhost_extra() -> Rootfs:
     for name in ("localhost.crt", "localhost.key"):
         if (porter / name).exists():
             files[name] = ((porter / name).read_bytes(), 0o644)
-    return Rootfs(files, {"agnhost-2": "agnhost"}, dirs=())
+    return rootfs(files, {"agnhost-2": "agnhost"}, dirs=())
 
 
 def e2e_test_images(names=tuple(TEST_IMAGE_CONFIGS)) -> dict[str, Path]:
@@ -322,11 +304,11 @@ def e2e_test_images(names=tuple(TEST_IMAGE_CONFIGS)) -> dict[str, Path]:
             h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
         if not (path.exists() and stamp_file.exists() and stamp_file.read_text() == h.hexdigest()):
             if static:
-                rootfs = Rootfs({static: (build.binary(static).read_bytes(), 0o755), **ETC}, dirs=("etc", "tmp"))
-                write_oci_tarball(path, name, rootfs.tar(), config)
+                alone = rootfs({static: (build.binary(static).read_bytes(), 0o755), **ETC}, dirs=("etc", "tmp"))
+                write_image(path, name, oci.layer_tar(alone), config)
             else:
                 layer = layer or debian_layer(base, _agnhost_extra())
-                write_oci_tarball(path, name, layer, config)
+                write_image(path, name, layer, config)
             stamp_file.write_text(h.hexdigest())
         out[name] = path
     return out

@@ -34,7 +34,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from oci import Layer, LayerSpec, image_config, write_layout  # noqa: E402
+from oci import PATH, Layer, LayerSpec, image_config, write_layout  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(os.environ.get("PODWIRE_CACHE", "/var/cache/podwire"), "image")
@@ -180,18 +180,13 @@ def userland_layer(log) -> tuple[Layer, set[str]]:
     """Layer 1 from the cache, or built and cached. Also returns the paths it holds."""
     os.makedirs(CACHE, exist_ok=True)
     key = userland_key()
-    blob_path, meta_path = os.path.join(CACHE, f"userland-{key}.tar.gz"), os.path.join(CACHE, f"userland-{key}.json")
-    if os.path.exists(blob_path) and os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        with open(blob_path, "rb") as f:
-            layer = Layer(f.read(), meta["diff_id"])
-        if layer.digest == meta["digest"]:
-            log(f"userland layer {key}: cached")
-            return layer, set(meta["paths"])
+    cached = _cached_layer(f"userland-{key}")
+    if cached:
+        log(f"userland layer {key}: cached")
+        return cached[0], set(cached[1]["paths"])
     spec = userland_spec()
     layer = Layer.build(spec)
-    _write_cache(blob_path, meta_path, layer, {"paths": sorted(spec.entries)})
+    _write_cache(f"userland-{key}", layer, {"paths": sorted(spec.entries)})
     log(f"userland layer {key}: built ({len(layer.blob) / 1e6:.1f} MB)")
     return layer, set(spec.entries)
 
@@ -237,25 +232,37 @@ def podwire_layer(daemon: str, plugin: str, have: set[str], userland: Layer, log
         script = hashlib.sha256(f.read()).hexdigest()
     key = hashlib.sha256(f"{FORMAT} {bundle_id(daemon)} {bundle_id(plugin)} {script} {userland.digest}".encode()
                          ).hexdigest()[:16]
-    blob_path, meta_path = os.path.join(CACHE, f"podwire-{key}.tar.gz"), os.path.join(CACHE, f"podwire-{key}.json")
-    if os.path.exists(blob_path) and os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        with open(blob_path, "rb") as f:
-            layer = Layer(f.read(), meta["diff_id"])
-        if layer.digest == meta["digest"]:
-            log(f"podwire layer {key}: cached")
-            return layer
+    cached = _cached_layer(f"podwire-{key}")
+    if cached:
+        log(f"podwire layer {key}: cached")
+        return cached[0]
     layer = Layer.build(podwire_spec(daemon, plugin, have))
     for stale in os.listdir(CACHE):  # one podwire layer is enough; they are ~50 MB each
         if stale.startswith("podwire-"):
             os.unlink(os.path.join(CACHE, stale))
-    _write_cache(blob_path, meta_path, layer, {})
+    _write_cache(f"podwire-{key}", layer, {})
     log(f"podwire layer {key}: built ({len(layer.blob) / 1e6:.1f} MB)")
     return layer
 
 
-def _write_cache(blob_path: str, meta_path: str, layer: Layer, extra: dict) -> None:
+def _cache_paths(name: str) -> tuple[str, str]:
+    return os.path.join(CACHE, f"{name}.tar.gz"), os.path.join(CACHE, f"{name}.json")
+
+
+def _cached_layer(name: str) -> tuple[Layer, dict] | None:
+    """A layer cached under `name` and its metadata, when both are there and the blob is intact."""
+    blob_path, meta_path = _cache_paths(name)
+    if not (os.path.exists(blob_path) and os.path.exists(meta_path)):
+        return None
+    with open(meta_path) as f:
+        meta = json.load(f)
+    with open(blob_path, "rb") as f:
+        layer = Layer(f.read(), meta["diff_id"])
+    return (layer, meta) if layer.digest == meta["digest"] else None
+
+
+def _write_cache(name: str, layer: Layer, extra: dict) -> None:
+    blob_path, meta_path = _cache_paths(name)
     for path, data in ((blob_path, layer.blob),
                        (meta_path, json.dumps({"diff_id": layer.diff_id, "digest": layer.digest, **extra}).encode())):
         with open(path + ".tmp", "wb") as f:
@@ -267,10 +274,9 @@ def build(out: str, name: str, daemon: str, plugin: str, log=print) -> dict:
     started = time.monotonic()
     userland, have = userland_layer(log)
     podwire = podwire_layer(daemon, plugin, have, userland, log)
-    config = image_config([userland, podwire], entrypoint=["/usr/local/bin/podwire-daemon"],
-                          labels={"org.opencontainers.image.title": "podwire",
-                                  "org.opencontainers.image.source": "podwire"})
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    config = image_config([userland, podwire], {
+        "Env": [PATH], "Entrypoint": ["/usr/local/bin/podwire-daemon"],
+        "Labels": {"org.opencontainers.image.title": "podwire", "org.opencontainers.image.source": "podwire"}})
     digest = write_layout(out, name, [userland, podwire], config)
     info = {"out": out, "name": name, "manifest": digest, "bytes": os.path.getsize(out),
             "layers": [{"digest": lay.digest, "bytes": len(lay.blob)} for lay in (userland, podwire)],

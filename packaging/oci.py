@@ -1,9 +1,15 @@
 """OCI image layout tarballs without Docker or a registry: what `ctr images import` and `kind load
-image-archive` read.
+image-archive` read. The one writer: podwire's image (packaging/image.py), the e2e harness's node
+images (e2e/images.py) and the integration tests' busybox image all go through it.
 
 A layer is a plain description (path -> file, directory or symlink), written as a reproducible tar:
 sorted entries, uid/gid 0, mtime 0, gzip without a timestamp. Equal inputs give equal digests, so
 an unchanged layer is byte-identical across builds and its digest can be cached by the caller.
+A layer may stay uncompressed (the harness's ~240 MB test rootfs: gzip would cost more than the
+local import it is made for saves).
+
+packaging/ is no Python package (PyPI's `packaging` owns that name): packaging/image.py imports this
+file as a sibling, e2e/images.py loads it by path (`e2e.images.oci`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from dataclasses import dataclass, field
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 @dataclass(frozen=True)
@@ -95,48 +103,56 @@ def layer_tar(spec: LayerSpec) -> bytes:
     return raw.getvalue()
 
 
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 @dataclass(frozen=True)
 class Layer:
-    """A finished layer: gzip blob plus the digest of its uncompressed tar (the config's diff_id)."""
+    """A finished layer: its blob (gzip, or the tar itself) plus the digest of its uncompressed
+    tar (the config's diff_id)."""
     blob: bytes
     diff_id: str
+    media_type: str = LAYER_GZIP
 
     @classmethod
-    def build(cls, spec: LayerSpec) -> "Layer":
-        tar = layer_tar(spec)
+    def build(cls, spec: LayerSpec, compress: bool = True) -> "Layer":
+        return cls.of_tar(layer_tar(spec), compress)
+
+    @classmethod
+    def of_tar(cls, tar: bytes, compress: bool = True) -> "Layer":
+        if not compress:
+            return cls(tar, sha256(tar), LAYER_TAR)
         # level 6: level 9 costs ~2x the time for ~1% on these binaries
-        return cls(gzip.compress(tar, compresslevel=6, mtime=0), "sha256:" + hashlib.sha256(tar).hexdigest())
+        return cls(gzip.compress(tar, compresslevel=6, mtime=0), sha256(tar))
 
     @property
     def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.blob).hexdigest()
+        return sha256(self.blob)
 
 
-def image_config(layers: list[Layer], *, entrypoint: list[str] | None = None, cmd: list[str] | None = None,
-                 env: list[str] | None = None, labels: dict[str, str] | None = None,
-                 architecture: str = "amd64") -> dict:
-    config: dict = {"Env": env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]}
-    if entrypoint:
-        config["Entrypoint"] = entrypoint
-    if cmd:
-        config["Cmd"] = cmd
-    if labels:
-        config["Labels"] = labels
-    return {"architecture": architecture, "os": "linux", "config": config,
+PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def image_config(layers: list[Layer], runtime: dict, architecture: str = "amd64") -> dict:
+    """The image config: `runtime` is its `config` object as the spec names it (Env, Entrypoint,
+    Cmd, User, ExposedPorts, Labels...), taken as given."""
+    return {"architecture": architecture, "os": "linux", "config": runtime,
             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]}}
 
 
-def write_layout(path: str, name: str, layers: list[Layer], config: dict) -> str:
+def write_layout(path: str | os.PathLike, name: str, layers: list[Layer], config: dict) -> str:
     """Write the OCI image layout as a tarball at `path` (atomically); return the manifest digest.
 
     `name` goes into both annotations importers read: io.containerd.image.name (ctr, kind load)
     and org.opencontainers.image.ref.name.
     """
-    tmp = f"{path}.tmp-{os.getpid()}"
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"  # two sessions may build the same tarball at once
     blobs: list[tuple[str, bytes]] = []
 
     def blob(data: bytes) -> tuple[str, int]:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = sha256(data)
         blobs.append((digest, data))
         return digest, len(data)
 
@@ -146,12 +162,15 @@ def write_layout(path: str, name: str, layers: list[Layer], config: dict) -> str
     manifest = {
         "schemaVersion": 2, "mediaType": MANIFEST,
         "config": {"mediaType": CONFIG, "digest": config_digest, "size": config_size},
-        "layers": [{"mediaType": LAYER_GZIP, "digest": layer.digest, "size": len(layer.blob)} for layer in layers],
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": len(layer.blob)}
+                   for layer in layers],
     }
     manifest_digest, manifest_size = blob(json.dumps(manifest, sort_keys=True).encode())
-    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{
+    index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": [{
         "mediaType": MANIFEST, "digest": manifest_digest, "size": manifest_size,
+        "platform": {"architecture": config.get("architecture", "amd64"), "os": config.get("os", "linux")},
         "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name}}]}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         with tarfile.open(tmp, "w") as tar:
             def add(member: str, data: bytes) -> None:
@@ -173,3 +192,4 @@ def write_layout(path: str, name: str, layers: list[Layer], config: dict) -> str
             os.unlink(tmp)
         raise
     return manifest_digest
+

@@ -202,10 +202,9 @@ def test_two_pods_on_one_node_reach_each_other(full):
 def test_import_image_loads_a_tarball_into_every_node(full, tmp_path):
     """What `kind load` does, for podwire's own image later: any OCI tarball, any name."""
     name = "example.test/podwire-e2e/marker:1"
-    rootfs = images.Rootfs({"bin/busybox": (images.BUSYBOX_BIN.read_bytes(), 0o755),
-                            "marker": (b"loaded\n", 0o644)}, {"bin/sh": "busybox", "bin/sleep": "busybox",
-                                                               "bin/cat": "busybox"})
-    tarball = images.write_oci_tarball(tmp_path / "marker.tar", name, rootfs.tar(), {"Cmd": ["/bin/sleep", "3600"]})
+    rootfs = images.busybox_rootfs({"marker": (b"loaded\n", 0o644)})
+    tarball = images.write_image(tmp_path / "marker.tar", name, images.oci.layer_tar(rootfs),
+                                 {"Cmd": ["/bin/sleep", "3600"]})
     full.import_image(tarball)
     for node in ("node1", "node2"):
         run_pod(full, f"marker-{node}", node, ["sleep", "3600"], image=name)

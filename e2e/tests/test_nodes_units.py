@@ -155,10 +155,10 @@ def test_coredns_manifests():
 
 
 def test_oci_tarball_is_a_valid_layout(tmp_path):
-    rootfs = images.Rootfs({"bin/tool": (b"#!/bin/sh\n", 0o755)}, {"bin/sh": "tool"})
-    layer = rootfs.tar()
-    assert rootfs.tar() == layer  # reproducible
-    path = images.write_oci_tarball(tmp_path / "x.tar", "example.test/x:1", layer, {"Cmd": ["/bin/tool"]})
+    rootfs = images.rootfs({"bin/tool": (b"#!/bin/sh\n", 0o755)}, {"bin/sh": "tool"})
+    layer = images.oci.layer_tar(rootfs)
+    assert images.oci.layer_tar(rootfs) == layer  # reproducible
+    path = images.write_image(tmp_path / "x.tar", "example.test/x:1", layer, {"Cmd": ["/bin/tool"]})
     with tarfile.open(path) as tar:
         blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     for name, data in blobs.items():
@@ -171,6 +171,7 @@ def test_oci_tarball_is_a_valid_layout(tmp_path):
     config = json.loads(blobs["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
     assert config["config"]["Cmd"] == ["/bin/tool"]
     assert config["rootfs"]["diff_ids"] == [manifest["layers"][0]["digest"]]  # uncompressed layer
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
     with tarfile.open(fileobj=io.BytesIO(blobs["blobs/sha256/" + manifest["layers"][0]["digest"].split(":")[1]])) as t:
         names = {m.name: m for m in t.getmembers()}
     assert names["bin/tool"].mode == 0o755 and names["bin/sh"].linkname == "tool" and names["tmp"].isdir()

@@ -19,8 +19,8 @@ import uuid
 
 import pytest
 
+from e2e.images import busybox_image
 from tests.integration.cni_harness import REF_DIR, FixedRunDir, allocated, kill_container_cgroups
-from tests.integration.ociimage import busybox_image
 
 pytestmark = [pytest.mark.root, pytest.mark.frozen, pytest.mark.slow]
 
@@ -103,7 +103,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
                 assert r.returncode == 0, (args, r.stdout, r.stderr)
             return r
 
-        image = busybox_image(str(root / "busybox.tar"), IMAGE)
+        image = busybox_image(root / "busybox.tar", IMAGE)
         ctr("images", "import", "--snapshotter", "native", image)
         yield ctr
     finally:
