@@ -262,6 +262,7 @@ class Bench:
         from e2e import build
         from e2e.cluster import Cluster
         from e2e.pods import CniPlugin
+        from node_daemon import cniconf
 
         build.ensure_built()
         self.cluster = Cluster(f"b{os.getpid() % 100000}", "l2", 2)
@@ -272,12 +273,10 @@ class Bench:
             raise RuntimeError("dist/podwire/podwire is missing: run `make dist`")
         for i, (label, node) in enumerate(zip(PROXIES, self.cluster.nodes, strict=True)):
             state = node.dir / "podwire-cni"
-            plugin = CniPlugin(binary, {
-                "cniVersion": "1.1.0", "name": "podwire", "type": "podwire", "bridge": "podwire0",
-                "isGateway": True, "hairpinMode": True, "ipMasq": False, "mtu": 1500,
-                "logFile": str(node.dir / "logs" / "podwire-cni.log"), "stateDir": str(state / "state"),
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": str(node.pod_cidr)}]],
-                         "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(state / "ipam")}})
+            settings = cniconf.CniSettings(log_file=str(node.dir / "logs" / "podwire-cni.log"),
+                                           data_dir=str(state / "ipam"))
+            conflist = cniconf.conflist((node.pod_cidr,), 1500, settings, state_dir=str(state / "state"))
+            plugin = CniPlugin(binary, cniconf.network_config(conflist, cni_version="1.1.0"))
             self.lanes[label] = Lane(label, node, plugin, i + 1)
         for k, lane in enumerate(self.lanes.values()):
             self.api.create(f"target-{k}", [lane.server_ip], static_ip("target", k))

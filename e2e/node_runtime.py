@@ -485,11 +485,8 @@ def podwire_conflist(rt: NodeRuntime, mtu: int = 1500) -> dict:
         raise ValueError(f"{rt.node.name} has no podCIDR yet")
     state = rt.dir / "podwire"
     settings = cniconf.CniSettings(log_file=str(rt.node.dir / "logs" / "podwire-cni.log"), data_dir=str(state / "ipam"))
-    text = cniconf.render((rt.node.pod_cidr,), mtu, settings)
-    assert text is not None  # None only without a podCIDR
-    conf = json.loads(text)
-    conf["plugins"][0]["stateDir"] = str(state / "state")  # the daemon's default is /var/lib: per node too
-    return conf
+    # the plugin's state per node too (its default is one /var/lib directory for every "node")
+    return cniconf.conflist((rt.node.pod_cidr,), mtu, settings, state_dir=str(state / "state"))
 
 
 # -- all nodes -------------------------------------------------------------------------------

@@ -44,40 +44,65 @@ def policy_namespaces_file(socket_path: str) -> str:
     return os.path.join(os.path.dirname(socket_path), "policy-namespaces.json")
 
 
-def render(pod_cidrs: tuple[IPNetwork, ...], mtu: int, s: CniSettings, policy_socket: str | None = None) -> str | None:
-    """The conflist text (the lead's contract with the plugin), or None without a podCIDR.
+def conflist(pod_cidrs: tuple[IPNetwork, ...], mtu: int, s: CniSettings, policy_socket: str | None = None, *,
+             name: str = "podwire", cni_version: str = CNI_VERSION, cni_versions: tuple[str, ...] = CNI_VERSIONS,
+             state_dir: str | None = None, port_mappings: bool = True, chained: tuple[dict, ...] = ()) -> dict:
+    """podwire's conflist as a dict: what the daemon writes (the defaults), and what tests, the e2e
+    harness and benchmarks hand a runtime or the plugin, built here so they run the daemon's contract.
 
-    Ranges and default routes follow the order of spec.podCIDRs: the first is the cluster's
-    primary family, and host-local returns IPs in range order. `policy_socket`: NetworkPolicy is
-    enforced; each ADD waits there until its pod's policy is in force (cni_plugin/policy_gate.py).
+    Ranges and default routes follow the order of `pod_cidrs` (spec.podCIDRs): the first is the
+    cluster's primary family, and host-local returns IPs in range order. `policy_socket`:
+    NetworkPolicy is enforced; each ADD waits there until its pod's policy is in force
+    (cni_plugin/policy_gate.py). Beyond the daemon's: `cni_versions=()` writes `cniVersion` alone
+    (a chain with plugins that speak only it), `state_dir` moves the plugin's state off /var/lib,
+    `port_mappings=False` leaves hostPorts to a chained portmap, `chained` follow podwire in the list.
     """
     if not pod_cidrs:
-        return None
-    conf: dict = {
-        "cniVersion": CNI_VERSION,
-        "cniVersions": list(CNI_VERSIONS),
-        "name": "podwire",
-        "plugins": [{
-            "type": "podwire",
-            "bridge": s.bridge,
-            "isGateway": True,
-            "hairpinMode": True,
-            "ipMasq": False,
-            "mtu": mtu,
-            "logFile": s.log_file,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": str(c)}] for c in pod_cidrs],
-                "routes": [{"dst": "0.0.0.0/0" if c.version == 4 else "::/0"} for c in pod_cidrs],
-                "dataDir": s.data_dir,
-            },
-            "capabilities": {"portMappings": True},
-        }],
+        raise ValueError("a conflist needs at least one podCIDR")
+    if not 68 <= mtu <= 65535:
+        raise ValueError(f"mtu {mtu}: not in 68..65535")
+    plugin: dict = {
+        "type": "podwire",
+        "bridge": s.bridge,
+        "isGateway": True,
+        "hairpinMode": True,
+        "ipMasq": False,
+        "mtu": mtu,
+        "logFile": s.log_file,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": str(c)}] for c in pod_cidrs],
+            "routes": [{"dst": "0.0.0.0/0" if c.version == 4 else "::/0"} for c in pod_cidrs],
+            "dataDir": s.data_dir,
+        },
     }
+    if port_mappings:
+        plugin["capabilities"] = {"portMappings": True}
+    if state_dir is not None:
+        plugin["stateDir"] = state_dir
     if policy_socket:
-        conf["plugins"][0]["policy"] = {"socket": policy_socket, "timeout": POLICY_WAIT,
-                                        "namespacesFile": policy_namespaces_file(policy_socket)}
-    return json.dumps(conf, indent=2) + "\n"
+        plugin["policy"] = {"socket": policy_socket, "timeout": POLICY_WAIT,
+                            "namespacesFile": policy_namespaces_file(policy_socket)}
+    conf: dict = {"cniVersion": cni_version}
+    if cni_versions:
+        conf["cniVersions"] = list(cni_versions)
+    conf.update(name=name, plugins=[plugin, *chained])
+    return conf
+
+
+def render(pod_cidrs: tuple[IPNetwork, ...], mtu: int, s: CniSettings, policy_socket: str | None = None) -> str | None:
+    """The conflist text the daemon writes (the lead's contract with the plugin), or None without
+    a podCIDR: see `conflist`."""
+    if not pod_cidrs:
+        return None
+    return json.dumps(conflist(pod_cidrs, mtu, s, policy_socket), indent=2) + "\n"
+
+
+def network_config(conflist_: dict, index: int = 0, cni_version: str | None = None) -> dict:
+    """The network config a runtime hands plugin `index` of a conflist (libcni: the list's `name`
+    and `cniVersion` copied into the plugin's entry); `cni_version` as a negotiating libcni picks it."""
+    return dict(conflist_["plugins"][index], name=conflist_["name"],
+                cniVersion=cni_version or conflist_["cniVersion"])
 
 
 def write_if_changed(path: str, text: str) -> bool:

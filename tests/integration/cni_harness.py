@@ -7,6 +7,9 @@ import os
 import subprocess
 import time
 import uuid
+from pathlib import Path
+
+from node_daemon import cniconf
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FROZEN = os.path.join(ROOT, "dist", "podwire", "podwire")
@@ -75,6 +78,19 @@ def netconf(tmp: str, version: str = "1.1.0", subnet: str = "10.244.7.0/24", **e
     conf = {"cniVersion": version, "name": "podnet", "type": "podwire", "bridge": "podwire0",
             "logFile": f"{tmp}/cni.log", "stateDir": f"{tmp}/state", "ipam": ipam}
     conf.update(extra)
+    return conf
+
+
+def daemon_conf(conflist_path, work: Path, negotiate: bool) -> dict:
+    """The network config a runtime hands podwire from the daemon's conflist, its host paths (IPAM
+    store, log, state) moved under `work`. negotiate: the version libcni >= 1.2 (containerd 2.x)
+    picks, the highest of cniVersion and cniVersions; else `cniVersion`, as older libcni reads it."""
+    conflist = json.loads(Path(conflist_path).read_text())
+    offered = [conflist["cniVersion"], *(conflist.get("cniVersions") or [])] if negotiate else [conflist["cniVersion"]]
+    version = max(offered, key=lambda v: tuple(map(int, v.split("."))))
+    conf = cniconf.network_config(conflist, cni_version=version)
+    conf["ipam"] = dict(conf["ipam"], dataDir=str(work / "ipam"))
+    conf.update(logFile=str(work / "cni.log"), stateDir=str(work / "state"))
     return conf
 
 

@@ -3,6 +3,7 @@ reference plugins: prevResult must flow through and DEL must run in reverse."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 
 import pytest
 
+from node_daemon import cniconf
 from tests.integration.cni_harness import REF_DIR, allocated, fetch_from_pod_server, in_ns, underlay
 
 pytestmark = [pytest.mark.root, pytest.mark.frozen]
@@ -42,17 +44,14 @@ def cnitool(node, verb, net, pod, confdir, cni_path, cap_args=None, check=True):
 
 
 def write_conflist(confdir, tmp, second: dict | None, version: str = "1.0.0") -> None:
-    """Debian's reference plugins (1.1.1) speak up to CNI 1.0.0, so chains with them declare that."""
+    """The daemon's conflist with `second` chained after podwire. Debian's reference plugins (1.1.1)
+    speak up to CNI 1.0.0, so chains with them declare that version alone (no cniVersions to
+    negotiate up from), and podwire leaves portMappings to a chained portmap."""
     confdir.mkdir(exist_ok=True)
-    conflist = {
-        "cniVersion": version,
-        "name": "chain",
-        "plugins": [
-            {"type": "podwire", "bridge": "podwire0", "logFile": f"{tmp}/cni.log", "stateDir": f"{tmp}/state",
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.8.0/24"}]],
-                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"{tmp}/ipam"}},
-        ] + ([second] if second else []),
-    }
+    conflist = cniconf.conflist((ipaddress.ip_network("10.244.8.0/24"),), 1500,
+                                cniconf.CniSettings(log_file=f"{tmp}/cni.log", data_dir=f"{tmp}/ipam"),
+                                name="chain", cni_version=version, cni_versions=(), state_dir=f"{tmp}/state",
+                                port_mappings=False, chained=(second,) if second else ())
     (confdir / "10-chain.conflist").write_text(json.dumps(conflist))
 
 

@@ -1,7 +1,7 @@
 """A real CNI client: containerd's `ctr run --cni` (go-cni inside ctr) wires containers with podwire.
 
 containerd 2.2 built from its Go module (scripts/install-deps.sh): Debian's 1.6.20 vendors a libcni that
-rejects CNI 1.1.0 results, and podwire's conflist is 1.1.0 (the version that gets STATUS and GC).
+rejects CNI 1.1.0 results, and libcni 1.3 runs podwire's conflist at 1.1.0 (the version that gets STATUS and GC).
 
 The test runs its own containerd (private root, state and socket) inside a node namespace. ctr reads
 the CNI config from /etc/cni/net.d and plugins from /opt/cni/bin with no flag to change that, so every
@@ -10,6 +10,7 @@ ctr call runs in a private mount namespace where our directories are bind-mounte
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import uuid
 import pytest
 
 from e2e.images import busybox_image
+from node_daemon import cniconf
 from tests.integration.cni_harness import REF_DIR, FixedRunDir, allocated, kill_container_cgroups
 
 pytestmark = [pytest.mark.root, pytest.mark.frozen, pytest.mark.slow]
@@ -56,11 +58,10 @@ def containerd(node, tmp_path, mountpoints, frozen_plugin):
         d.mkdir(parents=True)
     os.symlink(frozen_plugin, bindir / "podwire")
     os.symlink(os.path.join(REF_DIR, "loopback"), bindir / "loopback")
-    conflist = {"cniVersion": "1.1.0", "name": "podwire-ctr", "plugins": [{
-        "type": "podwire", "bridge": "podwire0", "mtu": 1450, "logFile": f"{tmp_path}/cni.log",
-        "stateDir": f"{tmp_path}/state",
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.5.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}],
-                 "dataDir": f"{tmp_path}/ipam"}}]}
+    # the daemon's conflist (libcni 1.3 in ctr picks 1.1.0 from its cniVersions), paths in tmp_path
+    conflist = cniconf.conflist((ipaddress.ip_network("10.244.5.0/24"),), 1450,
+                                cniconf.CniSettings(log_file=f"{tmp_path}/cni.log", data_dir=f"{tmp_path}/ipam"),
+                                name="podwire-ctr", state_dir=f"{tmp_path}/state")
     (netd / "10-podwire.conflist").write_text(json.dumps(conflist))
     sock = root / "containerd.sock"
     namespace = f"podwire-test-{uuid.uuid4().hex[:8]}"  # runc keeps state per namespace under /run/containerd

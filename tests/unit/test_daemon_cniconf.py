@@ -4,8 +4,10 @@ import ipaddress as ipa
 import json
 import os
 
+import pytest
+
 from cni_plugin.config import SUPPORTED_VERSIONS
-from node_daemon.cniconf import CniSettings, render, write_if_changed
+from node_daemon.cniconf import CniSettings, conflist, network_config, render, write_if_changed
 
 V4, V6 = ipa.ip_network("10.244.1.0/24"), ipa.ip_network("fd10:244:1::/64")
 
@@ -35,6 +37,29 @@ def test_single_stack_and_primary_family_order():
 
 def test_no_podcidr_renders_nothing():
     assert render((), 1500, CniSettings()) is None
+
+
+def test_the_daemons_conflist_is_render_and_bad_arguments_are_refused():
+    assert json.loads(render((V4,), 1500, CniSettings(), "/run/p.sock")) == conflist((V4,), 1500, CniSettings(),
+                                                                                      "/run/p.sock")
+    with pytest.raises(ValueError, match="podCIDR"):
+        conflist((), 1500, CniSettings())
+    with pytest.raises(ValueError, match="mtu"):
+        conflist((V4,), 67, CniSettings())
+
+
+def test_a_chain_for_reference_plugins_and_the_config_a_runtime_hands_podwire():
+    portmap = {"type": "portmap", "capabilities": {"portMappings": True}}
+    chain = conflist((V4,), 1500, CniSettings(), name="chain", cni_version="1.0.0", cni_versions=(),
+                     state_dir="/tmp/s", port_mappings=False, chained=(portmap,))
+    assert "cniVersions" not in chain and chain["cniVersion"] == "1.0.0"  # nothing to negotiate up to 1.1.0
+    podwire = chain["plugins"][0]
+    assert "capabilities" not in podwire and podwire["stateDir"] == "/tmp/s"  # portmap maps the ports
+    assert chain["plugins"][1] == portmap
+    conf = network_config(chain)
+    assert conf["name"] == "chain" and conf["cniVersion"] == "1.0.0" and conf["type"] == "podwire"
+    assert network_config(chain, 1)["type"] == "portmap"
+    assert network_config(conflist((V4,), 1500, CniSettings()), cni_version="1.1.0")["cniVersion"] == "1.1.0"
 
 
 def test_write_is_atomic_and_idempotent(tmp_path):
