@@ -30,13 +30,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from e2e.netbed import Netbed, nsexec, sh  # noqa: E402
 from node_daemon.cniconf import CniSettings  # noqa: E402
 from node_daemon.config import Config  # noqa: E402
 from node_daemon.daemon import Daemon  # noqa: E402
 from node_daemon.metrics import DaemonMetrics  # noqa: E402
 from node_daemon.netlink import NetlinkDataplane  # noqa: E402
 from node_daemon.plan import VXLAN_OVERHEAD, Mode  # noqa: E402
-from node_daemon.testbed import Netbed, nsexec, sh  # noqa: E402
 
 TARGETS = {"direct": 0.95, "vxlan": 0.85}
 

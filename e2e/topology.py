@@ -143,6 +143,18 @@ class Node(Host):
 # -- applying the plan -------------------------------------------------------------------
 
 
+def wire(netns: str, ifname: str, underlay: str, peer: str, bridge: str, address, mtu: int | None = None) -> None:
+    """A veth `ifname` (up, with `address`) in `netns`, its peer `peer` enslaved to `bridge` in
+    the `underlay` namespace. Also e2e/netbed.py's node wiring."""
+    assert len(peer) <= 15, peer
+    mtu_args = ["mtu", mtu] if mtu else []
+    ns.run(["ip", "-n", netns, "link", "add", ifname, *mtu_args, "type", "veth",
+            "peer", "name", peer, *mtu_args, "netns", underlay])
+    ns.run(["ip", "-n", netns, "addr", "add", str(address), "dev", ifname])
+    ns.run(["ip", "-n", netns, "link", "set", ifname, "up"])
+    ns.run(["ip", "-n", underlay, "link", "set", peer, "master", bridge, "up"])
+
+
 class Topology:
     """Context manager: creates the namespaces and links of a plan, removes them on exit."""
 
@@ -206,13 +218,7 @@ class Topology:
         return self
 
     def _wire(self, netns: str, ifname: str, peer: str, subnet: int, address) -> None:
-        """A veth `ifname` in `netns`, its peer `peer` enslaved to the subnet's bridge."""
-        under, br = self.plan.underlay_netns, self.plan.bridge(subnet)
-        assert len(peer) <= 15, peer
-        ns.run(["ip", "-n", netns, "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", under])
-        ns.run(["ip", "-n", netns, "addr", "add", str(address), "dev", ifname])
-        ns.run(["ip", "-n", netns, "link", "set", ifname, "up"])
-        ns.run(["ip", "-n", under, "link", "set", peer, "master", br, "up"])
+        wire(netns, ifname, self.plan.underlay_netns, peer, self.plan.bridge(subnet), address)
 
     def down(self) -> list[str]:
         """Remove everything (when the topology owns its ledger); returns teardown errors."""

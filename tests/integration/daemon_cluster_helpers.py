@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from node_daemon.testbed import nsexec, sh
+from e2e.netbed import nsexec, sh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METRICS = "127.0.0.1:19465"  # inside each node's namespace

@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 
-from node_daemon.testbed import nsexec, sh
+from e2e.netbed import nsexec, sh
+from tests.integration.cni_harness import daemon_conf
 from tests.integration.daemon_cluster_helpers import ROOT, core, daemon_cluster, grant_role, start_daemon
 
 POLICY_RBAC_RULES = [
@@ -21,10 +22,7 @@ POLICY_RBAC_RULES = [
 
 def cni(command, node, conf_dir, pod_ns, namespace, name, uid, tmp_path, check=True):
     """Run the plugin (from source) on the daemon's conflist, as a runtime would; returns (rc, output)."""
-    conflist = json.loads(open(os.path.join(conf_dir, "10-podwire.conflist")).read())
-    conf = dict(conflist["plugins"][0], name=conflist["name"], cniVersion="1.0.0")
-    conf["ipam"] = dict(conf["ipam"], dataDir=str(tmp_path / node.name / "ipam"))
-    conf.update(logFile=str(tmp_path / node.name / "cni.log"), stateDir=str(tmp_path / node.name / "state"))
+    conf = daemon_conf(os.path.join(conf_dir, "10-podwire.conflist"), tmp_path / node.name, negotiate=False)
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
            "CNI_CONTAINERID": f"c{uid.replace('-', '')[:20]}", "CNI_NETNS": f"/run/netns/{pod_ns}",
            "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin", "PYTHONPATH": ROOT,
@@ -89,7 +87,7 @@ def connects(ns, ip, port) -> bool:
 def start_policy_daemons(cluster, tmp_path):
     """One daemon per node with --policy; one host, several nodes: each gets its own socket (a
     DaemonSet uses the node's /run/podwire). Returns {node name: Popen} once every conflist names it."""
-    from node_daemon.testbed import eventually
+    from e2e.netbed import eventually
 
     procs = {n.name: start_daemon(cluster, n, tmp_path / n.name, tmp_path / f"{n.name}.log", "--policy",
                                   "--policy-socket", str(tmp_path / n.name / "run" / "policy.sock"))

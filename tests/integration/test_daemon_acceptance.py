@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from node_daemon.testbed import eventually, nsexec, sh
+from e2e.netbed import eventually, nsexec, sh
 from tests.integration.daemon_cluster_helpers import (
     core,
     daemon_cluster,

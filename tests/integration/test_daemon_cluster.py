@@ -20,7 +20,7 @@ import time
 import pytest
 
 from e2e import cluster as cluster_mod
-from node_daemon.testbed import eventually, nsexec, sh
+from e2e.netbed import eventually, nsexec, sh
 from tests.integration.daemon_cluster_helpers import (
     core,
     daemon_cluster,

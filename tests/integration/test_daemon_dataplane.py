@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from e2e.netbed import OUTSIDE_IP, Netbed, nsexec, sh
 from node_daemon.cniconf import CniSettings
 from node_daemon.config import Config
 from node_daemon.daemon import Daemon
@@ -18,7 +19,6 @@ from node_daemon.egress import NftRunner
 from node_daemon.metrics import DaemonMetrics
 from node_daemon.netlink import NetlinkDataplane
 from node_daemon.plan import Mode
-from node_daemon.testbed import OUTSIDE_IP, Netbed, nsexec, sh
 from tests.integration.daemon_cluster_helpers import ping_df, too_big
 
 pytestmark = [pytest.mark.root,

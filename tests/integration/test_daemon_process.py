@@ -158,7 +158,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["serve"]:
 
 
 # ---- the test --------------------------------------------------------------------------------
-from node_daemon.testbed import Netbed, eventually, nsexec, sh  # noqa: E402
+from e2e.netbed import Netbed, eventually, nsexec, sh  # noqa: E402
 
 pytestmark = [pytest.mark.root, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]

@@ -15,8 +15,9 @@ import sys
 
 import pytest
 
+from e2e.netbed import OUTSIDE_IP, Netbed, nsexec, sh
 from node_daemon.plan import Mode
-from node_daemon.testbed import OUTSIDE_IP, Netbed, nsexec, sh
+from tests.integration.cni_harness import daemon_conf
 from tests.integration.daemon_cluster_helpers import ping_df, too_big
 from tests.integration.test_daemon_dataplane import Cluster
 
@@ -38,12 +39,9 @@ def plugin(tmp_path):
 def cni_add(plugin, node, conflist_path, pod_ns, cid, tmp_path):
     conflist = json.loads(open(conflist_path).read())
     assert len(conflist["plugins"]) == 1  # podwire does portMappings itself: one plugin
-    # as libcni >= 1.2 (containerd 2.x) does: the highest of `cniVersions`, else `cniVersion`
-    version = max(conflist.get("cniVersions") or [conflist["cniVersion"]], key=lambda v: tuple(map(int, v.split("."))))
-    conf = dict(conflist["plugins"][0], name=conflist["name"], cniVersion=version)
-    # the conflist's host paths, redirected to this test's directory
-    conf["ipam"] = dict(conf["ipam"], dataDir=str(tmp_path / node.name / "ipam"))
-    conf.update(logFile=str(tmp_path / node.name / "cni.log"), stateDir=str(tmp_path / node.name / "state"))
+    # as containerd 2.x runs it, with the conflist's host paths redirected to this test's directory
+    conf = daemon_conf(conflist_path, tmp_path / node.name, negotiate=True)
+    assert conf["cniVersion"] == "1.1.0"
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": "ADD",
            "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
            "CNI_PATH": os.path.dirname(plugin)}

@@ -21,11 +21,11 @@ import json
 import os
 import secrets
 import subprocess
-import time
 
 import pytest
 import yaml
 
+from e2e.netbed import eventually
 from tests.integration.test_image import IMAGE, frozen_bundles, image_tar, running_containerd  # noqa: F401
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow, pytest.mark.frozen,
@@ -53,16 +53,6 @@ def applied(cluster):
     return cluster
 
 
-def eventually(fn, timeout=60.0, what=""):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what or fn}")
-
-
 def test_manifests_pass_server_side_validation_and_admission(applied):
     c = applied
     r = c.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", MANIFEST, check=False)
@@ -75,7 +65,7 @@ def test_manifests_pass_server_side_validation_and_admission(applied):
     def pods():
         out = c.kubectl("-n", "podwire", "get", "pods", "-o", "json").stdout
         return [p for p in json.loads(out)["items"]] if out else []
-    got = eventually(lambda: len(pods()) == len(c.nodes) and pods(), what="one DaemonSet pod per Node")
+    got = eventually(lambda: len(pods()) == len(c.nodes) and pods(), timeout=60, what="one DaemonSet pod per Node")
     assert {p["spec"]["priority"] for p in got} == {2000001000}  # system-node-critical was admitted
     assert {p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
             ["nodeSelectorTerms"][0]["matchFields"][0]["values"][0] for p in got} == {n.name for n in c.nodes}
@@ -152,17 +142,19 @@ def test_image_runs_as_the_daemonset_would_with_only_the_service_accounts_rights
 
         try:
             eventually(lambda: (node_obj()["metadata"].get("annotations") or {}).get("podwire.io/vtep-mac"),
-                       what="the VTEP annotation (patch nodes)")
+                       timeout=60, what="the VTEP annotation (patch nodes)")
             eventually(lambda: any(x["type"] == "NetworkUnavailable" and x["status"] == "False"
                                    for x in node_obj()["status"].get("conditions") or []),
-                       what="NetworkUnavailable=False (patch nodes/status)")
+                       timeout=60, what="NetworkUnavailable=False (patch nodes/status)")
             conflist = json.loads(eventually(lambda: (cni_dir / "10-podwire.conflist").exists()
-                                             and (cni_dir / "10-podwire.conflist").read_text(), what="conflist"))
+                                             and (cni_dir / "10-podwire.conflist").read_text(),
+                                             timeout=60, what="conflist"))
             assert conflist["plugins"][0]["ipam"]["ranges"] == [[{"subnet": str(node.pod_cidr)}]]
             # the proxy (services and endpointslices watches) programmed the kubernetes Service
             eventually(lambda: "10.96.0.1" in subprocess.run(
                 ["nsenter", f"--net=/run/netns/{node.netns}", "nft", "list", "table", "ip", "podwire-proxy"],
-                capture_output=True, text=True).stdout, what="the proxy's table with the kubernetes Service")
+                capture_output=True, text=True).stdout,
+                timeout=60, what="the proxy's table with the kubernetes Service")
             health = subprocess.run(["nsenter", f"--net=/run/netns/{node.netns}", "curl", "-s", "-w", " %{http_code}",
                                      "127.0.0.1:9465/healthz"], capture_output=True, text=True).stdout
             assert health.endswith(" 200"), health

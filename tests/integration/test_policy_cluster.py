@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from node_daemon.testbed import eventually, nsexec, sh
+from e2e.netbed import eventually, nsexec, sh
 from tests.integration.daemon_cluster_helpers import core, kill_leftovers, stop_daemons
 from tests.integration.policy_cluster_helpers import Pods, connects, policy_cluster, serve, start_policy_daemons
 

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from node_daemon.testbed import nsexec, sh
+from e2e.netbed import nsexec, sh
 from tests.integration.daemon_cluster_helpers import core, kill_leftovers, stop_daemons
 from tests.integration.policy_cluster_helpers import Pods, policy_cluster, start_policy_daemons
 

@@ -28,7 +28,7 @@ import pytest
 
 from e2e import build
 from e2e import cluster as cluster_mod
-from node_daemon.testbed import eventually, nsexec, sh
+from e2e.netbed import eventually, nsexec, sh
 
 try:  # the helpers may move out of the daemon's test module
     from tests.integration.daemon_cluster_helpers import (

@@ -1,14 +1,16 @@
-"""Nodes and pods as network namespaces, for the daemon's root integration tests and its benchmark.
+"""Nodes and pods as network namespaces without Kubernetes: the bed of the daemon's root
+integration tests and of bench/pod_throughput.py (`e2e/topology.py` is the real cluster's).
 
-Never imported by the daemon itself. Everything is done from the caller's namespace with
-`ip -n NS` and `nsenter --net=...` child processes (the caller never switches namespaces), and
-`close()` deletes every namespace it made (their links go with them).
+Everything is done from the caller's namespace with `ip -n NS` and `nsenter --net=...` child
+processes (e2e/netns.py; the caller never switches namespaces), and `close()` deletes every
+namespace it made (their links go with them).
 
 Shape: one "underlay" namespace holds a bridge per subnet and routes between them (a router);
-each node's eth0 is a veth into the bridge of its subnet, with that subnet's .254 as its default
-gateway. Nodes on the same subnet are on-link (L2); nodes on different subnets are routed.
-Each node has a pod bridge `podwire0` (gateway .1 of its PodCIDR) and pods are veth-ended
-namespaces behind it, as the CNI plugin would make them.
+each node's eth0 is a veth into the bridge of its subnet (wired as e2e/topology.py wires its
+hosts), with that subnet's .254 as its default gateway. Nodes on the same subnet are on-link
+(L2); nodes on different subnets are routed. Each node has a pod bridge `podwire0` (gateway .1
+of its PodCIDR) and pods are veth-ended namespaces behind it, as the CNI plugin would make them.
+Unlike e2e/topology.py it keeps no ledger: a test's `close()` in a finally is its cleanup.
 """
 
 from __future__ import annotations
@@ -19,18 +21,20 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
+from e2e import netns
+from e2e.topology import wire
+
 OUTSIDE_IP = "192.168.50.200"
 
 
 def sh(*argv, check=True, timeout=30) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, argv))}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
+    """e2e.netns.run with argv spread: the tests' idiom (`sh("ip", "-n", ns, ...)`)."""
+    return netns.run(argv, check=check, timeout=timeout)
 
 
 def nsexec(ns: str, *argv) -> list[str]:
-    return ["nsenter", f"--net=/run/netns/{ns}", *map(str, argv)]
+    """argv run inside namespace `ns` (e2e.netns.in_netns with argv spread)."""
+    return netns.in_netns(ns, argv)
 
 
 def eventually(fn, timeout: float = 30.0, what: str = ""):
@@ -86,9 +90,9 @@ class Netbed:
         self._forwarding(self.underlay)
 
     def _forwarding(self, ns: str) -> None:
-        sh(*nsexec(ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+        netns.sysctl(ns, "net.ipv4.ip_forward", 1)
         if self.dual_stack:
-            sh(*nsexec(ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"))
+            netns.sysctl(ns, "net.ipv6.conf.all.forwarding", 1)
 
     def _addr(self, ns: str, cidr: str, dev: str) -> None:
         sh("ip", "-n", ns, "addr", "add", cidr, "dev", dev, *(["nodad"] if ":" in cidr else []))
@@ -96,12 +100,11 @@ class Netbed:
     # ---- building ----------------------------------------------------------------------
     def _netns(self, suffix: str) -> str:
         name = f"{self.tag}-{suffix}"
-        sh("ip", "netns", "add", name)
-        self.namespaces.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
+        self.namespaces.append(name)  # recorded first: a half-made namespace is still removed
+        netns.create_netns(name)
         if self.dual_stack:  # no duplicate address detection: links are usable at once
             for scope in ("all", "default"):
-                sh(*nsexec(name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0"))
+                netns.sysctl(name, f"net.ipv6.conf.{scope}.accept_dad", 0)
         return name
 
     def _subnet(self, s: int) -> None:
@@ -118,11 +121,7 @@ class Netbed:
     def _plug(self, ns: str, port: str, subnet: int, address: str, address6: str | None = None) -> None:
         """veth eth0 in `ns` <-> `port` on the underlay bridge of `subnet`; default via .254."""
         self._subnet(subnet)
-        sh("ip", "-n", self.underlay, "link", "add", port, "mtu", self.mtu, "type", "veth",
-           "peer", "name", "eth0", "mtu", self.mtu, "netns", ns)
-        sh("ip", "-n", self.underlay, "link", "set", port, "master", f"br{subnet}", "up")
-        self._addr(ns, f"{address}/24", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        wire(ns, "eth0", self.underlay, port, f"br{subnet}", f"{address}/24", mtu=self.mtu)
         sh("ip", "-n", ns, "route", "add", "default", "via", f"192.168.{50 + subnet}.254")
         if address6:
             self._addr(ns, f"{address6}/64", "eth0")
@@ -188,8 +187,11 @@ class Netbed:
         return sh(*nsexec(ns, *argv, dst), check=False).returncode == 0
 
     def close(self) -> None:
+        """Delete every namespace (killing what still runs inside); one that fails does not
+        keep the others."""
         for ns in reversed(self.namespaces):
-            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                sh("kill", "-9", pid, check=False)
-            sh("ip", "netns", "del", ns, check=False)
+            try:
+                netns.delete_netns(ns)
+            except netns.CommandError:
+                pass
         self.namespaces.clear()
