@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 from node_daemon.cniconf import write_if_changed
 from policy.compile import MAX_ALLOWS_PER_POD, NodeCompiler
 from policy.model import Cluster
-from policy.ruleset import DIRECTIONS, ElementCache, LogConfig, Ruleset, elements, render_diff, render_full
+from policy.ruleset import DIRECTIONS, ElementCache, LogConfig, Ruleset, elements, render_changes, render_full
 from policy.store import Store
 
 log = logging.getLogger("podwire.policy")
@@ -96,7 +96,6 @@ class PolicyAgent:
         self.log_config, self.bridge, self.conntrack = log_config, bridge, conntrack
         self.namespaces_file, self.metrics, self.clock = namespaces_file, metrics, clock
         self.applied: Ruleset | None = None  # what the kernel holds; None = unknown, write it whole
-        self._elements: dict | None = None  # elements(self.applied), kept: a diff computes only the new side
         self.cluster: Cluster | None = None  # the snapshot the kernel's rules came from
         self.committed = -1  # the store version in force
         self._published: str | None = None
@@ -126,10 +125,10 @@ class PolicyAgent:
             if self.bridge is not None:
                 self.bridge()  # before the first pod's rules count on it (same-node traffic)
             old = self.applied
-            els = elements(rs, self._element_cache)
+            text = render_changes(old, rs, self._element_cache) if old is not None else None
             t3 = clock()
-            full = self._apply(old, rs, els)
-            self.applied, self._elements = rs, els
+            full = self._apply(rs, text)
+            self.applied = rs
             t4 = clock()
             # in force: release the waiters (a CNI ADD) before the conntrack cleanup, which concerns
             # flows that exist already, never a new pod's
@@ -156,7 +155,8 @@ class PolicyAgent:
             else:
                 log.info("policy %s sync: %d/%d pods isolated for ingress/egress, %d/%d allows, "
                          "%d conntrack entries deleted, %.0f ms (%s)", "full" if full else "diff",
-                         len(rs.isolated_ingress), len(rs.isolated_egress), len(rs.ingress), len(rs.egress),
+                         len(rs.isolated_ingress), len(rs.isolated_egress), rs.allow_count("ingress"),
+                         rs.allow_count("egress"),
                          deleted, (done - t0) * 1000,
                          ", ".join(f"{k} {v * 1000:.0f}" for k, v in self.last_phases.items()))
 
@@ -171,9 +171,8 @@ class PolicyAgent:
             log.info("pod %s: %s allows fit the budget again", o.pod, o.direction)
         self._overflows = now
 
-    def _apply(self, old: Ruleset | None, rs: Ruleset, els: dict) -> bool:
-        """Send old -> rs; True when it was a full rewrite."""
-        text = render_diff(old, rs, self._elements, els) if old is not None and self._elements else None
+    def _apply(self, rs: Ruleset, text: str | None) -> bool:
+        """Send `text` (the change to rs; None: none could be made); True when it was a full rewrite."""
         if text == "":
             return False
         if text is not None:
@@ -182,6 +181,7 @@ class PolicyAgent:
                 return False
             except Exception as e:  # noqa: BLE001 - e.g. the table was changed behind our back
                 log.warning("policy diff refused (%s); rewriting the table", str(e).splitlines()[0] if str(e) else e)
+        elements(rs, self._element_cache)  # memoised on rs for render_full, through the cache
         try:
             self.runner.apply(render_full(rs))
         except Exception:

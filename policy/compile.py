@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-from itertools import chain
+from itertools import chain, count
 from typing import Iterable, NamedTuple
 
 from policy.model import EGRESS, INGRESS, Cluster, IPAddress, IPNetwork, NetworkPolicy, Peer, Pod, Port
@@ -39,6 +39,9 @@ from policy.verdict import isolating, peer_pods, port_range
 _EVERYWHERE: dict[int, tuple[IPNetwork, ...]] = {
     4: (ipaddress.IPv4Network("0.0.0.0/0"),), 6: (ipaddress.IPv6Network("::/0"),)}
 _ANY_PORT: tuple[tuple[str | None, int, int], ...] = ((None, 1, 65535),)
+
+
+_EPOCHS = count()  # a _Compiler that starts over gets a new epoch: generations before it mean nothing
 
 
 def _host(ip: IPAddress) -> IPNetwork:
@@ -57,6 +60,7 @@ class _Compiler:
     in the same order (Cluster sorts them by name) is unchanged."""
 
     def __init__(self) -> None:
+        self.epoch = next(_EPOCHS)
         self.cluster: Cluster = Cluster.build()
         self._gen: dict[str, int] = {}  # per namespace: bumped when its policed pods change
         self._ns_gen = 0  # bumped when namespace labels (or the namespaces holding pods) change
@@ -76,6 +80,7 @@ class _Compiler:
         self._rule_named: dict[tuple, tuple[NetworkPolicy, tuple, list[tuple[IPNetwork, int]]]] = {}
         self._this_sync: dict[tuple, tuple[NetworkPolicy, list[IPNetwork]]] = {}  # peer_nets within one snapshot
         self._pod_hosts: dict[tuple[tuple[str, str], int], tuple[Pod, tuple[IPNetwork, ...]]] = {}
+        self._reads: dict[tuple[int, str], tuple[NetworkPolicy, int, tuple[frozenset[str], bool, bool]]] = {}
 
     def begin(self, cluster: Cluster) -> None:
         """Take a new snapshot: bump the generations of what changed since the last one."""
@@ -86,6 +91,7 @@ class _Compiler:
         self.cluster = cluster
         self._owned = {}
         self._this_sync = {}
+        self._hosts_this_sync: dict[tuple[int, int], tuple[tuple[Pod, ...], list[IPNetwork]]] = {}
         now = cluster.pods_by_namespace
         changed = False
         for ns in set(now) | set(self._prev_pods):
@@ -105,6 +111,57 @@ class _Compiler:
         if len(self._pod_hosts) > 2 * len(cluster.pods_by_ip) + 1000:
             self._pod_hosts.clear()
 
+    def reads(self, policy: NetworkPolicy, direction: str) -> tuple[frozenset[str], bool, bool]:
+        """What a policy's rules in one direction read of the cluster: (the namespaces whose pods
+        its selector peers see, whether that set comes from namespace labels, whether it reads the
+        cluster-wide named-port index). Valid while namespace labels are unchanged (`_ns_gen`)."""
+        key = (id(policy), direction)
+        hit = self._reads.get(key)
+        if hit is not None and hit[0] is policy and hit[1] == self._ns_gen:
+            return hit[2]
+        spaces: set[str] = set()
+        by_labels = everything = False
+        for rule in policy.rules(direction):
+            for peer in rule.peers:
+                if peer.ip_block is not None:
+                    continue
+                sel = peer.namespace_selector
+                if sel is None:
+                    spaces.add(policy.namespace)
+                else:
+                    by_labels = True
+                    labels = self.cluster.namespace_labels
+                    spaces.update(ns for ns in self.cluster.pods_by_namespace if sel.matches(labels(ns)))
+            if direction == EGRESS and any(isinstance(rp.port, str) for rp in rule.ports) \
+                    and (not rule.peers or any(peer.ip_block is not None for peer in rule.peers)):
+                everything = True
+        found = (frozenset(spaces), by_labels, everything)
+        self._reads[key] = (policy, self._ns_gen, found)
+        return found
+
+    def stamp(self, policies: tuple[NetworkPolicy, ...], direction: str) -> tuple:
+        """The generations a local pod's allows from `policies` depend on (besides the pod record
+        and the policies themselves); `fresh(stamp)` tells whether they still hold."""
+        spaces: set[str] = set()
+        by_labels = everything = False
+        for policy in policies:
+            s, b, e = self.reads(policy, direction)
+            spaces |= s
+            by_labels |= b
+            everything |= e
+        gen = self._gen
+        return (self.epoch, self._ns_gen if by_labels else -1, self._all_gen if everything else -1,
+                tuple((ns, gen.get(ns, 0)) for ns in spaces))
+
+    def fresh(self, stamp: tuple) -> bool:
+        epoch, ns_gen, all_gen, spaces = stamp
+        if epoch != self.epoch or self._conflicts:
+            return False
+        if ns_gen != -1 and ns_gen != self._ns_gen or all_gen != -1 and all_gen != self._all_gen:
+            return False
+        gen = self._gen
+        return all(gen.get(ns, 0) == g for ns, g in spaces)
+
     def prune(self, cluster: Cluster) -> None:
         """Forget entries of policies that are gone or replaced (the caches are keyed by name)."""
         current = {id(p) for p in cluster.policies}
@@ -116,6 +173,8 @@ class _Compiler:
             self._peers.clear()
         if len(self._peers_by_id) > len(self._peers) + 1000:
             self._peers_by_id.clear()
+        for key in [k for k, hit in self._reads.items() if id(hit[0]) not in current]:
+            del self._reads[key]
 
     def owned(self, pod: Pod) -> tuple[IPAddress, ...]:
         """The pod's addresses that are its own in the snapshot (not lost to an IP conflict)."""
@@ -231,7 +290,9 @@ class _Compiler:
         out: list[IPNetwork] = []
         if not rule.peers:
             out.extend(_EVERYWHERE[version])
-        for peer in rule.peers:
+        elif len(deps) == len(rule.peers) == 1:  # one selector peer, as most rules: shared with every
+            out = self._hosts_of(deps[0], version)  # rule whose peer selects the same pods
+        for peer in rule.peers if len(deps) != 1 or len(rule.peers) != 1 else ():
             if peer.ip_block is not None:
                 if peer.ip_block.cidr.version == version:
                     out.extend(peer.ip_block.nets())
@@ -242,6 +303,19 @@ class _Compiler:
             out = hit[2]  # the same addresses (e.g. a peer pod's labels changed, not its address): keep the object
         self._rule_nets[key] = (policy, deps, out)
         self._this_sync[key] = (policy, out)
+        return out
+
+    def _hosts_of(self, pods: tuple[Pod, ...], version: int) -> list[IPNetwork]:
+        """The own addresses of `pods` in one family, built once per sync per peer result (many
+        policies' rules name the same peer: every namespace's `from: team=x` rule, say)."""
+        key = (id(pods), version)
+        hit = self._hosts_this_sync.get(key)
+        if hit is not None and hit[0] is pods:
+            return hit[1]
+        out: list[IPNetwork] = []
+        for pod in pods:
+            out.extend(self.pod_hosts(pod, version))
+        self._hosts_this_sync[key] = (pods, out)
         return out
 
     def named_destinations(self, policy: NetworkPolicy, index: int, rule_port: Port,
@@ -361,6 +435,11 @@ class NodeCompiler:
         self._pods: dict[tuple[tuple[str, str], str], _PodResult] = {}
         # (pod key, direction) -> (policy key, rule index, address) -> that rule's allows
         self._rules: dict[tuple[tuple[str, str], str], dict[tuple, _RuleResult]] = {}
+        # per namespace: (its pods tuple, the local ones): a sync walks only namespaces that changed
+        self._local: dict[str, tuple[tuple[Pod, ...], tuple[Pod, ...]]] = {}
+        # (pod key, direction) -> (pod, policies of its namespace, stamp, result or None if not
+        # isolated): the pod is skipped while all three are unchanged (no pod_deps walk at all)
+        self._fast: dict[tuple[tuple[str, str], str], tuple[Pod, tuple, tuple, _PodResult | None]] = {}
         self._syncs = 0
         self.recompiled = 0  # pods (per direction) compiled afresh by the last call, for tests and metrics
 
@@ -457,10 +536,10 @@ class NodeCompiler:
         known: set[IPAddress] = set()
         seen: set[tuple[tuple[str, str], str]] = set()  # local pods isolated, per direction
         alive: set[tuple[tuple[str, str], str]] = set()  # every local pod, per direction
-        for pods in cluster.pods_by_namespace.values():
+        fast, fresh = self._fast, c.fresh
+        for ns, pods in self._local_pods(cluster):
+            in_ns = cluster.policies_in(ns)
             for pod in pods:
-                if pod.node != self.node_name:
-                    continue
                 ips = c.owned(pod)
                 if not ips:
                     continue
@@ -469,31 +548,58 @@ class NodeCompiler:
                 for direction in (INGRESS, EGRESS):
                     key = (pod.key, direction)
                     alive.add(key)
-                    policies = self._isolating_for(cluster, pod, direction)
-                    if not policies:
-                        continue
+                    f = fast.get(key)
+                    if f is not None and f[0] is pod and f[1] is in_ns and fresh(f[2]):
+                        hit = f[3]  # nothing it reads changed: not even its dependencies are walked
+                        if hit is None:
+                            continue
+                    else:
+                        policies = self._isolating_for(cluster, pod, direction)
+                        if not policies:
+                            fast[key] = (pod, in_ns, (c.epoch, -1, -1, ()), None)
+                            continue
+                        stamp = c.stamp(policies, direction)
+                        deps = tuple(c.pod_deps(policy, direction, ips) for policy in policies)
+                        hit = self._pods.get(key)
+                        if hit is None or hit.pod is not pod or not _identical(hit.policies, policies) \
+                                or not _same(hit.deps, deps):
+                            hit = self._pods[key] = self._compile_pod(pod, ips, direction, policies, deps)
+                            self.recompiled += 1
+                        fast[key] = (pod, in_ns, stamp, hit)
                     seen.add(key)
-                    deps = tuple(c.pod_deps(policy, direction, ips) for policy in policies)
-                    hit = self._pods.get(key)
-                    if hit is None or hit.pod is not pod or not _identical(hit.policies, policies) \
-                            or not _same(hit.deps, deps):
-                        hit = self._pods[key] = self._compile_pod(pod, ips, direction, policies, deps)
-                        self.recompiled += 1
                     isolated[direction].update(ips)
                     groups[direction].update(hit.groups)
                     if hit.overflow is not None and overflows is not None:
                         overflows.append(hit.overflow)
-        for key in [k for k in self._pods if k not in seen]:
-            del self._pods[key]
-        for key in [k for k in self._isolating if k not in alive]:
-            del self._isolating[key]
-        for key in [k for k in self._rules if k not in seen]:
-            del self._rules[key]
-        allows = {d: frozenset().union(*groups[d].values()) for d in (INGRESS, EGRESS)}
+        if len(self._pods) != len(seen):
+            for key in [k for k in self._pods if k not in seen]:
+                del self._pods[key]
+                self._rules.pop(key, None)
+        if len(fast) != len(alive):
+            for key in [k for k in fast if k not in alive]:
+                del fast[key]
+                self._isolating.pop(key, None)
         return Ruleset(isolated_ingress=frozenset(isolated[INGRESS]), isolated_egress=frozenset(isolated[EGRESS]),
-                       ingress=allows[INGRESS], egress=allows[EGRESS], log=log,
+                       ingress=None, egress=None, log=log,  # type: ignore[arg-type] # the groups' union, lazily
                        local=tuple(local), known=frozenset(known),
                        groups={"ingress": groups[INGRESS], "egress": groups[EGRESS]})  # ruleset's names
+
+
+    def _local_pods(self, cluster: Cluster) -> list[tuple[str, tuple[Pod, ...]]]:
+        """(namespace, its pods on this node) for the namespaces that have some; a namespace whose
+        pods tuple is the one of the last sync is not walked again."""
+        before, now = self._local, {}
+        out = []
+        node = self.node_name
+        for ns, pods in cluster.pods_by_namespace.items():
+            hit = before.get(ns)
+            if hit is None or hit[0] is not pods:
+                hit = (pods, tuple(p for p in pods if p.node == node))
+            now[ns] = hit
+            if hit[1]:
+                out.append((ns, hit[1]))
+        self._local = now
+        return out
 
 
 def _identical(a, b) -> bool:

@@ -64,7 +64,12 @@ def affected(old: Ruleset | None, new: Ruleset) -> dict[str, frozenset[Addr]]:
             out[d] = isolated
             continue
         was_isolated = old.isolated(d)
-        lost = {a.pod for a in old.allows(d) - new.allows(d)}
+        now = new.by_pod(d)  # per pod: an unchanged pod keeps its very group (no O(node) set difference)
+        lost = set()
+        for pod, group in old.by_pod(d).items():
+            kept = now.get(pod)
+            if kept is not group and (kept is None or not group <= kept):
+                lost.add(pod)
         out[d] = frozenset(p for p in isolated if p not in was_isolated or p in lost)
     return out
 

@@ -34,6 +34,6 @@ class PolicyMetrics:
             self.phase.labels(phase).observe(took)
         for d in ("ingress", "egress"):
             self.isolated.labels(d).set(len(rs.isolated(d)))
-            self.allows.labels(d).set(len(rs.allows(d)))
+            self.allows.labels(d).set(rs.allow_count(d))
         if deleted:
             self.conntrack_deleted.inc(deleted)

@@ -106,6 +106,7 @@ class Store:
         self._fresh: dict[IPAddress, tuple[str, str]] = {}  # address -> override key holding it
         self._api_claims: dict[IPAddress, set[tuple[str, str]]] = {}  # address -> API records listing it
         self._policy_parts: tuple | None = None  # (sorted policies, per namespace) until policies change
+        self._last_by_ns: dict[str, tuple[NetworkPolicy, ...]] = {}
 
     # ---- events (informer threads) -----------------------------------------------------
     def _convert(self, kind: str, obj, convert):
@@ -302,7 +303,16 @@ class Store:
                 grouped: dict[str, list[NetworkPolicy]] = {}
                 for pol in ordered:
                     grouped.setdefault(pol.namespace, []).append(pol)
-                self._policy_parts = (ordered, {ns: tuple(v) for ns, v in grouped.items()})
+                before = self._last_by_ns
+                per_ns: dict[str, tuple[NetworkPolicy, ...]] = {}
+                for ns, v in grouped.items():
+                    old = before.get(ns, ())
+                    # a namespace whose policies are the same objects keeps its tuple: the compiler
+                    # skips its pods by identity (policy.compile.NodeCompiler)
+                    same = len(old) == len(v) and all(a is b for a, b in zip(old, v, strict=True))
+                    per_ns[ns] = old if same else tuple(v)
+                self._last_by_ns = per_ns
+                self._policy_parts = (ordered, per_ns)
             policies, policies_by_ns = self._policy_parts
             cluster = Cluster(None, dict(self.namespaces), policies, by_ip, dict(policies_by_ns), conflicts,
                               pods_by_namespace=by_ns, all_pods=dict(self._index.records))

@@ -23,7 +23,7 @@ from policy.model import (
     Port,
     Rule,
 )
-from policy.ruleset import Allow, ElementCache, elements
+from policy.ruleset import Allow, ElementCache, elements, render_changes
 from policy.selector import intern_labels
 from tests.unit.test_policy_compile import (
     LABEL_VALUES,
@@ -86,6 +86,35 @@ def _mutate(rng: random.Random, pods: dict, namespaces: dict, policies: dict, st
     return kind
 
 
+def _stable(c: Cluster, prev: Cluster | None) -> Cluster:
+    """`c` as the Store hands it over: a namespace whose pods (or policies) are the very objects of
+    the last snapshot keeps its tuple, which is what the compiler's identity fast paths key on."""
+    def keep(now, before):
+        out = {}
+        for k, v in now.items():
+            old = before.get(k) if before is not None else None
+            same = old is not None and len(old) == len(v) and all(a is b for a, b in zip(old, v, strict=True))
+            out[k] = old if same else v
+        return out
+    return Cluster(None, dict(c.namespaces), c.policies, dict(c.pods_by_ip),
+                   keep(c.policies_by_namespace, prev and prev.policies_by_namespace), c.ip_conflicts,
+                   pods_by_namespace=keep(c.pods_by_namespace, prev and prev.pods_by_namespace),
+                   all_pods={p.key: p for p in c.pods})
+
+
+def _apply(kernel: dict[str, set[str]], text: str) -> None:
+    """Element lines as nft applies them (a delete of a missing element fails, as in the kernel)."""
+    for line in text.splitlines():
+        verb, _, _, _, name, rest = line.split(" ", 5)
+        items = [x.strip() for x in rest.strip("{} ").split(",")]
+        for x in items:
+            if verb == "add":
+                kernel.setdefault(name, set()).add(x)
+            else:
+                assert x in kernel.get(name, set()), f"delete of missing {name} {x}"
+                kernel[name].discard(x)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_incremental_compile_equals_a_fresh_one_over_random_histories(seed):
     rng = random.Random(1000 + seed)
@@ -94,15 +123,30 @@ def test_incremental_compile_equals_a_fresh_one_over_random_histories(seed):
     namespaces = dict(start.namespaces)
     policies = {p.key: p for p in start.policies}
     compiler, cache = NodeCompiler("n1"), ElementCache()
+    fast, fast_cache = NodeCompiler("n1"), ElementCache()  # fed snapshots that keep unchanged tuples
+    prev: Cluster | None = None
+    applied = None
+    kernel: dict[str, set[str]] = {}
     for step in range(60):
         kind = _mutate(rng, pods, namespaces, policies, step)
         c = Cluster.build(pods.values(), namespaces.values(), policies.values())
+        prev = stable = _stable(c, prev)
         over_inc: list = []
         over_new: list = []
         inc = compiler.compile(c, local=LOCAL, overflows=over_inc)
         fresh = compile_node(c, "n1", local=LOCAL, overflows=over_new)
         assert inc == fresh, f"seed {seed} step {step} after {kind}"
         assert over_inc == over_new
+        quick = fast.compile(stable, local=LOCAL)
+        assert quick == fresh, f"seed {seed} step {step} after {kind} (identity fast paths)"
+        # the daemon's per-pod diff, applied to the table it came from, gives the new table
+        text = render_changes(applied, quick, fast_cache) if applied is not None else None
+        if text is None:
+            kernel = {k: set(v) for k, v in elements(quick, fast_cache).items()}
+        else:
+            _apply(kernel, text)
+            assert kernel == {k: set(v) for k, v in elements(fresh).items()}, f"seed {seed} step {step}"
+        applied = quick
         for d in ("ingress", "egress"):  # the groups partition the allows by pod address
             groups = inc.by_pod(d)
             assert frozenset().union(*groups.values()) == inc.allows(d)

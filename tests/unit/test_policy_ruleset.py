@@ -342,3 +342,30 @@ def test_groups_are_checked_per_pod_even_when_seen_before():
         Ruleset(isolated_ingress=frozenset({B, C}), ingress=group, groups={"ingress": {C: group}, "egress": {}})
     with pytest.raises(ValueError, match="partition"):
         Ruleset(isolated_ingress=frozenset({B}), ingress=frozenset(), groups={"ingress": {B: group}, "egress": {}})
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_pods_elements_updated_from_its_changed_allows_equal_a_fresh_rendering(seed):
+    """ElementCache renders a pod whose allows changed from the allows that came and went when it
+    can (hash-set elements only); the result must be what rendering the pod afresh gives."""
+    rng = random.Random(seed)
+    pod = B if seed % 2 else D6
+    peers = [N(f"10.0.{rng.randrange(4)}.{rng.randrange(1, 30)}/32") if pod.version == 4
+             else N(f"fd00::{rng.randrange(1, 60):x}/128") for _ in range(40)]
+    wide = N("10.0.0.0/16") if pod.version == 4 else N("fd00::/64")
+
+    def allow():
+        if rng.random() < 0.1:
+            return Allow(pod, wide, "tcp", 1000, 1000 + rng.randrange(5))  # an interval element
+        proto = rng.choice([None, "tcp", "udp"])
+        port = rng.randrange(1, 100)
+        return Allow(pod, rng.choice(peers), proto, *((port, port) if proto else (1, 65535)))
+
+    cache = ruleset.ElementCache()
+    current = frozenset(allow() for _ in range(30))
+    cache.pod("ingress", pod, current)
+    for _ in range(30):
+        kept = {a for a in current if rng.random() < 0.9}
+        current = frozenset(kept | {allow() for _ in range(rng.randrange(4))})
+        got = cache.pod("ingress", pod, current)
+        assert got == ruleset._pod_elements("ingress", pod, current, {})
