@@ -23,6 +23,7 @@ Adding a target (e.g. agnhost, e2e.test) is one line in TARGETS.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -31,8 +32,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+from e2e.progress import Progress, Ticker
 
 # Pinned versions. KUBERNETES is the newest 1.34.x patch the module proxy serves here
 # (its @v/list is sparse: it lists v1.34.0-v1.34.4 only; v1.34.11 and v1.34.12 resolve but
@@ -102,12 +106,19 @@ ETCD = Source(
 COREDNS = Source("coredns", "github.com/coredns/coredns", COREDNS_VERSION)
 
 
+# What needs a target: every cluster (control plane, kubelets, CoreDNS), a cluster with kube-proxy
+# (the anchor of benchmarks and parity tests), or the conformance command (e2e.test and the
+# binaries of the test images it runs). `make demo` builds the first kind only.
+CLUSTER, KUBE_PROXY, CONFORMANCE = "cluster", "kube-proxy", "conformance"
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     binary: str
     source: Source
     package: str  # import path of the main package ("." = the consumer module's own main.go)
     test: bool = False  # build with `go test -c` (e2e.test)
+    needed_by: str = CLUSTER
 
 
 TARGETS: tuple[Target, ...] = (
@@ -115,14 +126,22 @@ TARGETS: tuple[Target, ...] = (
     Target("kube-controller-manager", KUBERNETES, "k8s.io/kubernetes/cmd/kube-controller-manager"),
     Target("kube-scheduler", KUBERNETES, "k8s.io/kubernetes/cmd/kube-scheduler"),
     Target("kubelet", KUBERNETES, "k8s.io/kubernetes/cmd/kubelet"),
-    Target("kube-proxy", KUBERNETES, "k8s.io/kubernetes/cmd/kube-proxy"),
+    Target("kube-proxy", KUBERNETES, "k8s.io/kubernetes/cmd/kube-proxy", needed_by=KUBE_PROXY),
     Target("kubectl", KUBERNETES, "k8s.io/kubernetes/cmd/kubectl"),
     Target("etcd", ETCD, "."),
     Target("coredns", COREDNS, "github.com/coredns/coredns"),
-    Target("agnhost", KUBERNETES, "k8s.io/kubernetes/test/images/agnhost"),
-    Target("e2e.test", KUBERNETES, "k8s.io/kubernetes/test/e2e", test=True),  # go test -c
-    Target("regression-issue-74839", KUBERNETES, "k8s.io/kubernetes/test/images/regression-issue-74839"),
+    Target("agnhost", KUBERNETES, "k8s.io/kubernetes/test/images/agnhost", needed_by=CONFORMANCE),
+    Target("e2e.test", KUBERNETES, "k8s.io/kubernetes/test/e2e", test=True, needed_by=CONFORMANCE),  # go test -c
+    Target("regression-issue-74839", KUBERNETES, "k8s.io/kubernetes/test/images/regression-issue-74839",
+           needed_by=CONFORMANCE),
 )
+
+
+def targets_for(*, kube_proxy: bool = False, conformance: bool = False) -> tuple[Target, ...]:
+    """What a command needs built: a cluster's binaries, kube-proxy's when it runs one, the
+    conformance command's on top."""
+    wanted = {CLUSTER} | ({KUBE_PROXY} if kube_proxy else set()) | ({CONFORMANCE} if conformance else set())
+    return tuple(t for t in TARGETS if t.needed_by in wanted)
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,12 +210,27 @@ class BuildError(RuntimeError):
     pass
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> str:
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], progress: Progress | None = None) -> str:
+    """Run a go command; its stderr is shown, except the lines `progress` counts (packages compiled,
+    modules downloaded), which its heartbeat sums up instead."""
     print("+", " ".join(cmd), f"(in {cwd})", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout: list[str] = []
+    reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    with contextlib.ExitStack() as stack:
+        if progress:
+            stack.enter_context(Ticker(progress))
+        for line in proc.stderr:
+            if progress is None or not progress.count(line):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        proc.wait()
+    reader.join()
     if proc.returncode != 0:
         raise BuildError(f"{' '.join(cmd[:4])} failed with exit code {proc.returncode} (output above)")
-    return proc.stdout
+    return "".join(stdout)
 
 
 def _upstream_gomod(source: Source, env: dict[str, str], cwd: Path) -> str:
@@ -254,7 +288,8 @@ def prepare_consumer(source: Source, root: Path | None = None) -> Path:
 # building
 
 
-def build_source(source: Source, targets: list[Target], root: Path | None = None) -> None:
+def build_source(source: Source, targets: list[Target], root: Path | None = None,
+                 progress: Progress | None = None) -> None:
     root = root or cache_root()
     env = go_env(root)
     mod_dir = prepare_consumer(source, root)
@@ -268,7 +303,9 @@ def build_source(source: Source, targets: list[Target], root: Path | None = None
         tmp_dir = out / f".tmp-{source.name}"
         tmp_dir.mkdir(exist_ok=True)
         packages = [t.package for t in plain]
-        _run([GO, "build", "-trimpath", "-ldflags", ldflags, "-o", f"{tmp_dir}/", *packages], mod_dir, env)
+        # -v: each package's name as it compiles, counted into the progress lines
+        _run([GO, "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", f"{tmp_dir}/", *packages], mod_dir, env,
+             progress)
         for t in plain:
             # go names a binary after the last element of its package (module) path
             built = tmp_dir / (source.name if t.package == "." else Path(t.package).name)
@@ -278,7 +315,8 @@ def build_source(source: Source, targets: list[Target], root: Path | None = None
     for t in targets:
         if t.test:
             tmp = out / f".{t.binary}.tmp"
-            _run([GO, "test", "-c", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), t.package], mod_dir, env)
+            _run([GO, "test", "-c", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), t.package], mod_dir, env,
+                 progress)
             os.replace(tmp, out / t.binary)
             _stamp_path(t, root).write_text(json.dumps(_stamp_of(t)))
 
@@ -296,17 +334,30 @@ def ensure_built(targets=TARGETS, root: Path | None = None) -> Path:
     return bin_dir(root)
 
 
-def _build_missing(targets, root: Path | None) -> None:
-    todo = missing(targets, root)
+def build_steps(todo) -> list[tuple[Source, list[Target]]]:
+    """The missing targets grouped by source, in TARGETS order: one build step each."""
     by_source: dict[Source, list[Target]] = {}
     for t in todo:
         by_source.setdefault(t.source, []).append(t)
-    for source, ts in by_source.items():
-        started = time.monotonic()
-        names = ", ".join(t.binary for t in ts)
-        print(f"e2e.build: building {names} from {source.module}@{source.version}", file=sys.stderr, flush=True)
-        build_source(source, ts, root)
-        print(f"e2e.build: {source.name} done in {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+    return list(by_source.items())
+
+
+def step_label(source: Source, targets: list[Target]) -> str:
+    return f"{source.name} {source.version} ({', '.join(t.binary for t in targets)})"
+
+
+def _build_missing(targets, root: Path | None) -> None:
+    steps = build_steps(missing(targets, root))
+    if not steps:
+        return
+    progress = Progress("e2e.build", [step_label(s, ts) for s, ts in steps])
+    print(f"e2e.build: {sum(len(ts) for _, ts in steps)} binaries to build from their Go modules; a first build "
+          f"downloads the modules and compiles for many minutes (a line every {progress.every:.0f} s), later runs "
+          "reuse the cache", file=sys.stderr, flush=True)
+    for i, (source, ts) in enumerate(steps):
+        print(progress.start(i), file=sys.stderr, flush=True)
+        build_source(source, ts, root, progress)
+        print(progress.finish(), file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,8 +117,8 @@ class Cluster:
         if self.state_file.exists() and self._load_state() and self.control_plane.readyz():
             raise RuntimeError(f"cluster {self.name!r} is already up (python3 -m e2e.cluster down --name {self.name})")
         self.cleanup_leftovers()
-        if build_missing and self.bin_dir == build.bin_dir():
-            build.ensure_built()
+        if build_missing and self.bin_dir == build.bin_dir():  # not e2e.test and its images: conformance's
+            build.ensure_built(build.targets_for(kube_proxy=self.kube_proxy))
         try:
             self.ledger.dir(self.dir)
             self.dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,10 @@
 """The podwire demo: a real 3-node cluster, podwire installed with kubectl, and what a user checks.
 
-    python3 -m e2e.demo [--shape routed|l2] [--keep]      (make demo)
+    python3 -m e2e.demo [--shape routed|l2] [--keep] [--podwire-image TAR]      (make demo)
+
+Each step is a line "== [i/n] what; then: what is left", with a heartbeat every 30 s while it
+runs; it builds only what the demo needs and is missing (no e2e.test, no test images: those are
+the conformance command's).
 
 1. brings up the harness cluster: control plane + 3 full nodes (containerd + kubelet), no CNI, no kube-proxy;
 2. installs podwire like a user: image loaded into the nodes, `kubectl apply -f manifests/podwire.yaml`;
@@ -22,9 +26,11 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from e2e import images
+from e2e import build, images
 from e2e.podwire_install import build_image, diagnostics, install
+from e2e.progress import Progress, Ticker, elapsed
 
 # The web server (its hostname as the page) and an idle client pod, shared by both parts of the demo.
 HTTPD_CONTAINER = """\
@@ -275,36 +281,72 @@ class Demo:
                    out if ok else f"connected ({out}): the policy is not enforced")
 
 
+def demo_targets():
+    """What the demo builds of Kubernetes: a cluster's binaries (no kube-proxy: podwire is the
+    proxy). e2e.test and the test images' binaries belong to the conformance command."""
+    return build.targets_for(kube_proxy=False, conformance=False)
+
+
+def plan(image: Path | None, missing: list[str], shape: str) -> list[str]:
+    """The demo's steps, as the first lines show them: building only what is missing."""
+    steps = [] if image else ["podwire image: frozen plugin + daemon, OCI tarball (minutes the first time)"]
+    if missing:
+        steps.append(f"Kubernetes binaries: {len(missing)} to build, {', '.join(missing)} "
+                     "(many minutes the first time)")
+    return steps + [f"cluster: control plane + 3 full nodes, shape {shape}, no CNI, no kube-proxy",
+                    "install: kubectl apply -f manifests/podwire.yaml",
+                    "web server: 3 replicas behind a NodePort Service, and a client pod",
+                    "checks: pod to pod, Service by DNS name, NodePort from outside, egress",
+                    f"NetworkPolicy: namespace {POLICY_NS}, backend, frontend and other"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=("routed", "l2"), default="routed",
                     help="routed: two underlay subnets, so node pairs use direct routes and VXLAN (default)")
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     ap.add_argument("--name", default="demo")
+    ap.add_argument("--podwire-image", type=Path, help="podwire's image tarball made earlier (make demo: make image's)")
     args = ap.parse_args(argv)
 
     from e2e.cluster import Cluster
 
-    started = time.monotonic()
-    print("== building podwire (frozen plugin + daemon, OCI image)", flush=True)
-    image = build_image()
-    print(f"== cluster {args.name}: control plane + 3 full nodes, shape {args.shape}, no CNI, no kube-proxy",
-          flush=True)
+    todo = build.missing(demo_targets())
+    progress = Progress("==", plan(args.podwire_image, [t.binary for t in todo], args.shape))
+    step = iter(range(len(progress.steps)))
+
+    def begin() -> None:
+        print(progress.start(next(step)), flush=True)
+
+    image = args.podwire_image
+    if image is None:
+        begin()
+        with Ticker(progress, sys.stdout):
+            image = build_image()
+    elif not image.is_file():
+        print(f"demo: {image} is not a file (make image)", file=sys.stderr)
+        return 2
+    if todo:
+        begin()
+        build.ensure_built(demo_targets())  # prints its own progress
     cluster = Cluster(args.name, args.shape, 3, full_nodes=True)
     demo = Demo(cluster)
     try:
-        cluster.up()
-        print(f"== kubectl apply -f manifests/podwire.yaml  (cluster up in {time.monotonic() - started:.0f} s)",
-              flush=True)
-        install(cluster, image)
+        begin()
+        with Ticker(progress, sys.stdout):
+            cluster.up()
+        begin()
+        with Ticker(progress, sys.stdout):
+            install(cluster, image)
         print(demo.kubectl("get", "nodes", "-o", "wide"), flush=True)
-        print("== a 3-replica web server behind a NodePort Service, and a client pod", flush=True)
-        demo.deploy()
+        begin()
+        with Ticker(progress, sys.stdout):
+            demo.deploy()
         print(demo.kubectl("get", "pods", "-o", "wide"), flush=True)
         print(demo.kubectl("get", "service", "web"), flush=True)
-        print("== checks", flush=True)
+        begin()
         demo.run_checks()
-        print(f"== NetworkPolicy: namespace {POLICY_NS}, backend, frontend and other", flush=True)
+        begin()
         demo.run_policy_checks()
     except Exception as e:  # report, keep the cluster for a look when asked, tear down otherwise
         demo.check("demo ran to the end", False, str(e)[:2000])
@@ -312,7 +354,7 @@ def main(argv=None) -> int:
     finally:
         failed = [r for r in demo.results if not r[1]]
         print(f"== {len(demo.results) - len(failed)} passed, {len(failed)} failed "
-              f"in {time.monotonic() - started:.0f} s", flush=True)
+              f"in {elapsed(time.monotonic() - progress.started)}", flush=True)
         for label, _, detail in failed:
             print(f"  FAILED: {label}: {detail.splitlines()[0] if detail else ''}", flush=True)
         if args.keep:
