@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 
+from . import gcfreeze
 from .config import Config, parse_args
 from .daemon import Daemon, ensure_forwarding
 from .egress import NftRunner
@@ -90,6 +91,8 @@ def run(cfg: Config, stop: threading.Event) -> None:
             raise
         nodes.start()
         runner.start()
+        runners = [runner, *(p for p in parts if isinstance(p, SyncRunner))]
+        gcfreeze.start(lambda: all(r.last_success is not None for r in runners), stop)
         log.info("podwire node daemon running for node %s (mode %s)", cfg.node_name, cfg.mode.value)
         stop.wait()
         log.info("stopping")
