@@ -100,8 +100,8 @@ class Netbed:
     # ---- building ----------------------------------------------------------------------
     def _netns(self, suffix: str) -> str:
         name = f"{self.tag}-{suffix}"
-        self.namespaces.append(name)  # recorded first: a half-made namespace is still removed
         netns.create_netns(name)
+        self.namespaces.append(name)  # only once made: a name taken by someone else is not ours to delete
         if self.dual_stack:  # no duplicate address detection: links are usable at once
             for scope in ("all", "default"):
                 netns.sysctl(name, f"net.ipv6.conf.{scope}.accept_dad", 0)
