@@ -1,7 +1,9 @@
 """One error type carrying a CNI code, and the one place that maps other failures onto codes."""
 
 import errno
-import json
+import sys
+
+from cni_plugin import wirejson
 
 # Codes from the CNI spec; 100+ are podwire's own.
 INCOMPATIBLE_VERSION = 1
@@ -37,7 +39,8 @@ def to_cni_error(exc: BaseException) -> CNIError:
     code = getattr(exc, "code", None)
     if isinstance(code, int) and hasattr(exc, "msg"):  # ipam.errors.IPAMError and friends
         return CNIError(code, exc.msg, getattr(exc, "details", ""))
-    if isinstance(exc, json.JSONDecodeError):
+    decoder = sys.modules.get("json.decoder")  # loaded when a JSON error was raised, not before
+    if decoder is not None and isinstance(exc, decoder.JSONDecodeError):
         return CNIError(DECODE_FAILURE, f"cannot decode network configuration: {exc}")
     if isinstance(exc, OSError):
         if exc.errno in (errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT):
@@ -47,4 +50,4 @@ def to_cni_error(exc: BaseException) -> CNIError:
 
 
 def error_json(err: CNIError, version: str) -> str:
-    return json.dumps({"cniVersion": version, "code": err.code, "msg": err.msg, "details": err.details})
+    return wirejson.dumps({"cniVersion": version, "code": err.code, "msg": err.msg, "details": err.details})

@@ -15,9 +15,9 @@ remove exactly that without listing the kernel's ruleset.
 
 from __future__ import annotations
 
-import json
 import os
 
+from cni_plugin import wirejson
 from cni_plugin.config import PROTOCOLS, is_safe_name
 from cni_plugin.errors import HOSTPORT_CONFLICT, CNIError
 
@@ -196,7 +196,7 @@ def program(conf, container_id: str, ifname: str, host_if: str, pod_ips, undo) -
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # state first: if we die after nft, DEL/GC still know what to remove
     with open(path + ".tmp", "w") as f:
-        json.dump(state, f)
+        f.write(wirejson.dumps(state))
     os.replace(path + ".tmp", path)
     try:
         nft.apply(render_add(state, conf.bridge))
@@ -216,7 +216,7 @@ def remove(state_dir: str, host_if: str) -> None:
     path = _state_path(state_dir, host_if)
     try:
         with open(path) as f:
-            state = json.load(f)
+            state = wirejson.loads(f.read())
     except FileNotFoundError:
         return
     except ValueError:
@@ -255,7 +255,7 @@ def gc(state_dir: str, valid: set) -> list[str]:
             continue
         try:
             with open(os.path.join(directory, name)) as f:
-                state = json.load(f)
+                state = wirejson.loads(f.read())
             if (state["containerID"], state["ifname"]) in valid:
                 continue
             remove(state_dir, name[: -len(".json")])

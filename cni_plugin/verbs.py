@@ -1,11 +1,15 @@
-"""One function per CNI verb: parse -> allocate -> plan -> apply -> result."""
+"""One function per CNI verb: parse -> allocate -> plan -> apply -> result.
+
+Imported on every call: what only hostPort/ipMasq, the policy gate or CHECK need is imported inside
+the function that uses it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 
-from cni_plugin import dataplane, hostport
+from cni_plugin import dataplane
 from cni_plugin.config import SUPPORTED_VERSIONS, NetConf, ifname_problem, is_safe_name
 from cni_plugin.errors import INCOMPATIBLE_VERSION, INVALID_ENV, CNIError, invalid_config
 from cni_plugin.plan import host_veth_name, plan_pod
@@ -18,7 +22,8 @@ from ipam.store import DiskStore
 class Env:
     """The CNI_* environment, checked per verb."""
 
-    def __init__(self, environ):
+    def __init__(self, environ, trace=None):
+        self.trace = trace  # main.Trace when bench/cni_startup.py asks for the phases
         self.command = environ.get("CNI_COMMAND", "")
         self.container_id = environ.get("CNI_CONTAINERID", "")
         self.netns = environ.get("CNI_NETNS", "")
@@ -39,6 +44,10 @@ class Env:
         problem = ifname_problem(self.ifname) if self.ifname else None
         if problem:
             raise CNIError(INVALID_ENV, f"CNI_IFNAME {self.ifname[:80]!r} is not a valid interface name: it {problem}")
+
+    def mark(self, phase: str) -> None:
+        if self.trace is not None:
+            self.trace.mark(phase)
 
     def who(self) -> str:
         """'<container id prefix> ns/pod ifname' for log lines (kubelet passes the pod in CNI_ARGS)."""
@@ -64,29 +73,44 @@ def add(conf: NetConf, env: Env, log) -> dict:
             # before allocating: IPAM answers a repeated ADD with the same addresses, and our undo
             # would then release the live pod's allocation
             dataplane.assert_absent(pod, env.ifname, env.netns)
+            env.mark("netns")
             allocations = allocator.allocate(cfg, store, env.container_id, env.ifname)
             undo.callback(allocator.release, store, env.container_id, env.ifname)
+            env.mark("ipam")
             plan = plan_pod(conf, allocations, cfg.routes, env.container_id, env.ifname)
             if conf.policy is not None:
                 # before the pod has an interface: its first packet, either way, meets its NetworkPolicy
                 from cni_plugin import policy_gate
                 policy_gate.wait(conf.policy, env.args, [a.split("/")[0] for a in plan.container_addrs], log)
+                env.mark("policy gate")
             interfaces = dataplane.setup(plan, pod, netns_fd, env.netns, undo)
-            hostport.program(conf, env.container_id, env.ifname, plan.host_if, plan.container_addrs, undo)
+            env.mark("netlink")
+            if conf.port_mappings or conf.ip_masq:  # the only ADDs that run `nft`
+                from cni_plugin import hostport
+
+                hostport.program(conf, env.container_id, env.ifname, plan.host_if, plan.container_addrs, undo)
+                env.mark("hostport")
             undo.pop_all()  # success: keep everything (the pod socket closes with the process)
     finally:
         os.close(netns_fd)
     log(f"ADD {env.who()} -> {', '.join(plan.container_addrs)} via {plan.host_if}")
-    return Result(interfaces, plan.ips, plan.routes).to_json(conf.cni_version)
+    out = Result(interfaces, plan.ips, plan.routes).to_json(conf.cni_version)
+    env.mark("result")
+    return out
 
 
 def delete(conf: NetConf, env: Env, log) -> None:
     env.need("container_id", "ifname")
     host_if = host_veth_name(env.container_id, env.ifname)
     dataplane.teardown(env.ifname, host_if, env.netns or None, log=log)
+    env.mark("netlink")
+    from cni_plugin import hostport  # cheap; its DEL is one failed open() for a pod without hostPort/ipMasq
+
     hostport.remove(conf.state_dir, host_if)
+    env.mark("hostport")
     cfg, store = _ipam(conf)
     freed = allocator.release(store, env.container_id, env.ifname)
+    env.mark("ipam")
     log(f"DEL {env.who()}: released {freed} address(es)")
 
 
@@ -134,6 +158,8 @@ def gc(conf: NetConf, env: Env, log) -> None:
         valid.add((item["containerID"], item["ifname"]))
     cfg, store = _ipam(conf)
     freed_ips = allocator.gc(store, valid)
+    from cni_plugin import hostport
+
     freed_rules = hostport.gc(conf.state_dir, valid)
     log(f"GC kept {len(valid)} attachment(s), freed {len(freed_ips)} address(es) and {len(freed_rules)} rule set(s)")
 

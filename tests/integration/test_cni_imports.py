@@ -1,0 +1,72 @@
+"""The frozen plugin's import set on a real kernel: ADD and DEL of a plain pod, and of one with a hostPort.
+
+PODWIRE_CNI_TRACE makes the plugin list sys.modules at exit (cni_plugin/main.py Trace). Beyond what the
+PyInstaller bootstrap loads before our code runs, a call may load only tests/unit/test_cni_imports.py's
+allow-list, plus `_ctypes` (setns into the pod's namespace); hostPort also loads netkit.nft's runner.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.cni_harness import netconf
+from tests.unit.test_cni_imports import DEL_EXTRA, HOT_PATH, NEVER, ROOT
+
+pytestmark = [pytest.mark.root, pytest.mark.frozen]
+
+# loaded by the bootloader and PyInstaller's bootstrap before __main__ (measured: bench/cni_startup.py)
+BOOTSTRAP = frozenset({
+    "__main__", "_abc", "_codecs", "_collections_abc", "_frozen_importlib", "_frozen_importlib_external", "_imp",
+    "_io", "_signal", "_stat", "_struct", "_thread", "_warnings", "_weakref", "abc", "builtins", "codecs",
+    "encodings", "encodings.aliases", "encodings.utf_8", "genericpath", "io", "marshal", "os", "os.path", "posix",
+    "posixpath", "pyimod01_archive", "pyimod02_importers", "pyimod03_ctypes", "stat", "sys", "time", "zipimport",
+    "zlib",
+})
+SETNS = frozenset({"_ctypes"})
+
+
+def loaded_by_import(module: str) -> set:
+    """What importing `module` adds to a bare interpreter's modules (netkit.nft is not ours to trim)."""
+    code = ("import os, sys; sys.path.insert(0, %r); before = set(sys.modules); import %s; "
+            "print(repr(sorted(set(sys.modules) - before)))" % (ROOT, module))
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(eval(out))  # a repr of a list of str, written just above
+
+
+def modules(r) -> set:
+    assert r.rc == 0, r
+    lines = [line for line in r.stderr.splitlines() if line.startswith("podwire-modules ")]
+    assert len(lines) == 1, r.stderr
+    return set(json.loads(lines[0][len("podwire-modules "):]))
+
+
+def call(plugin, verb, conf, pod):
+    return plugin.call(verb, conf, "c1", pod, env={"PODWIRE_CNI_TRACE": str(time.monotonic_ns())})
+
+
+def test_plain_pod_add_and_del_load_only_the_allow_list(plugin, pods, tmp_path):
+    conf, pod = netconf(str(tmp_path)), pods()
+    add = modules(call(plugin, "ADD", conf, pod))
+    assert {"cni_plugin.verbs", "netkit.rtnl", "ipam.store"} <= add
+    assert add <= BOOTSTRAP | HOT_PATH | SETNS, f"new on ADD's path: {sorted(add - BOOTSTRAP - HOT_PATH - SETNS)}"
+    assert not add & set(NEVER)
+    gone = modules(call(plugin, "DEL", conf, pod))
+    assert gone <= BOOTSTRAP | HOT_PATH | DEL_EXTRA, f"new on DEL's path: {sorted(gone - BOOTSTRAP - HOT_PATH)}"
+    assert not gone & set(NEVER)
+
+
+def test_hostport_pod_loads_the_nft_runner_and_nothing_else(plugin, pods, tmp_path):
+    conf = netconf(str(tmp_path), runtimeConfig={"portMappings": [{"hostPort": 18081, "containerPort": 80}]})
+    pod = pods()
+    add = modules(call(plugin, "ADD", conf, pod))
+    assert {"cni_plugin.hostport", "netkit.nft", "subprocess"} <= add
+    # hostPort's own cost is the nft runner (netkit.nft, whatever it imports) and our hostport module
+    allowed = BOOTSTRAP | HOT_PATH | SETNS | {"cni_plugin.hostport"} | loaded_by_import("netkit.nft")
+    assert add <= allowed, f"new on a hostPort ADD's path: {sorted(add - allowed)}"
+    assert not add & {"json", "pathlib", "tempfile", "dataclasses", "ctypes", "inspect"}
+    assert modules(call(plugin, "DEL", conf, pod)) <= allowed
