@@ -2,7 +2,10 @@
 
 Both plugins run from this process, which sits inside a throwaway node namespace, alternating
 iteration by iteration so machine noise hits both alike. Then a burst of N concurrent ADDs (kubelet's
-default max pods is 110) for each. Prints p50/p95 and the ratios podwire / reference.
+default max pods is 110) for each. Then ADDs of a pod with a hostPort: podwire alone against the
+reference chain bridge + host-local + portmap (the runtime runs portmap after bridge: the two times
+add up; portmap's iptables rules land in the throwaway node namespace). Prints p50/p95 and the ratios
+podwire / reference. bench/cni_startup.py splits podwire's time into start-up, imports and work.
 
     python3 bench/cni_latency.py [--iterations 60] [--burst 110] [--binary dist/podwire/podwire] [--json]
 
@@ -46,7 +49,22 @@ def configs(tmp: str) -> dict:
     }
 
 
-def run(binary: str, command: str, conf: dict, cid: str, pod_ns: str) -> float:
+PORT_MAPPINGS = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]
+
+
+def with_hostport(conf: dict) -> dict:
+    return {**conf, "capabilities": {"portMappings": True}, "runtimeConfig": {"portMappings": PORT_MAPPINGS}}
+
+
+def portmap_conf(conf: dict, prev: dict | None) -> dict:
+    out = {"cniVersion": conf["cniVersion"], "name": conf["name"], "type": "portmap",
+           "capabilities": {"portMappings": True}, "runtimeConfig": {"portMappings": PORT_MAPPINGS}}
+    if prev is not None:
+        out["prevResult"] = prev
+    return out
+
+
+def run(binary: str, command: str, conf: dict, cid: str, pod_ns: str, out: list | None = None) -> float:
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod_ns}",
            "CNI_IFNAME": "eth0", "CNI_PATH": REF_DIR, "PATH": os.environ.get("PATH", "")}
     start = time.perf_counter()
@@ -54,6 +72,8 @@ def run(binary: str, command: str, conf: dict, cid: str, pod_ns: str) -> float:
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{binary} {command} failed: {proc.stdout.decode()} {proc.stderr.decode()}")
+    if out is not None:
+        out.append(json.loads(proc.stdout) if proc.stdout.strip() else None)
     return elapsed
 
 
@@ -67,6 +87,7 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=60)
     ap.add_argument("--burst", type=int, default=110)
     ap.add_argument("--binary", default="dist/podwire/podwire")
+    ap.add_argument("--hostport-iterations", type=int, default=30)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     binaries = {"podwire": os.path.abspath(args.binary), "reference": f"{REF_DIR}/bridge"}
@@ -104,6 +125,18 @@ def main() -> int:
             with ThreadPoolExecutor(max_workers=16) as ex:
                 list(ex.map(lambda p: run(binary, "DEL", confs[name], f"burst-{p}", p), pods[: args.burst]))
 
+        hostport = {"podwire": [], "reference": []}
+        for i in range(args.hostport_iterations):
+            cid = f"hp-{i}"
+            hostport["podwire"].append(run(binaries["podwire"], "ADD", with_hostport(confs["podwire"]), cid, pods[0]))
+            run(binaries["podwire"], "DEL", with_hostport(confs["podwire"]), cid, pods[0])
+            prev: list = []
+            t = run(binaries["reference"], "ADD", confs["reference"], cid, pods[0], prev)
+            t += run(f"{REF_DIR}/portmap", "ADD", portmap_conf(confs["reference"], prev[0]), cid, pods[0])
+            hostport["reference"].append(t)
+            run(f"{REF_DIR}/portmap", "DEL", portmap_conf(confs["reference"], None), cid, pods[0])
+            run(binaries["reference"], "DEL", confs["reference"], cid, pods[0])
+
         print(f"CNI latency, {args.iterations} iterations, burst of {args.burst} concurrent ADDs")
         print(f"{'':10} {'ADD p50':>9} {'ADD p95':>9} {'DEL p50':>9} {'DEL p95':>9} {'burst':>9} {'CPU/ADD':>9}")
         for name in binaries:
@@ -116,11 +149,15 @@ def main() -> int:
               f"DEL p50 {pct(pw['DEL'], .5) / pct(ref['DEL'], .5):.2f}x, "
               f"burst {burst['podwire'] / burst['reference']:.2f}x, "
               f"CPU per ADD {cpu['podwire'] / cpu['reference']:.2f}x")
+        hp_pw, hp_ref = pct(hostport["podwire"], .5), pct(hostport["reference"], .5)
+        print(f"ADD with a hostPort ({args.hostport_iterations} iterations): podwire {hp_pw:.1f}ms, "
+              f"bridge+host-local+portmap {hp_ref:.1f}ms, ratio {hp_pw / hp_ref:.2f}x")
         print(f"load average during the run: {os.getloadavg()[0]:.1f} (ratios are same-run; absolute times are noise)")
         if args.json:
             print(json.dumps({name: {"add_p50_ms": pct(lat[name]["ADD"], .5), "add_p95_ms": pct(lat[name]["ADD"], .95),
                                      "del_p50_ms": pct(lat[name]["DEL"], .5), "del_p95_ms": pct(lat[name]["DEL"], .95),
-                                     "burst_ms": burst[name] * 1000, "cpu_per_add_ms": cpu[name] * 1000}
+                                     "burst_ms": burst[name] * 1000, "cpu_per_add_ms": cpu[name] * 1000,
+                                     "hostport_add_p50_ms": pct(hostport[name], .5)}
                               for name in binaries} | {"burst": args.burst, "iterations": args.iterations}))
         return 0
     finally:
