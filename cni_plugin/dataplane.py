@@ -7,6 +7,7 @@ network namespace other than the node's.
 
 from __future__ import annotations
 
+import errno
 import ipaddress  # already loaded by ipam
 import os
 import zlib
@@ -15,6 +16,8 @@ from cni_plugin.errors import INVALID_ENV, IO_FAILURE, STATE_DRIFT, UNKNOWN_CONT
 from cni_plugin.plan import PodPlan, route_gateway
 from cni_plugin.result import Interface
 from netkit import netns, rtnl
+
+LOOPBACK_IFINDEX = 1
 
 
 def open_pod_netns(path: str) -> int:
@@ -113,26 +116,25 @@ def setup(plan: PodPlan, pod: rtnl.RtnlSocket, netns_fd: int, netns_path: str, u
     """Create the pod's interfaces; `undo` (an ExitStack) gets a compensation for what was created."""
     with rtnl.RtnlSocket() as host:
         br = ensure_bridge(host, plan)
-        stale = host.link(plan.host_if)
-        if stale is not None:  # left by an ADD whose pod end is gone (crash, netns removed)
-            host.batch().del_link(stale.index, plan.host_if).commit()
-        b = host.batch()
-        mac = bridge_mac(plan)
-        if br.mac != _mac_text(mac):
-            # A bridge we did not create pinned (an older podwire, an admin): pin the MAC it has now, as
-            # the reference does on every ADD, before our port joins and may displace it.
-            b.set_mac(br.index, bytes.fromhex(br.mac.replace(":", "")), plan.bridge)
-        b.new_veth(plan.host_if, plan.container_if, netns_fd, plan.mtu, br.index)
         undo.callback(_delete_host_end, plan.host_if)  # before commit: the veth may exist when the pin failed
-        b.commit()
+        try:
+            _create_veth(host, br, plan, netns_fd)
+        except rtnl.NetlinkError as e:
+            stale = host.link(plan.host_if) if e.errno == errno.EEXIST else None
+            if stale is None:
+                raise
+            # left by an ADD whose pod end is gone (crash, netns removed): looked for only now, so
+            # the usual ADD pays no query for it
+            host.batch().del_link(stale.index, plan.host_if).commit()
+            _create_veth(host, br, plan, netns_fd)
         veth = _created(host.link(plan.host_if), plan.host_if)
         if plan.hairpin:
             host.batch().set_hairpin(veth.index, True).commit()
 
-        lo, eth = pod.link("lo"), _created(pod.link(plan.container_if), plan.container_if)
+        eth = _created(pod.link(plan.container_if), plan.container_if)
         b = pod.batch()
-        if lo is not None and not lo.up:
-            b.set_up(lo.index, "lo")
+        # a network namespace's loopback is always ifindex 1 (LOOPBACK_IFINDEX); up is idempotent
+        b.set_up(LOOPBACK_IFINDEX, "lo")
         b.set_up(eth.index, plan.container_if)
         for cidr in plan.container_addrs:
             b.new_addr(eth.index, cidr)
@@ -145,6 +147,16 @@ def setup(plan: PodPlan, pod: rtnl.RtnlSocket, netns_fd: int, netns_path: str, u
             Interface(veth.name, veth.mac, mtu=plan.mtu),
             Interface(eth.name, eth.mac, netns_path, plan.mtu),
         )
+
+
+def _create_veth(host: rtnl.RtnlSocket, br: rtnl.Link, plan: PodPlan, netns_fd: int) -> None:
+    b = host.batch()
+    if br.mac != _mac_text(bridge_mac(plan)):
+        # A bridge we did not create pinned (an older podwire, an admin): pin the MAC it has now, as
+        # the reference does on every ADD, before our port joins and may displace it.
+        b.set_mac(br.index, bytes.fromhex(br.mac.replace(":", "")), plan.bridge)
+    b.new_veth(plan.host_if, plan.container_if, netns_fd, plan.mtu, br.index)
+    b.commit()
 
 
 def _created(link: rtnl.Link | None, name: str) -> rtnl.Link:
