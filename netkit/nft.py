@@ -4,7 +4,8 @@ import logging
 import os
 import subprocess
 import threading
-from typing import Callable
+
+from netkit import heap
 
 _CANDIDATES = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
 
@@ -62,11 +63,6 @@ class Library:
         if not ctx or lib.nft_ctx_buffer_output(ctx) or lib.nft_ctx_buffer_error(ctx):
             raise OSError("libnftables: no context")
         self._lib, self._ctx = lib, ctx
-        self._trim: Callable[[int], int] | None
-        try:
-            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            self._trim = None
 
     @classmethod
     def get(cls) -> "Library | None":
@@ -86,10 +82,10 @@ class Library:
         with self._lock:
             rc = self._lib.nft_run_cmd_from_buffer(self._ctx, text.encode())
             err = self._lib.nft_ctx_get_error_buffer(self._ctx) or b""  # read (and reset) every time
-            if len(text) > TRIM_ABOVE and self._trim is not None:
+            if len(text) > TRIM_ABOVE:
                 # the parse of a big batch (a full sync) leaves ~1.5 KB per element free in the
                 # C heap, which glibc keeps (measured: 205 MB after 120k elements, 26 MB trimmed)
-                self._trim(0)
+                heap.trim()
         if rc != 0:
             raise NftError(err.decode(errors="replace"))
 

@@ -16,16 +16,20 @@ import threading
 import time
 from typing import Callable
 
+from netkit import heap
+
 log = logging.getLogger(__name__)
 
 FREEZE_EVERY = 600.0  # seconds between refreezes (a full collection first, of the unfrozen only)
 
 
 def settle() -> tuple[int, float]:
-    """Collect once, then freeze what is alive: (objects frozen in all, seconds it took)."""
+    """Collect once, freeze what is alive, hand the C heap's free memory back (what the first
+    LISTs' JSON pages left: glibc keeps it): (objects frozen in all, seconds it took)."""
     t0 = time.monotonic()
     gc.collect()
     gc.freeze()
+    heap.trim()
     return gc.get_freeze_count(), time.monotonic() - t0
 
 

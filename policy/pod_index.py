@@ -19,7 +19,9 @@ class PodIndex:
     def __init__(self) -> None:
         self.records: dict[Key, Pod] = {}  # every pod, by key
         self._by_ns: dict[str, dict[str, Pod]] = {}  # policed pods
-        self._claims: dict[IPAddress, dict[Key, int]] = {}  # address -> policed pods listing it (times)
+        # address -> the policed pod listing it once (nearly always), or {pod: times listed} when
+        # several do (or one twice): a dict per address would cost ~270 bytes per pod of the cluster
+        self._claims: dict[IPAddress, Key | dict[Key, int]] = {}
         self._by_ip: dict[IPAddress, Pod] = {}
         self._conflicts: set[IPAddress] = set()
         self._tuples: dict[str, tuple[Pod, ...]] = {}
@@ -40,12 +42,7 @@ class PodIndex:
                     del self._by_ns[old.namespace]
                 self._dirty_ns.add(old.namespace)
                 for ip in old.ips:
-                    claims = self._claims[ip]
-                    claims[key] -= 1
-                    if not claims[key]:
-                        del claims[key]
-                        if not claims:
-                            del self._claims[ip]
+                    _unclaim(self._claims, ip, key)
                     self._dirty_ips.add(ip)
         if record is not None:
             self.records[key] = record
@@ -53,8 +50,7 @@ class PodIndex:
                 self._by_ns.setdefault(record.namespace, {})[record.name] = record
                 self._dirty_ns.add(record.namespace)
                 for ip in record.ips:
-                    claims = self._claims.setdefault(ip, {})
-                    claims[key] = claims.get(key, 0) + 1
+                    _claim(self._claims, ip, key)
                     self._dirty_ips.add(ip)
 
     def parts(self) -> tuple[dict[str, tuple[Pod, ...]], dict[IPAddress, Pod], tuple[IPAddress, ...]]:
@@ -62,15 +58,15 @@ class PodIndex:
         caller's to keep (a snapshot must not change under a sync)."""
         for ip in self._dirty_ips:
             claims = self._claims.get(ip)
-            if not claims:
+            if claims is None:
                 self._by_ip.pop(ip, None)
                 self._conflicts.discard(ip)
-                continue
-            self._by_ip[ip] = self.records[min(claims)]
-            if len(claims) > 1 or sum(claims.values()) > 1:
-                self._conflicts.add(ip)
-            else:
+            elif isinstance(claims, tuple):  # one pod, once
+                self._by_ip[ip] = self.records[claims]
                 self._conflicts.discard(ip)
+            else:
+                self._by_ip[ip] = self.records[min(claims)]
+                self._conflicts.add(ip)  # a dict only while more than one claim
         for ns in self._dirty_ns:
             names = self._by_ns.get(ns)
             if names:
@@ -81,3 +77,26 @@ class PodIndex:
         self._dirty_ns.clear()
         return (dict(self._tuples), dict(self._by_ip),
                 tuple(sorted(self._conflicts, key=lambda ip: (ip.version, ip))))
+
+
+def _claim(claims: dict, ip: IPAddress, key: Key) -> None:
+    cur = claims.get(ip)
+    if cur is None:
+        claims[ip] = key
+    elif type(cur) is tuple:
+        claims[ip] = {cur: 1} if cur != key else {}
+        claims[ip][key] = claims[ip].get(key, 0) + 1
+    else:
+        cur[key] = cur.get(key, 0) + 1
+
+
+def _unclaim(claims: dict, ip: IPAddress, key: Key) -> None:
+    cur = claims[ip]
+    if type(cur) is tuple:
+        del claims[ip]
+        return
+    cur[key] -= 1
+    if not cur[key]:
+        del cur[key]
+    if len(cur) == 1 and next(iter(cur.values())) == 1:  # back to one claim, once
+        claims[ip] = next(iter(cur))

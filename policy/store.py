@@ -104,7 +104,9 @@ class Store:
         self._touched: set[tuple[str, str]] = set()
         self._overrides_dirty = False
         self._fresh: dict[IPAddress, tuple[str, str]] = {}  # address -> override key holding it
-        self._api_claims: dict[IPAddress, set[tuple[str, str]]] = {}  # address -> API records listing it
+        # address -> the API record listing it (a set when several do: rare, and a set per address
+        # would cost ~260 bytes per pod of the cluster)
+        self._api_claims: dict[IPAddress, tuple[str, str] | set[tuple[str, str]]] = {}
         self._policy_parts: tuple | None = None  # (sorted policies, per namespace) until policies change
         self._last_by_ns: dict[str, tuple[NetworkPolicy, ...]] = {}
 
@@ -154,7 +156,13 @@ class Store:
                         self._unclaim(key, old)
                     self.pods[key] = pod
                     for ip in pod.ips:
-                        self._api_claims.setdefault(ip, set()).add(key)
+                        cur = self._api_claims.get(ip)
+                        if cur is None:
+                            self._api_claims[ip] = key
+                        elif isinstance(cur, set):
+                            cur.add(key)
+                        elif cur != key:
+                            self._api_claims[ip] = {cur, key}
                     if old is None and key in self.overrides:
                         self._overrides_dirty = True  # an override's pod reached the API: its addresses are fresh
             if changed:
@@ -165,10 +173,16 @@ class Store:
     def _unclaim(self, key, old: Pod) -> None:
         for ip in old.ips:
             keys = self._api_claims.get(ip)
-            if keys is not None:
+            if keys is None:
+                continue
+            if isinstance(keys, set):
                 keys.discard(key)
-                if not keys:
+                if len(keys) == 1:
+                    self._api_claims[ip] = next(iter(keys))
+                elif not keys:
                     del self._api_claims[ip]
+            elif keys == key:
+                del self._api_claims[ip]
         if key in self.overrides:
             self._overrides_dirty = True
 
@@ -288,7 +302,11 @@ class Store:
                 fresh = {ip: key for key, o in self.overrides.items() if key in self.pods for ip in o[1]}
                 if fresh != self._fresh:
                     for ip in set(fresh) | set(self._fresh):
-                        self._touched.update(self._api_claims.get(ip, ()))
+                        keys = self._api_claims.get(ip)
+                        if isinstance(keys, set):
+                            self._touched.update(keys)
+                        elif keys is not None:
+                            self._touched.add(keys)
                     self._fresh = fresh
                 self._touched.update(self.overrides)
                 self._overrides_dirty = False
