@@ -31,26 +31,41 @@ class BridgeNetfilter:
     pod traffic never reaches the inet hooks. A per-bridge switch: no host-global sysctl, other
     bridges keep their behaviour. The plugin sets it when it creates the bridge; this repairs."""
 
-    def __init__(self, bridge: str):
+    RECHECK = 10.0  # seconds: once on, a check per sync (a netlink socket, ~5 ms) only delays rules
+
+    def __init__(self, bridge: str, clock=None):
+        import time
+
         self.bridge, self.ok = bridge, False
+        self.clock = clock or time.monotonic
+        self._checked = float("-inf")
 
     def __call__(self) -> None:
+        now = self.clock()
+        if self.ok and now - self._checked < self.RECHECK:
+            return
+        self._checked = now
+        self.ok = self._check()
+
+    def _check(self) -> bool:
+        """True when the switch is on (found so, or switched on now)."""
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=self.bridge)
             if not found:
-                return  # no pod yet: the plugin creates the bridge with the switch on
+                return False  # no pod yet: the plugin creates the bridge with the switch on
             link = ipr.get_links(found[0])[0]
             info = link.get_attr("IFLA_LINKINFO")
             data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
             if info is None or info.get_attr("IFLA_INFO_KIND") != "bridge" or data is None:
                 log.error("%s is not a bridge; same-node traffic is not policed", self.bridge)
-                return
+                return False
             if data.get_attr("IFLA_BR_NF_CALL_IPTABLES") == 1 and data.get_attr("IFLA_BR_NF_CALL_IP6TABLES") == 1:
-                return
+                return True
             ipr.link("set", index=found[0], kind="bridge", br_nf_call_iptables=1, br_nf_call_ip6tables=1)
             log.info("%s: netfilter calls for bridged traffic switched on", self.bridge)
+            return True
 
 
 class _Sync:
