@@ -16,6 +16,7 @@ remove exactly that without listing the kernel's ruleset.
 from __future__ import annotations
 
 import os
+import zlib
 
 from cni_plugin import wirejson
 from cni_plugin.config import PROTOCOLS, is_safe_name
@@ -123,9 +124,14 @@ def chain_name(host_if: str) -> str:
 
 
 def render_add(state: dict, bridge: str) -> str:
-    """nft text that programs one attachment (`state` as returned by `plan_state`)."""
+    """nft text that programs one attachment (`state` as returned by `plan_state`) and the base."""
+    return base_ruleset(bridge) + render_pod(state, bridge)
+
+
+def render_pod(state: dict, bridge: str) -> str:
+    """The attachment's part of render_add: its chain, map elements and masquerade set entries."""
     chain = state["chain"]
-    lines = [base_ruleset(bridge)]
+    lines = []
     if state["elements"]:
         lines.append(f"add chain inet {TABLE} {chain}")
         lines.append(f"flush chain inet {TABLE} {chain}")
@@ -186,11 +192,52 @@ def _state_path(state_dir: str, host_if: str) -> str:
     return os.path.join(state_dir, "hostport", host_if + ".json")
 
 
+def _base_marker(state_dir: str, bridge: str) -> str:
+    """A file that says: this boot, the base ruleset for `bridge` in this exact text was applied.
+    The boot ID makes a reboot (an empty ruleset) forget it; the text's CRC an upgrade of the rules."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "unknown-boot"
+    key = zlib.crc32((boot + base_ruleset(bridge)).encode())
+    return os.path.join(state_dir, "hostport-base", f"{bridge}-{key:08x}")
+
+
+def _apply(state_dir: str, bridge: str, pod_text: str) -> str | None:
+    """Apply the attachment's rules; None, or nft's stderr. The base ruleset (table, maps, the base
+    chains re-created and flushed) costs nft ~15 ms per run on a node with pods, so it is applied by
+    the first hostPort ADD of a boot (and again when the pod's part fails for any reason but a port
+    conflict: the table was deleted or flushed), not by every one."""
+    from cni_plugin import nft_exec
+
+    marker = _base_marker(state_dir, bridge)
+    if os.path.exists(marker):
+        err = nft_exec.run(pod_text)
+        if err is None or "File exists" in err:
+            return err
+    err = nft_exec.run(base_ruleset(bridge) + pod_text)
+    if err is None:
+        directory = os.path.dirname(marker)
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):  # earlier boots' and versions' markers
+            if name.startswith(f"{bridge}-"):
+                _unlink_quietly(os.path.join(directory, name))
+        with open(marker, "w"):
+            pass
+    return err
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def program(conf, container_id: str, ifname: str, host_if: str, pod_ips, undo) -> None:
     if not conf.port_mappings and not conf.ip_masq:
         return
-    from netkit import nft
-
     state = plan_state(container_id, ifname, host_if, conf.port_mappings, pod_ips, conf.ip_masq)
     path = _state_path(conf.state_dir, host_if)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -198,17 +245,15 @@ def program(conf, container_id: str, ifname: str, host_if: str, pod_ips, undo) -
     with open(path + ".tmp", "w") as f:
         f.write(wirejson.dumps(state))
     os.replace(path + ".tmp", path)
-    try:
-        nft.apply(render_add(state, conf.bridge))
-    except nft.NftError as e:
+    err = _apply(conf.state_dir, conf.bridge, render_pod(state, conf.bridge))
+    if err is not None:
         # the transaction is atomic: nothing of it is in the kernel, and the elements it names may
         # belong to another pod, so only our state file goes
         os.unlink(path)
-        if "File exists" in e.stderr:
+        if "File exists" in err:
             ports = ", ".join(state["elements"])
-            raise CNIError(HOSTPORT_CONFLICT, f"hostPort already in use on this node ({ports})",
-                           e.stderr.strip()) from None
-        raise CNIError(5, "cannot program hostPort rules", e.stderr.strip()) from None
+            raise CNIError(HOSTPORT_CONFLICT, f"hostPort already in use on this node ({ports})", err.strip())
+        raise CNIError(5, "cannot program hostPort rules", err.strip())
     undo.callback(remove, conf.state_dir, host_if)
 
 
@@ -227,19 +272,14 @@ def remove(state_dir: str, host_if: str) -> None:
 
 
 def _delete_rules(state: dict) -> None:
-    from netkit import nft
+    from cni_plugin import nft_exec
 
     statements = render_delete(state)
     if not statements:
         return
-    try:
-        nft.apply("\n".join(statements) + "\n")
-    except nft.NftError:
+    if nft_exec.run("\n".join(statements) + "\n") is not None:
         for s in statements:  # some were gone already (reboot, manual flush): remove the rest
-            try:
-                nft.apply(s + "\n")
-            except nft.NftError:
-                pass
+            nft_exec.run(s + "\n")
 
 
 def gc(state_dir: str, valid: set) -> list[str]:
