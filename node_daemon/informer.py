@@ -168,7 +168,14 @@ class Informer:
 
     # ---- LIST --------------------------------------------------------------------------
     def _relist(self) -> None:
-        items: list[dict] = []
+        """LIST page by page; each page is cached and handed on before the next is read, so at
+        most one page of full objects is alive (at 150k pods, a list of every page's objects
+        was ~300 MB at its peak, and the freed memory stayed fragmented in the process). Keys
+        the cache had and the list did not are deleted at the end; `synced` is set after that."""
+        seen: set[str] = set()
+        # a relist over a filled cache hands its adds and updates on after the deletions it finds
+        # (an address a deleted pod held may be a new pod's now); the first LIST at once
+        later: builtins.list | None = [] if self._cache else None
         token, rv = None, None
         while True:
             kwargs = dict(self.selectors, limit=self.page_size, _preload_content=False)
@@ -178,20 +185,25 @@ class Informer:
                 body = self._call(**kwargs)
             except ApiException as e:
                 if e.status == 410 and token:  # continue token expired: start the list over
-                    items, token = [], None
+                    seen, token = set(), None
+                    later = [] if later is not None else None
                     continue
                 raise
-            page = body.get("items") or []
-            items += map(self.transform, page) if self.transform else page
             meta = body.get("metadata") or {}
             rv, token = meta.get("resourceVersion"), meta.get("continue")
+            page = body.get("items") or []
+            del body
+            self._merge(map(self.transform, page) if self.transform else page, seen, later)
+            del page
             if not token:
                 break
-        self._replace(items)
+        self._drop_unseen(seen)
+        for cb, *objs in later or ():
+            self._emit(cb, *objs)
         self.resource_version = rv
         self.backoff.reset()
         if not self.synced.is_set():
-            log.info("%s: initial list done (%d objects, rv %s)", self.name, len(items), rv)
+            log.info("%s: initial list done (%d objects, rv %s)", self.name, len(seen), rv)
         self.synced.set()
 
     def _call(self, **kwargs) -> dict:
@@ -201,20 +213,35 @@ class Informer:
         finally:
             resp.release_conn()
 
-    def _replace(self, items: builtins.list[dict]) -> None:
-        fresh = {key_of(o): o for o in items}
+    def _merge(self, objs, seen: set[str], later: builtins.list | None) -> None:
+        """One page of a LIST: cached, and handed on (or kept in `later`) as adds (new keys) or
+        updates (another resourceVersion than the cached one)."""
         keep = self.keep
-        with self._lock:
-            old, self._cache = self._cache, {k: keep(o) for k, o in fresh.items()} if keep else fresh
-        for k, obj in old.items():
-            if k not in fresh:
-                self._emit(self.on_delete, obj)
-        for k, obj in fresh.items():
-            before = old.get(k)
+        event: tuple
+        for obj in objs:
+            k = key_of(obj)
+            seen.add(k)
+            with self._lock:
+                before = self._cache.get(k)
+                self._cache[k] = keep(obj) if keep else obj
             if before is None:
-                self._emit(self.on_add, obj)
+                event = (self.on_add, obj)
             elif _rv(before) != _rv(obj):
-                self._emit(self.on_update, before, obj)
+                event = (self.on_update, before, obj)
+            else:
+                continue
+            if later is None:
+                self._emit(*event)
+            else:
+                later.append(event)
+
+    def _drop_unseen(self, seen: set[str]) -> None:
+        with self._lock:
+            gone = [(k, o) for k, o in self._cache.items() if k not in seen]
+            for k, _ in gone:
+                del self._cache[k]
+        for _, obj in gone:
+            self._emit(self.on_delete, obj)
 
     # ---- WATCH -------------------------------------------------------------------------
     def _watch(self) -> int:
