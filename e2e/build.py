@@ -44,6 +44,9 @@ from e2e.progress import Progress, Ticker
 KUBERNETES_VERSION = "v1.34.10"
 ETCD_VERSION = "v3.6.16"
 COREDNS_VERSION = "v1.12.4"
+# kind is pinned: its default node image moves with each release, and a newer kind (or Kubernetes)
+# may stop booting on the cgroup v1 machines here (shared/notes/kind.md).
+KIND_VERSION = "v0.33.0"
 
 GO = os.environ.get("PODWIRE_GO", "go")
 
@@ -104,12 +107,14 @@ ETCD = Source(
     ),
 )
 COREDNS = Source("coredns", "github.com/coredns/coredns", COREDNS_VERSION)
+KIND = Source("kind", "sigs.k8s.io/kind", KIND_VERSION)
 
 
 # What needs a target: every cluster (control plane, kubelets, CoreDNS), a cluster with kube-proxy
 # (the anchor of benchmarks and parity tests), or the conformance command (e2e.test and the
-# binaries of the test images it runs). `make demo` builds the first kind only.
-CLUSTER, KUBE_PROXY, CONFORMANCE = "cluster", "kube-proxy", "conformance"
+# binaries of the test images it runs), or the kind path (kind itself, and kubeadm for its node image:
+# e2e/kind.py). `make demo` builds the first kind only.
+CLUSTER, KUBE_PROXY, CONFORMANCE, KIND_NODE = "cluster", "kube-proxy", "conformance", "kind"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,13 +140,20 @@ TARGETS: tuple[Target, ...] = (
     Target("regression-issue-74839", KUBERNETES, "k8s.io/kubernetes/test/images/regression-issue-74839",
            needed_by=CONFORMANCE),
 )
+# Only the kind path (python3 -m e2e.kind) builds these, so `python3 -m e2e.build` and the e2e fixtures
+# do not spend minutes on them: kubeadm goes into the node image, kind drives the cluster.
+KIND_TARGETS: tuple[Target, ...] = (
+    Target("kubeadm", KUBERNETES, "k8s.io/kubernetes/cmd/kubeadm", needed_by=KIND_NODE),
+    Target("kind", KIND, "sigs.k8s.io/kind", needed_by=KIND_NODE),
+)
 
 
-def targets_for(*, kube_proxy: bool = False, conformance: bool = False) -> tuple[Target, ...]:
+def targets_for(*, kube_proxy: bool = False, conformance: bool = False, kind: bool = False) -> tuple[Target, ...]:
     """What a command needs built: a cluster's binaries, kube-proxy's when it runs one, the
-    conformance command's on top."""
-    wanted = {CLUSTER} | ({KUBE_PROXY} if kube_proxy else set()) | ({CONFORMANCE} if conformance else set())
-    return tuple(t for t in TARGETS if t.needed_by in wanted)
+    conformance command's on top, kind's (kind, kubeadm) for the kind path."""
+    wanted = ({CLUSTER} | ({KUBE_PROXY} if kube_proxy else set()) | ({CONFORMANCE} if conformance else set())
+              | ({KIND_NODE} if kind else set()))
+    return tuple(t for t in TARGETS + KIND_TARGETS if t.needed_by in wanted)
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,6 +18,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# Docker for the kind path (e2e/dockerd.py runs dockerd inside a network namespace of the harness, never as
+# the machine's service): a policy-rc.d that denies every start keeps apt from starting it in the root namespace.
+if ! dpkg-query -W -f='${Status}' docker.io 2>/dev/null | grep -q "install ok installed"; then
+  made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker.io
+  [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+fi
+
 PYTHON=${PYTHON:-python3}
 $PYTHON -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 
