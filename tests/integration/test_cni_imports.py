@@ -24,6 +24,7 @@ BOOTSTRAP = frozenset({
     "encodings", "encodings.aliases", "encodings.utf_8", "genericpath", "io", "marshal", "os", "os.path", "posix",
     "posixpath", "pyimod01_archive", "pyimod02_importers", "pyimod03_ctypes", "stat", "sys", "time", "zipimport",
     "zlib",
+    "gc",  # builtin; our __main__ turns the cyclic GC off before anything else
 })
 SETNS = frozenset({"_ctypes"})
 # hostPort and ipMasq only: the rules, and `nft -f -` run by posix_spawn (no subprocess, no netkit.nft)
