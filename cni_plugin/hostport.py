@@ -10,7 +10,8 @@ Traffic that enters from the pod bridge and is DNATed back onto it (a pod reachi
 included) is masqueraded: without br_netfilter the reply would skip the host and never be un-NATed.
 
 What was programmed for each attachment is kept in <stateDir>/hostport/<name>.json, so DEL and GC
-remove exactly that without listing the kernel's ruleset.
+remove exactly that without listing the kernel's ruleset. The base (table, maps, sets, base chains) is
+applied by the first hostPort ADD of a boot, remembered in <stateDir>/hostport-base/ (see _apply).
 """
 
 from __future__ import annotations
