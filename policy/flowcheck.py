@@ -1,8 +1,9 @@
 """flowcheck: would the nft table rendered from a Ruleset pass a new flow's first packet?
 
 A pure evaluator that mirrors policy/ruleset.py's chains (ct state aside: this is the first packet
-of a connection). It reads the very set elements `ruleset.elements()` renders — after the
-normalisation into disjoint boxes — not the Allow records, so it checks what the kernel would hold:
+of a connection). It reads the very set elements `ruleset.elements()` renders (per pod, with the
+same renderer) — after the normalisation into disjoint boxes — not the Allow records, so it checks
+what the kernel would hold:
 
     egress  (source pod):  pod . peer . l4proto . dport @egress-exact  -> return
                            pod . peer @egress-pair                     -> return
@@ -18,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Union
 
-from policy.ruleset import DIRECTIONS, PROTOCOLS, Ruleset, elements, set_name
+from policy.ruleset import PROTOCOLS, Ruleset, _pod_elements, set_name
 
 Addr = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -38,35 +39,43 @@ def _ports(text: str) -> tuple[int, int]:
 
 
 class FlowCheck:
-    """One Ruleset's sets parsed once; `allows` evaluates flows against them."""
+    """One Ruleset's sets, parsed per pod when a flow first asks about that pod (a cleanup after a
+    change judges the flows of a few pods; parsing a node's 270k elements took seconds, on a
+    worker thread that then held the interpreter lock against the next sync)."""
 
     def __init__(self, ruleset: Ruleset):
-        els = elements(ruleset)
-        self._isolated: dict[tuple[str, int], frozenset[Addr]] = {}
+        self._rs = ruleset
         self._ports: dict[tuple[str, Addr], list[tuple[int, int, str, int, int]]] = {}
         self._any: dict[tuple[str, Addr], list[tuple[int, int]]] = {}
-        for direction in DIRECTIONS:
-            for v in (4, 6):
-                self._isolated[(direction, v)] = frozenset(
-                    ipaddress.ip_address(e) for e in els[set_name(direction, "isolated", v)])
-                for e in els[set_name(direction, "exact", v)] | els[set_name(direction, "ports", v)]:
-                    pod, peer, proto, ports = e.split(" . ")
-                    self._ports.setdefault((direction, ipaddress.ip_address(pod)), []).append(
-                        (*_interval(peer), proto, *_ports(ports)))
-                for e in els[set_name(direction, "pair", v)] | els[set_name(direction, "any", v)]:
-                    pod, peer = e.split(" . ")
-                    self._any.setdefault((direction, ipaddress.ip_address(pod)), []).append(_interval(peer))
+
+    def _load(self, direction: str, pod: Addr) -> None:
+        """The pod's elements as ruleset.elements() renders them (the same per-pod renderer)."""
+        key = (direction, pod)
+        ports: list[tuple[int, int, str, int, int]] = []
+        anys: list[tuple[int, int]] = []
+        group = self._rs.by_pod(direction).get(pod)
+        if group:
+            els = _pod_elements(direction, pod, group, {})
+            v = pod.version
+            for e in els[set_name(direction, "exact", v)] | els[set_name(direction, "ports", v)]:
+                _, peer, proto, port_text = e.split(" . ")
+                ports.append((*_interval(peer), proto, *_ports(port_text)))
+            for e in els[set_name(direction, "pair", v)] | els[set_name(direction, "any", v)]:
+                anys.append(_interval(e.split(" . ")[1]))
+        self._ports[key], self._any[key] = ports, anys
 
     def passes(self, direction: str, pod: Addr, peer: Addr, proto: str, port: int) -> bool:
         """One direction's chain: `pod` is the local end (egress: source, ingress: destination); proto lower-case."""
         p = int(peer)
-        for lo, hi, pr, plo, phi in self._ports.get((direction, pod), ()):
+        if (direction, pod) not in self._ports:
+            self._load(direction, pod)
+        for lo, hi, pr, plo, phi in self._ports[(direction, pod)]:
             if lo <= p <= hi and pr == proto and plo <= port <= phi:
                 return True
-        for lo, hi in self._any.get((direction, pod), ()):
+        for lo, hi in self._any[(direction, pod)]:
             if lo <= p <= hi:
                 return True
-        return pod not in self._isolated[(direction, pod.version)]
+        return pod not in self._rs.isolated(direction)
 
     def allows(self, src: Addr, dst: Addr, proto: str, port: int) -> bool:
         """The first packet src -> dst:port/proto passes the source's egress and the destination's ingress."""
