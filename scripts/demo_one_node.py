@@ -5,6 +5,7 @@ Everything happens in throwaway namespaces (a "node" and two "pods") and is remo
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -14,6 +15,9 @@ import uuid
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PLUGIN = os.path.join(ROOT, "dist", "podwire", "podwire")
+sys.path.insert(0, ROOT)
+
+from node_daemon import cniconf  # noqa: E402
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -36,11 +40,11 @@ def main() -> int:
     tag = uuid.uuid4().hex[:6]
     node, pods = f"pwdemo-node-{tag}", [f"pwdemo-pod{i}-{tag}" for i in (1, 2)]
     tmp = tempfile.mkdtemp(prefix="podwire-demo-")
-    conf = {"cniVersion": "1.1.0", "name": "demo", "type": "podwire", "bridge": "podwire0", "mtu": 1500,
-            "logFile": f"{tmp}/cni.log", "stateDir": f"{tmp}/state",
-            "ipam": {"type": "host-local",
-                     "ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]],
-                     "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}], "dataDir": f"{tmp}/ipam"}}
+    # the config a runtime would hand the plugin from the daemon's conflist (one writer of it)
+    settings = cniconf.CniSettings(log_file=f"{tmp}/cni.log", data_dir=f"{tmp}/ipam")
+    conf = cniconf.network_config(cniconf.conflist(
+        (ipaddress.ip_network("10.244.1.0/24"), ipaddress.ip_network("fd00:10:244:1::/64")), 1500, settings,
+        name="demo", state_dir=f"{tmp}/state"))
     failures = 0
     try:
         for ns in (node, *pods):
