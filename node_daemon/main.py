@@ -13,6 +13,8 @@ import signal
 import socket
 import threading
 
+from netkit import heap
+
 from . import gcfreeze
 from .config import Config, parse_args
 from .daemon import Daemon, ensure_forwarding
@@ -56,6 +58,8 @@ def api_client(kubeconfig: str | None):
 def run(cfg: Config, stop: threading.Event) -> None:
     from kubernetes import client
     from pyroute2 import IPRoute
+
+    heap.limit_arenas()  # before the informer and sync threads start
 
     api = api_client(cfg.kubeconfig)
     core = client.CoreV1Api(api)
