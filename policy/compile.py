@@ -41,6 +41,7 @@ _EVERYWHERE: dict[int, tuple[IPNetwork, ...]] = {
 _ANY_PORT: tuple[tuple[str | None, int, int], ...] = ((None, 1, 65535),)
 
 
+_DELTA_ABOVE = 16  # peer addresses in a rule above which a change is applied as a delta
 _EPOCHS = count()  # a _Compiler that starts over gets a new epoch: generations before it mean nothing
 
 
@@ -92,6 +93,7 @@ class _Compiler:
         self._owned = {}
         self._this_sync = {}
         self._hosts_this_sync: dict[tuple[int, int], tuple[tuple[Pod, ...], list[IPNetwork]]] = {}
+        self._delta_this_sync: dict[tuple[int, int], tuple[list, list, tuple[list, list]]] = {}
         now = cluster.pods_by_namespace
         changed = False
         for ns in set(now) | set(self._prev_pods):
@@ -305,6 +307,24 @@ class _Compiler:
         self._this_sync[key] = (policy, out)
         return out
 
+    def single_peer(self, policy: NetworkPolicy, direction: str, index: int) -> bool:
+        """The rule's addresses come from one selector peer (peer_nets shares _hosts_of's list):
+        one object per address, no address twice, so a change is told by the objects' ids."""
+        peers = policy.rules(direction)[index].peers
+        return len(peers) == 1 and peers[0].ip_block is None
+
+    def nets_delta(self, old: list[IPNetwork], new: list[IPNetwork]) -> tuple[list[IPNetwork], list[IPNetwork]]:
+        """(in old only, in new only) by object identity, once per sync for every local pod whose
+        rule went from `old` to `new`."""
+        key = (id(old), id(new))
+        hit = self._delta_this_sync.get(key)
+        if hit is not None and hit[0] is old and hit[1] is new:
+            return hit[2]
+        in_old, in_new = set(map(id, old)), set(map(id, new))
+        found = ([n for n in old if id(n) not in in_new], [n for n in new if id(n) not in in_old])
+        self._delta_this_sync[key] = (old, new, found)
+        return found
+
     def _hosts_of(self, pods: tuple[Pod, ...], version: int) -> list[IPNetwork]:
         """The own addresses of `pods` in one family, built once per sync per peer result (many
         policies' rules name the same peer: every namespace's `from: team=x` rule, say)."""
@@ -469,8 +489,23 @@ class NodeCompiler:
             return prev.allows
         if len(nets) * len(ports) + sum(len(x) for x in named) > budget:
             return None
+        if prev is not None and prev.policy is policy and prev.ports == ports and not named_ports \
+                and not prev.named and len(nets) > _DELTA_ABOVE and c.single_peer(policy, direction, index):
+            # a peer pod came or went among hundreds: change the allows by those alone
+            removed, added = c.nets_delta(prev.nets, nets)
+            by_net: dict = dict(prev.by_net)
+            gone: list[Allow] = []
+            for net in removed:
+                gone.extend(by_net.pop(id(net), ()))
+            came: list[Allow] = []
+            for net in added:
+                fresh = by_net[id(net)] = trusted_allows(ip, net, ports)
+                came.extend(fresh)
+            found = prev.allows.difference(gone).union(came) if gone or came else prev.allows
+            after[key] = _RuleResult(pod, policy, ports, nets, named, by_net, found)
+            return found
         old = prev.by_net if prev is not None and prev.policy is policy and prev.ports == ports else {}
-        by_net: dict = {}  # id(net) -> its allows: the nets are the same objects while unchanged (pod_hosts)
+        by_net = {}  # id(net) -> its allows: the nets are the same objects while unchanged (pod_hosts)
         for net in nets:
             made = old.get(id(net))
             if made is None:

@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from policy import compile as compile_module
 from policy.compile import NodeCompiler, compile_node
 from policy.model import (
     EGRESS,
@@ -115,8 +116,10 @@ def _apply(kernel: dict[str, set[str]], text: str) -> None:
                 kernel[name].discard(x)
 
 
+@pytest.mark.parametrize("delta_above", [16, 0])  # 0: every rule change goes through the peer delta
 @pytest.mark.parametrize("seed", range(12))
-def test_incremental_compile_equals_a_fresh_one_over_random_histories(seed):
+def test_incremental_compile_equals_a_fresh_one_over_random_histories(seed, delta_above, monkeypatch):
+    monkeypatch.setattr(compile_module, "_DELTA_ABOVE", delta_above)
     rng = random.Random(1000 + seed)
     start, _ = random_cluster(seed, n_pods=16, n_policies=8)
     pods = {p.key: p for p in start.pods}
