@@ -23,8 +23,10 @@ def setns(fd: int) -> None:
         address = _ctypes.dlsym(_ctypes.dlopen(None), "setns")  # type: ignore[arg-type]
         _setns = lambda f: _ctypes.call_function(address, (f, CLONE_NEWNET))  # noqa: E731
     if _setns(fd) != 0:
-        import ctypes  # only on failure: errno needs ctypes' use_errno machinery
-
+        try:
+            import ctypes  # only on failure: errno needs ctypes' use_errno machinery
+        except ImportError:  # the frozen plugin leaves the ctypes package out (its start-up cost)
+            raise OSError("setns into the network namespace failed") from None
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
