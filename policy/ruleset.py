@@ -327,6 +327,17 @@ def set_name(direction: str, kind: str, version: int) -> str:
 KINDS = ("isolated", "exact", "pair", "ports", "any")
 
 
+def _hash_element(al: Allow, lo: int, pod_text: str, text: dict[int, str], exact: set[str], pair: set[str]) -> None:
+    """An allow towards one peer address with one port (or none): its one hash-set element."""
+    peer = text.get(lo)
+    if peer is None:
+        peer = text[lo] = str(al.peer.network_address)
+    if al.proto is None:
+        pair.add(f"{pod_text} . {peer}")
+    else:
+        exact.add(f"{pod_text} . {peer} . {al.proto} . {al.first_port}")
+
+
 def _pod_elements(direction: str, pod: Addr, allows: Iterable[Allow],
                   text: dict[int, str]) -> dict[str, frozenset[str]]:
     """One pod address's allow elements, by set name.
@@ -345,13 +356,7 @@ def _pod_elements(direction: str, pod: Addr, allows: Iterable[Allow],
     for al in allows:
         lo = int(al.peer.network_address)  # hi by arithmetic: broadcast_address is slow to compute
         if al.peer.prefixlen == bits and (al.proto is None or al.first_port == al.last_port):
-            peer = text.get(lo)
-            if peer is None:
-                peer = text[lo] = str(al.peer.network_address)
-            if al.proto is None:
-                pair.add(f"{pod_text} . {peer}")
-            else:
-                exact.add(f"{pod_text} . {peer} . {al.proto} . {al.first_port}")
+            _hash_element(al, lo, pod_text, text, exact, pair)
             continue
         boxes.setdefault(al.proto, []).append(
             (lo, lo + (1 << (bits - al.peer.prefixlen)) - 1, al.first_port, al.last_port))
@@ -387,16 +392,10 @@ def _changed_elements(direction: str, pod: Addr, was: frozenset[Allow], had: dic
     for allows_, verb in ((gone, "delete"), (came, "add")):
         if not allows_:
             continue
-        exact, pair = set(), set()
+        exact: set[str] = set()
+        pair: set[str] = set()
         for al in allows_:
-            lo = int(al.peer.network_address)
-            peer = text.get(lo)
-            if peer is None:
-                peer = text[lo] = str(al.peer.network_address)
-            if al.proto is None:
-                pair.add(f"{pod_text} . {peer}")
-            else:
-                exact.add(f"{pod_text} . {peer} . {al.proto} . {al.first_port}")
+            _hash_element(al, int(al.peer.network_address), pod_text, text, exact, pair)
         for kind, texts in (("exact", exact), ("pair", pair)):
             if texts:
                 name = set_name(direction, kind, pod.version)
