@@ -38,6 +38,16 @@ image: dist dist-daemon
 kind:
 	packaging/kind-up.sh
 
+# The kind path run here for real (README, kind section): a private dockerd in a network namespace, a node
+# image made offline, `kind create cluster --config manifests/kind-config.yaml`, packaging/kind-up.sh unchanged,
+# then the demo's checks. Several minutes warm; the first run builds kind, kubeadm and the node image.
+.PHONY: demo-kind kind-e2e
+demo-kind: image
+	$(PYTHON) -m e2e.kind_demo --podwire-image dist/podwire-image.tar
+
+kind-e2e: image
+	PODWIRE_KIND_E2E=1 $(PYTHON) -m pytest -q -p no:cacheprovider e2e/tests/test_kind_cluster.py
+
 test: check dist
 	$(PYTHON) -m pytest
 

@@ -20,6 +20,7 @@ handled here, never in the user's path (shared/notes/kind.md):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -119,8 +120,9 @@ class DockerdError(RuntimeError):
 class Dockerd:
     """One private dockerd: `with Dockerd("x") as d: d.docker("ps")`; teardown leaves nothing."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, owner: ns.Proc | None = None):
         self.name = valid_name(name)
+        self.owner = owner  # a test session: when it is gone, sweep_abandoned() tears this engine down
         self.netns = f"{PREFIX}-{name}"
         self.cgroup_parent = f"{PREFIX}-{name}"
         self.dir = state_root() / name
@@ -166,6 +168,8 @@ class Dockerd:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ledger.dir(self.dir)  # undone last: the ledger itself lives here
         self.ledger.dir(self.data_root)
+        if self.owner:
+            (self.dir / "owner.json").write_text(json.dumps(self.owner.to_json()))
         self.data_root.mkdir(parents=True, exist_ok=True)
         modules = Path("/lib/modules")
         if not modules.exists():
@@ -258,14 +262,30 @@ class Dockerd:
         return left
 
 
-def sweep() -> list[str]:
-    """Tear down every engine under the state root (after a killed test session)."""
+def root_namespace_view() -> tuple[str, str, str]:
+    """What the kind path must never change: the root namespace's link names, its routes and its nft tables
+    (compared before and after by the tests)."""
+    links = ns.run(["ip", "-o", "link", "show"]).stdout
+    names = "\n".join(sorted(line.split(":")[1].strip() for line in links.splitlines()))  # not counters
+    routes = ns.run(["ip", "route", "show", "table", "all"]).stdout
+    return names, routes, ns.run(["nft", "list", "tables"]).stdout
+
+
+def sweep(abandoned_only: bool = False) -> list[str]:
+    """Tear down every engine under the state root, or only those whose owner (a test session) is gone."""
     swept = []
     if state_root().is_dir():
         for d in sorted(state_root().iterdir()):
-            if (d / "ledger.json").exists():
-                Dockerd(d.name).down()
-                swept.append(d.name)
+            if not (d / "ledger.json").exists():
+                continue
+            if abandoned_only:
+                try:
+                    if ns.Proc.from_json(json.loads((d / "owner.json").read_text())).alive():
+                        continue
+                except (OSError, ValueError, KeyError):
+                    continue  # no owner: a CLI engine, torn down by `down NAME` only
+            Dockerd(d.name).down()
+            swept.append(d.name)
     return swept
 
 

@@ -37,8 +37,8 @@ class KindError(RuntimeError):
 class KindCluster:
     """A kind cluster on a private engine: `with KindCluster("kw") as k: k.kubectl("get", "nodes")`."""
 
-    def __init__(self, engine: str = "kind", cluster: str = CLUSTER):
-        self.engine = Dockerd(engine)
+    def __init__(self, engine: str = "kind", cluster: str = CLUSTER, owner: ns.Proc | None = None):
+        self.engine = Dockerd(engine, owner)
         self.cluster = cluster
         self.timings: dict[str, float] = {}
 

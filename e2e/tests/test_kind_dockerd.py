@@ -16,20 +16,11 @@ pytestmark = [pytest.mark.root, pytest.mark.slow,
                                  "(scripts/install-deps.sh)")]
 
 
-def root_namespace_view() -> tuple[str, str, str]:
-    """What dockerd must never change: the root namespace's links, routes and nft ruleset."""
-    links = ns.run(["ip", "-o", "link", "show"]).stdout
-    # link statistics and timers change by themselves; names and flags are what we compare
-    names = "\n".join(sorted(line.split(":")[1].strip() for line in links.splitlines()))
-    routes = ns.run(["ip", "route", "show", "table", "all"]).stdout
-    ruleset = ns.run(["nft", "list", "tables"]).stdout
-    return names, routes, ruleset
-
-
 def test_dockerd_runs_privileged_containers_in_its_namespace_and_leaves_nothing():
     name = f"t{os.getpid() % 100000}"
-    engine = dockerd.Dockerd(name)
-    before, sysctls = root_namespace_view(), host_sysctls.snapshot()
+    dockerd.sweep(abandoned_only=True)  # engines of killed sessions
+    engine = dockerd.Dockerd(name, ns.this_process("pytest"))
+    before, sysctls = dockerd.root_namespace_view(), host_sysctls.snapshot()
     try:
         with engine:
             subprocess.run([dockerd.DOCKER, "-H", engine.host, "import", "-", "pwk/busybox:t"],
@@ -44,10 +35,10 @@ def test_dockerd_runs_privileged_containers_in_its_namespace_and_leaves_nothing(
             # the container's processes live under the engine's cgroup parent (how teardown finds them)
             from e2e import cgroups
             assert cgroups.pids(engine.cgroup_parent)
-            assert root_namespace_view() == before  # docker0, iptables rules: none of it in the root namespace
+            assert dockerd.root_namespace_view() == before  # docker0, iptables rules: none of it in the root namespace
     finally:
         assert engine.leftovers() == []
-    assert root_namespace_view() == before
+    assert dockerd.root_namespace_view() == before
     assert host_sysctls.changed(sysctls, host_sysctls.snapshot()) == {}
     assert not any("pwk-priv" in line or engine.netns in line
                    for line in ns.run(["ps", "-eo", "args"]).stdout.splitlines() if "pytest" not in line)
