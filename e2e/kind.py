@@ -58,8 +58,15 @@ class KindCluster:
         """argv in the engine's network namespace with env(); streamed to our stderr when asked."""
         env = {**self.env(), **(extra_env or {})}
         full = self.engine.in_netns(argv)
-        if stream:
-            proc = subprocess.run(full, env=env, timeout=timeout, cwd=REPO, stdout=sys.stderr, text=True)
+        if stream:  # line by line into our stderr (pytest's capture has no file descriptor to hand over)
+            popen = subprocess.Popen(full, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+            assert popen.stdout is not None
+            lines = []
+            for line in popen.stdout:
+                sys.stderr.write(line)
+                lines = (lines + [line])[-60:]
+            proc = subprocess.CompletedProcess(full, popen.wait(timeout=timeout), "", "".join(lines))
         else:
             proc = subprocess.run(full, env=env, timeout=timeout, cwd=REPO, capture_output=True, text=True)
         if check and proc.returncode != 0:
