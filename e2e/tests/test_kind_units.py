@@ -90,3 +90,52 @@ def test_busybox_rootfs_has_a_shell(tmp_path):
         names = tar.getnames()
         assert tar.getmember("bin/sh").linkname == "busybox"
     assert {"bin/busybox", "bin/sh", "tmp", "proc"} <= set(names)
+
+
+# -- the node image's pure parts (e2e/kind_image.py) --------------------------------------------
+
+KIND_CONTAINERD = """\
+[plugins."io.containerd.grpc.v1.cri"]
+  # use fixed sandbox image
+  sandbox_image = "registry.k8s.io/pause:3.10"
+  tolerate_missing_hugepages_controller = true
+  restrict_oom_score_adj = false
+"""
+
+
+def test_containerd_config_sets_the_sandbox_image_and_restricts_oom_score_adj():
+    from e2e import kind_image
+
+    out = kind_image.containerd_config(KIND_CONTAINERD, "registry.k8s.io/pause:3.10.1").splitlines()
+    assert '  sandbox_image = "registry.k8s.io/pause:3.10.1"' in out
+    assert "  restrict_oom_score_adj = true" in out
+    assert "  tolerate_missing_hugepages_controller = true" in out and "  # use fixed sandbox image" in out
+
+
+def test_cri_base_spec_adds_kinds_hook_and_drops_rlimits_without_touching_its_input():
+    from e2e import kind_image
+
+    spec = {"process": {"rlimits": [{"type": "RLIMIT_NOFILE"}], "cwd": "/"}, "hooks": {}}
+    out = kind_image.cri_base_spec(spec)
+    assert out["hooks"]["createContainer"] == [{"path": "/kind/bin/mount-product-files.sh"}]
+    assert "rlimits" not in out["process"] and spec["process"]["rlimits"]
+
+
+def test_the_mask_covers_every_host_global_sysctl_kubelet_writes():
+    """The node masks what host_sysctls watches as kubelet's: the two lists cannot drift apart."""
+    from e2e import host_sysctls, kind_image
+
+    assert set(kind_image.KUBELET_SYSCTLS) == set(host_sysctls.KUBELET)
+    script = kind_image.mask_sysctls_script(kind_image.KUBELET_SYSCTLS)
+    assert "echo 1 > /run/pwk-sysctls/kernel.panic_on_oops" in script
+    assert "mount --bind /run/pwk-sysctls/kernel.panic_on_oops /proc/sys/kernel/panic_on_oops" in script
+    assert script.count("mount --bind") == len(kind_image.KUBELET_SYSCTLS)
+    assert "systemd-sysctl.service" in kind_image.MASKED  # it would apply /usr/lib/sysctl.d to the host
+
+
+def test_units_run_once_before_kubelet():
+    from e2e import kind_image
+
+    text = kind_image.unit("x", "/kind/bin/x.sh", after="containerd.service")
+    assert "Before=kubelet.service" in text and "Type=oneshot" in text and "WantedBy=multi-user.target" in text
+    assert {"pwk-mask-sysctls.service", "pwk-preload-images.service", "kubelet.service"} <= set(kind_image.ENABLED)
