@@ -68,6 +68,15 @@ def kind_module() -> Path:
     return build.cache_root() / "gomodcache" / f"sigs.k8s.io/kind@{build.KIND_VERSION}"
 
 
+def base_files() -> Path:
+    """kind's images/base/files in the module cache (there once kind is built; fetched if not)."""
+    files_dir = kind_module() / "images" / "base" / "files"
+    if not files_dir.is_dir():
+        subprocess.run([build.GO, "mod", "download", f"sigs.k8s.io/kind@{build.KIND_VERSION}"], env=build.go_env(),
+                       check=True, cwd=build.cache_root(), capture_output=True)
+    return files_dir
+
+
 def containerd_bin() -> Path:
     return build.cache_root() / "tools" / "containerd-v2.2.1" / "bin"
 
@@ -190,10 +199,7 @@ def image_tarballs() -> dict[str, Path]:
 
 def overlay(tarballs: dict[str, Path]):
     """Everything the node image has on top of the Debian rootfs (an oci.LayerSpec)."""
-    files_dir = kind_module() / "images" / "base" / "files"
-    if not files_dir.is_dir():
-        subprocess.run([build.GO, "mod", "download", f"sigs.k8s.io/kind@{build.KIND_VERSION}"], env=build.go_env(),
-                       check=True, cwd=build.cache_root(), capture_output=True)
+    files_dir = base_files()
     files: dict[str, tuple[bytes, int]] = {}
     for src in sorted(p for p in files_dir.rglob("*") if p.is_file()):
         rel = src.relative_to(files_dir).as_posix()
@@ -228,20 +234,33 @@ def overlay(tarballs: dict[str, Path]):
 # -- the image ----------------------------------------------------------------------------
 
 
+def input_key(base: Path, tarballs: dict[str, Path]) -> str:
+    """A hash of what the image is made from, without reading the ~700 MB it adds: the base rootfs's
+    recipe (its name), this module's text (scripts, units, config edits), and the name, size and
+    mtime of every file copied in (binaries are replaced, never edited, when rebuilt)."""
+    files = [*(containerd_bin() / b for b in CONTAINERD_BIN), *(build.binary(b) for b in KUBE_BIN),
+             *tarballs.values()]
+    files_dir = base_files()
+    files += sorted(p for p in files_dir.rglob("*") if p.is_file())
+    digest = hashlib.sha256(base.name.encode() + Path(__file__).read_bytes())
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+
 def node_image() -> Path:
     """The node image's rootfs tarball, (re)built when any input changed."""
     build.ensure_built(build.targets_for(kind=True))
     base = base_rootfs()
     tarballs = image_tarballs()
-    extra = overlay(tarballs)
-    layer_hash = hashlib.sha256(images.oci.layer_tar(extra)).hexdigest()
-    key = hashlib.sha256(f"{base.name} {layer_hash}".encode()).hexdigest()[:16]
-    out = kind_dir() / f"node-{build.KUBERNETES_VERSION}-{key}.tar"
+    out = kind_dir() / f"node-{build.KUBERNETES_VERSION}-{input_key(base, tarballs)}.tar"
     if out.exists():
         return out
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(images.debian_layer(base, extra))
+        tmp.write_bytes(images.debian_layer(base, overlay(tarballs)))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
