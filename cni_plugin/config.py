@@ -47,7 +47,7 @@ class PortMapping(Record):
     host_port: int
     container_port: int
     protocol: str  # tcp | udp | sctp
-    host_ip: object  # ipaddress.IPv4Address | IPv6Address, or None = every local address
+    host_ip: object  # ipam.addr.IP, or None = every local address
 
 
 class PolicyGate(Record):
@@ -110,15 +110,15 @@ def _host_ip(value, where: str):
     passes it through: it is pod-author input, and nft would resolve a name or swallow a statement."""
     if value is None or value == "":
         return None
-    import ipaddress
+    from ipam import addr
 
-    if isinstance(value, str) and "%" not in value:  # a scope id is free text: never into nft
+    if isinstance(value, str):  # ipam.addr refuses scope ids (free text: never into nft)
         try:
-            ip = ipaddress.ip_address(value)
+            ip = addr.ip_address(value)
         except ValueError:
             pass
         else:
-            return None if ip.is_unspecified else ip
+            return None if int(ip) == 0 else ip
     raise invalid_config(f"{where}.hostIP must be an IPv4 or IPv6 address, got {value!r}")
 
 

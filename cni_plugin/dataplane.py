@@ -8,13 +8,13 @@ network namespace other than the node's.
 from __future__ import annotations
 
 import errno
-import ipaddress  # already loaded by ipam
 import os
 import zlib
 
 from cni_plugin.errors import INVALID_ENV, IO_FAILURE, STATE_DRIFT, UNKNOWN_CONTAINER, CNIError, invalid_config
 from cni_plugin.plan import PodPlan, route_gateway
 from cni_plugin.result import Interface
+from ipam import addr
 from netkit import netns, rtnl
 
 LOOPBACK_IFINDEX = 1
@@ -98,10 +98,10 @@ def _missing_gateways(host: rtnl.RtnlSocket, br: rtnl.Link, plan: PodPlan) -> li
     other subnets stay allowed (several ranges, several networks on one bridge)."""
     if not plan.bridge_addrs:
         return []
-    want = [ipaddress.ip_interface(c) for c in plan.bridge_addrs]
+    want = [addr.ip_interface(c) for c in plan.bridge_addrs]
     families = {w.version for w in want}
     family = rtnl.AF_UNSPEC if len(families) == 2 else rtnl.AF_INET if 4 in families else rtnl.AF_INET6
-    live = [ipaddress.ip_interface(f"{a.address}/{a.prefixlen}") for a in host.addrs(br.index, family)]
+    live = [addr.ip_interface(f"{a.address}/{a.prefixlen}") for a in host.addrs(br.index, family)]
     for a in live:
         if a in want:
             continue
@@ -113,7 +113,7 @@ def _missing_gateways(host: rtnl.RtnlSocket, br: rtnl.Link, plan: PodPlan) -> li
 
 
 def setup(plan: PodPlan, pod: rtnl.RtnlSocket, netns_fd: int, netns_path: str, undo) -> tuple[Interface, ...]:
-    """Create the pod's interfaces; `undo` (an ExitStack) gets a compensation for what was created."""
+    """Create the pod's interfaces; `undo` (cni_plugin.undo.Undo) gets a compensation for what was created."""
     with rtnl.RtnlSocket() as host:
         br = ensure_bridge(host, plan)
         undo.callback(_delete_host_end, plan.host_if)  # before commit: the veth may exist when the pin failed

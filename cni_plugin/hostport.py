@@ -38,7 +38,7 @@ def _element(host_ip, protocol: str, port: int) -> str:
 def _parse_element(text) -> str | None:
     """A map key from a state file, re-parsed into typed parts and printed again; None if it is
     not one we could have written (a file from a version that pasted hostIP into nft text)."""
-    import ipaddress
+    from ipam import addr
 
     parts = text.split(" . ") if isinstance(text, str) else []
     if len(parts) not in (2, 3) or parts[-2] not in PROTOCOLS or not parts[-1].isdigit() or not parts[-1].isascii():
@@ -48,20 +48,18 @@ def _parse_element(text) -> str | None:
         return None
     host_ip = None
     if len(parts) == 3:
-        if "%" in parts[0]:
-            return None
         try:
-            host_ip = ipaddress.ip_address(parts[0])
+            host_ip = addr.ip_address(parts[0])  # refuses scope ids
         except ValueError:
             return None
     return _element(host_ip, parts[-2], port)
 
 
 def _parse_ip(text):
-    import ipaddress
+    from ipam import addr
 
     try:
-        return str(ipaddress.ip_address(text)) if isinstance(text, str) and "%" not in text else None
+        return str(addr.ip_address(text))  # refuses scope ids and non-strings
     except ValueError:
         return None
 
@@ -170,7 +168,7 @@ def render_delete(state: dict) -> list[str]:
 
 
 def plan_state(container_id: str, ifname: str, host_if: str, mappings, pod_ips, ip_masq: bool) -> dict:
-    # every value below is typed: config.PortMapping (ints, a protocol of a fixed set, an ipaddress
+    # every value below is typed: config.PortMapping (ints, a protocol of a fixed set, an ipam.addr.IP
     # object) and the pod's IPAM addresses; nothing a pod author wrote reaches the text as it came
     pod_ips = [ip.split("/")[0] for ip in pod_ips]
     elements = sorted({_element(m.host_ip, m.protocol, m.host_port) for m in mappings})

@@ -6,7 +6,6 @@ the function that uses it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from cni_plugin import dataplane
@@ -14,6 +13,7 @@ from cni_plugin.config import SUPPORTED_VERSIONS, NetConf, ifname_problem, is_sa
 from cni_plugin.errors import INCOMPATIBLE_VERSION, INVALID_ENV, CNIError, invalid_config
 from cni_plugin.plan import host_veth_name, plan_pod
 from cni_plugin.result import Result
+from cni_plugin.undo import Undo
 from ipam import allocator
 from ipam.config import IPAMConfig
 from ipam.store import DiskStore
@@ -68,7 +68,7 @@ def add(conf: NetConf, env: Env, log) -> dict:
     cfg, store = _ipam(conf)
     netns_fd = dataplane.open_pod_netns(env.netns)
     try:
-        with contextlib.ExitStack() as undo:
+        with Undo() as undo:
             pod = undo.enter_context(dataplane.pod_socket(netns_fd))
             # before allocating: IPAM answers a repeated ADD with the same addresses, and our undo
             # would then release the live pod's allocation

@@ -15,8 +15,7 @@ open(O_EXCL) per taken address, so a nearly full /16 stays fast.
 
 from __future__ import annotations
 
-import ipaddress
-
+from ipam import addr
 from ipam.config import IPAMConfig, RangeSet, range_set_str
 from ipam.errors import (
     IO_FAILURE,
@@ -32,8 +31,8 @@ from netkit.record import Record
 class Allocation(Record):
     """The address handed out from range set `range_set`, and that range's gateway."""
 
-    address: ipaddress.IPv4Interface | ipaddress.IPv6Interface  # the IP with its subnet's prefix
-    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address
+    address: addr.Iface  # the IP with its subnet's prefix
+    gateway: addr.IP
     range_set: int
 
 
@@ -52,7 +51,7 @@ def allocate(config: IPAMConfig, store: Store, container_id: str, ifname: str) -
                     ip = _reserve_next(store, rs, idx, taken, container_id, ifname)
                     new.append(ip)
                 r = _range_for(rs, ip)
-                out.append(Allocation(ipaddress.ip_interface((ip, r.subnet.prefixlen)), r.gateway, idx))
+                out.append(Allocation(addr.Iface(ip, r.subnet.prefixlen), r.gateway, idx))
         except BaseException:
             # All or nothing: what this call reserved goes back (best effort).
             _free_each(store, new)
@@ -126,14 +125,13 @@ def status(config: IPAMConfig, store: Store) -> None:
 
 def _reserve_next(store: Store, rs: RangeSet, idx: int, taken: set, container_id: str, ifname: str):
     version = rs[0].version
-    make_ip = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
     for r, lo, hi in _segments(rs, store.last_reserved(idx)):
         skip = r.never_allocated()
         for x in range(lo, hi + 1):
             if x in skip or (version, x) in taken:
                 continue
             taken.add((version, x))
-            ip = make_ip(x)
+            ip = addr.IP(version, x)
             if store.reserve(ip, container_id, ifname, idx):
                 return ip
     raise IPAMError(

@@ -1,6 +1,6 @@
 """The host-local `ipam` section, parsed and validated once into frozen records.
 
-from_json is the only place strings become ipaddress objects; the allocator never
+from_json is the only place strings become typed addresses (ipam.addr); the allocator never
 sees an unchecked value. Rules and defaults follow the reference host-local plugin
 (containernetworking/plugins) so a node can switch between it and podwire. Where
 host-local silently accepts nonsense (a gateway outside its subnet, rangeStart
@@ -14,8 +14,7 @@ dataclasses (which pulls in inspect and exec()s code per class) and no `typing`
 
 from __future__ import annotations
 
-import ipaddress
-
+from ipam import addr
 from ipam.errors import INVALID_CONFIG, UNSUPPORTED_FIELD, IPAMError
 from netkit.record import Record
 
@@ -26,18 +25,18 @@ TYPE = "host-local"
 class Range(Record):
     """One allocation range: rangeStart..rangeEnd (inclusive) inside subnet."""
 
-    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
-    range_start: ipaddress.IPv4Address | ipaddress.IPv6Address
-    range_end: ipaddress.IPv4Address | ipaddress.IPv6Address
-    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address
+    subnet: addr.Net
+    range_start: addr.IP
+    range_end: addr.IP
+    gateway: addr.IP
 
     @property
     def version(self) -> int:
         return self.subnet.version
 
-    def contains(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    def contains(self, ip: addr.IP) -> bool:
         """True when ip lies within rangeStart..rangeEnd (as host-local's Range.Contains)."""
-        # ints: same family is checked first, and IPv4/IPv6 unions do not compare as types
+        # ints: same family is checked first (addresses of two families have no order)
         return ip.version == self.subnet.version and int(self.range_start) <= int(ip) <= int(self.range_end)
 
     def never_allocated(self) -> frozenset[int]:
@@ -74,8 +73,8 @@ def range_set_str(range_set: RangeSet) -> str:
 class Route(Record):
     """A route the IPAM result asks the plugin to add (gw None: via the interface)."""
 
-    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
-    gw: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    dst: addr.Net
+    gw: addr.IP | None = None
 
 
 class IPAMConfig(Record):
@@ -136,26 +135,26 @@ def _opt_str(obj: dict, key: str, path: str) -> str | None:
 
 
 def _no_scope(text: str, field: str) -> None:
-    # ipaddress takes "fe80::1%<anything>" (a scope id is free text, newlines included) and str()
-    # gives it back: it would reach the result, the bridge address and file names
+    # a scope id ("fe80::1%<anything>", free text, newlines included) would reach the result, the bridge
+    # address and file names; ipam.addr refuses it too, this names the problem
     if "%" in text:
         raise _invalid(field, f"{text!r} carries a scope id ('%'); give a plain address")
 
 
-def _network(text: str, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _network(text: str, field: str) -> addr.Net:
     _no_scope(text, field)
     if "/" not in text:
         raise _invalid(field, f"{text!r} is not in CIDR notation (address/prefix)")
     try:
-        return ipaddress.ip_network(text)
-    except ValueError as err:  # includes "has host bits set"
+        return addr.ip_network(text)
+    except ValueError as err:  # includes "has host bits set" and netmask-style prefixes
         raise _invalid(field, str(err)) from None
 
 
-def _address(text: str, field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def _address(text: str, field: str) -> addr.IP:
     _no_scope(text, field)
     try:
-        return ipaddress.ip_address(text)
+        return addr.ip_address(text)
     except ValueError as err:
         raise _invalid(field, str(err)) from None
 

@@ -17,10 +17,10 @@ instead of blocking forever, and every OSError leaves as IPAMError code 5.
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
 import time
 
+from ipam import addr
 from ipam.errors import TRY_AGAIN, IPAMError, io_error
 
 LOCK_FILE = "lock"
@@ -181,7 +181,7 @@ class DiskStore(Store):
         with listing:
             for item in listing:
                 try:
-                    ip = ipaddress.ip_address(item.name)  # skips lock, last_reserved_ip.*, strays
+                    ip = addr.ip_address(item.name)  # skips lock, last_reserved_ip.*, strays
                 except ValueError:
                     continue
                 try:
@@ -222,7 +222,7 @@ class DiskStore(Store):
     def last_reserved(self, range_set: int):
         try:
             data = _read_small(self._path(LAST_RESERVED_PREFIX + str(range_set)))
-            return ipaddress.ip_address(data.decode("ascii", "replace").strip())
+            return addr.ip_address(data.decode("ascii", "replace").strip())
         except (OSError, ValueError):
             return None  # we only lose round-robin once, as host-local
 

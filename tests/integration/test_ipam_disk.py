@@ -7,11 +7,11 @@ import json
 import os
 import subprocess
 import sys
-from ipaddress import ip_address
 
 import pytest
 
 from ipam import allocator
+from ipam.addr import ip_address
 from ipam.config import IPAMConfig
 from ipam.store import DiskStore
 

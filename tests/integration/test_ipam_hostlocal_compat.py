@@ -9,11 +9,11 @@ import json
 import os
 import subprocess
 import sys
-from ipaddress import ip_address as A
 
 import pytest
 
 from ipam import allocator
+from ipam.addr import ip_address as A
 from ipam.config import IPAMConfig
 from ipam.store import DiskStore
 

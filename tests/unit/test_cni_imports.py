@@ -15,20 +15,20 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# ours, and the standard modules they need: ipaddress (IPAM) pulls functools/collections, as does
-# contextlib (verbs, netkit.netns); JSON goes through cni_plugin.wirejson on the C `_json`.
+# ours, and the few standard modules they need: addresses are ipam.addr's (not ipaddress), the undo of a
+# failed ADD cni_plugin.undo's (not contextlib), JSON cni_plugin.wirejson's on the C `_json`.
 HOT_PATH = frozenset({
     "cni_plugin", "cni_plugin.config", "cni_plugin.dataplane", "cni_plugin.errors", "cni_plugin.main",
-    "cni_plugin.plan", "cni_plugin.result", "cni_plugin.verbs", "cni_plugin.wirejson",
-    "ipam", "ipam.allocator", "ipam.config", "ipam.errors", "ipam.store",
+    "cni_plugin.plan", "cni_plugin.result", "cni_plugin.undo", "cni_plugin.verbs", "cni_plugin.wirejson",
+    "ipam", "ipam.addr", "ipam.allocator", "ipam.config", "ipam.errors", "ipam.store",
     "netkit", "netkit.netns", "netkit.record", "netkit.rtnl",
-    "__future__", "_collections", "_functools", "_json", "_operator", "_socket", "_struct", "collections",
-    "contextlib", "errno", "fcntl", "functools", "ipaddress", "itertools", "keyword", "operator", "reprlib",
-    "struct", "types", "zlib",
+    "__future__", "_json", "_socket", "_struct", "errno", "fcntl", "struct", "zlib",
 })
 DEL_EXTRA = frozenset({"cni_plugin.hostport"})  # one failed open() of the pod's hostPort state file
-# each costs milliseconds per start (json: re, enum; socket: enum, selectors) or belongs to a rare path
+# each costs milliseconds per start (json: re, enum; socket: enum, selectors; ipaddress and contextlib:
+# functools, collections) or belongs to a rare path
 NEVER = ("json", "re", "enum", "typing", "pathlib", "tempfile", "dataclasses", "subprocess", "ctypes",
+         "ipaddress", "contextlib", "functools", "collections", "operator", "types",
          "socket", "selectors", "logging", "inspect", "fnmatch", "traceback", "netkit.nft", "cni_plugin.policy_gate",
          "kubernetes", "pyroute2")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ from cni_plugin.hostport import plan_state, render_add, render_delete
 from cni_plugin.main import dispatch
 from cni_plugin.plan import host_veth_name, plan_pod
 from cni_plugin.result import Interface, IPConfig, Result, RouteConfig
+from ipam import addr
 from netkit.record import Record
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -30,14 +30,14 @@ def conf(**kw):
 
 class Alloc:
     def __init__(self, cidr, gw):
-        self.address = ipaddress.ip_interface(cidr)
-        self.gateway = ipaddress.ip_address(gw) if gw else None
+        self.address = addr.ip_interface(cidr)
+        self.gateway = addr.ip_address(gw) if gw else None
 
 
 class R:
     def __init__(self, dst, gw=None):
-        self.dst = ipaddress.ip_network(dst)
-        self.gw = ipaddress.ip_address(gw) if gw else None
+        self.dst = addr.ip_network(dst)
+        self.gw = addr.ip_address(gw) if gw else None
 
 
 # --- config -----------------------------------------------------------------------------------

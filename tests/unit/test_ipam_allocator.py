@@ -1,11 +1,10 @@
 """The allocator over MemoryStore: order, round robin, ranges, dual-stack, idempotency, release, gc, status."""
 
-from ipaddress import ip_address as A
-from ipaddress import ip_interface as I
-
 import pytest
 
 from ipam import allocator
+from ipam.addr import ip_address as A
+from ipam.addr import ip_interface as I
 from ipam.allocator import Allocation
 from ipam.config import IPAMConfig
 from ipam.errors import (

@@ -1,10 +1,9 @@
 """IPAMConfig.from_json: defaults as host-local, and every refusal with code and field."""
 
-from ipaddress import ip_address as A
-from ipaddress import ip_network as N
-
 import pytest
 
+from ipam.addr import ip_address as A
+from ipam.addr import ip_network as N
 from ipam.config import DEFAULT_DATA_DIR, IPAMConfig, Range, Route, range_set_str
 from ipam.errors import INVALID_CONFIG, UNSUPPORTED_FIELD, IPAMError
 

@@ -3,11 +3,11 @@
 import fcntl
 import os
 import time
-from ipaddress import ip_address as A
 
 import pytest
 
 from ipam import allocator
+from ipam.addr import ip_address as A
 from ipam.config import IPAMConfig
 from ipam.errors import IO_FAILURE, STATUS_UNAVAILABLE, TRY_AGAIN, IPAMError
 from ipam.store import DiskStore, Entry
