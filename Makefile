@@ -22,9 +22,17 @@ unit:
 
 dist: dist/podwire/podwire
 
-dist/podwire/podwire: $(SOURCES)
+# PyInstaller lays out the bundle (_internal/: libpython, loose .pyc, lib-dynload); our launcher replaces its
+# bootloader as the executable (packaging/launcher/podwire.c says why), linked to that libpython by $$ORIGIN.
+PY_INCLUDE = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+PY_LIBDIR = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+PY_LDVERSION = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("LDVERSION"))')
+dist/podwire/podwire: $(SOURCES) packaging/launcher/podwire.c
 	$(PYTHON) -m PyInstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller packaging/podwire.spec
-	@touch $@
+	$(CC) -O2 -Wall -Werror -o $@.launcher packaging/launcher/podwire.c -I$(PY_INCLUDE) -L$(PY_LIBDIR) \
+		-lpython$(PY_LDVERSION) -Wl,--disable-new-dtags,-rpath,'$$ORIGIN/_internal'
+	mv -f $@.launcher $@
+	CNI_COMMAND=VERSION $@ </dev/null | grep -q supportedVersions
 
 dist-daemon: dist/podwire-daemon/podwire-daemon
 

@@ -1,8 +1,9 @@
 """The frozen plugin's import set on a real kernel: ADD and DEL of a plain pod, and of one with a hostPort.
 
 PODWIRE_CNI_TRACE makes the plugin list sys.modules at exit (cni_plugin/main.py Trace). Beyond what the
-PyInstaller bootstrap loads before our code runs, a call may load only tests/unit/test_cni_imports.py's
-allow-list, plus `_ctypes` (setns into the pod's namespace); hostPort also loads its own two modules.
+interpreter's start loads before our code runs (packaging/launcher/podwire.c: no PyInstaller bootstrap any
+more), a call may load only tests/unit/test_cni_imports.py's allow-list, plus `_ctypes` (setns into the
+pod's namespace); hostPort also loads its own two modules.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from tests.unit.test_cni_imports import DEL_EXTRA, HOT_PATH, NEVER
 
 pytestmark = [pytest.mark.root, pytest.mark.frozen]
 
-# loaded by the bootloader and PyInstaller's bootstrap before __main__ (measured: bench/cni_startup.py)
+# loaded by the interpreter's start before cni_plugin/__main__.py runs (the launcher imports that module)
 BOOTSTRAP = frozenset({
     "__main__", "_abc", "_codecs", "_collections_abc", "_frozen_importlib", "_frozen_importlib_external", "_imp",
-    "_io", "_signal", "_stat", "_struct", "_thread", "_warnings", "_weakref", "abc", "builtins", "codecs",
+    "_io", "_signal", "_stat", "_thread", "_warnings", "_weakref", "abc", "builtins", "codecs",
     "encodings", "encodings.aliases", "encodings.utf_8", "genericpath", "io", "marshal", "os", "os.path", "posix",
-    "posixpath", "pyimod01_archive", "pyimod02_importers", "pyimod03_ctypes", "stat", "sys", "time", "zipimport",
-    "zlib",
+    "posixpath", "stat", "sys", "time", "zipimport", "cni_plugin.__main__",
     "gc",  # builtin; our __main__ turns the cyclic GC off before anything else
 })
 SETNS = frozenset({"_ctypes"})
