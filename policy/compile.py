@@ -34,7 +34,7 @@ from typing import Iterable, NamedTuple
 
 from policy.model import EGRESS, INGRESS, Cluster, IPAddress, IPNetwork, NetworkPolicy, Peer, Pod, Port
 from policy.ruleset import Allow, LogConfig, Ruleset, trusted_allow, trusted_allows
-from policy.verdict import isolating, peer_pods, port_range
+from policy.verdict import isolating, peer_pods, port_range, selects
 
 _EVERYWHERE: dict[int, tuple[IPNetwork, ...]] = {
     4: (ipaddress.IPv4Network("0.0.0.0/0"),), 6: (ipaddress.IPv6Network("::/0"),)}
@@ -467,9 +467,16 @@ class NodeCompiler:
         key = (pod.key, direction)
         in_ns = cluster.policies_in(pod.namespace)
         hit = self._isolating.get(key)
-        if hit is not None and hit[0] is pod and _identical(hit[1], in_ns):
-            return hit[2]
-        found = isolating(cluster, pod, direction)
+        if hit is not None and hit[0] is pod:
+            if _identical(hit[1], in_ns):
+                return hit[2]
+            # the namespace's policies changed, the pod did not: only the policies that came need
+            # a selector match (one created among 50 re-matched all 50 for every local pod there)
+            before, had = set(map(id, hit[1])), set(map(id, hit[2]))
+            found = tuple(p for p in in_ns if (id(p) in had if id(p) in before else
+                                               direction in p.policy_types and selects(p, pod)))
+        else:
+            found = isolating(cluster, pod, direction)
         self._isolating[key] = (pod, in_ns, found)
         return found
 
