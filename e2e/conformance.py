@@ -2,6 +2,7 @@
 
     python3 -m e2e.conformance [--suite conformance|services|netpol|dns|topology] [--focus REGEX]
                                [--skip REGEX] [--shards N] [--nodes N] [--keep] [--name cNAME]
+                               [--cluster harness|kind]
 
 Brings up a full cluster of the harness (3 nodes: containerd + kubelet each, CoreDNS, no
 kube-proxy), installs podwire as a cluster would — its image imported into every node (`kind
@@ -20,6 +21,14 @@ the summary names them as "not run here" with that reason; `dns` = the sig-netwo
 outside Conformance (the "DNS configMap" ones rewrite kube-system/coredns, "configurable pod
 resolv.conf" names a server pod in dnsConfig); `topology` = Topology Hints and Traffic Distribution
 on 6 nodes in 3 zones. --focus/--skip replace the suite's.
+
+`--cluster kind` runs the same selection on the kind path instead (e2e/kind.py): a private dockerd in
+its own network namespace, `kind create cluster --config manifests/kind-config.yaml` (1 control-plane,
+2 workers), `packaging/kind-up.sh` unchanged, the test images put into every node with `kind load
+image-archive`, and e2e.test run inside the engine's network namespace, where kind publishes the
+API server on 127.0.0.1 and the nodes' addresses are on kind's bridge. Its summary is
+e2e/results/<suite>-kind-<UTC time>.md; the cluster goes (engine, containers, namespace, data root)
+also when a step fails. `topology` does not run there: it needs 6 nodes in zones.
 
 Why it is built so:
 * The tests to run are chosen here, from `e2e.test --list-tests` and the focus/skip regexes,
@@ -41,6 +50,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -144,6 +154,32 @@ def exact_focus(names: list[str]) -> str:
     """A focus regex (Go RE2) matching exactly these test names. Ginkgo matches it against the
     suite's description, a space and the name, hence no `^`; every name starts with "[sig-"."""
     return r"\s(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+CLUSTERS = ("harness", "kind")
+
+
+def result_basename(suite: str, cluster: str, when: time.struct_time) -> str:
+    """e2e/results/ file name (no suffix): the harness's keep their old names; kind's say kind."""
+    return f"{suite}{'' if cluster == 'harness' else '-' + cluster}-{time.strftime('%Y%m%dT%H%MZ', when)}"
+
+
+def kind_refusal(suite: str, nodes: int | None) -> str | None:
+    """Why this run cannot go on kind (None: it can). kind's nodes are manifests/kind-config.yaml's 3."""
+    if suite == "topology":
+        return ("the topology suite needs 6 nodes in 3 zones; manifests/kind-config.yaml makes 3 nodes "
+                "without zone labels (use the harness: --cluster harness)")
+    if nodes is not None:
+        return ("--nodes is the harness's: a kind cluster has manifests/kind-config.yaml's nodes "
+                "(1 control-plane, 2 workers)")
+    return None
+
+
+def kind_node_images(test_images) -> list[str]:
+    """Images to load into kind's nodes: the suite's test images and busybox, which the harness's nodes
+    get at start (e2e/images.py SPECS) and kind's node image lacks; pause comes with the node image."""
+    out = [images.BUSYBOX]
+    return out + [n for n in test_images if n not in out]
 
 
 def parse_list(text: str) -> list[str]:
@@ -256,11 +292,9 @@ def route_control_plane_to_pods(cluster) -> None:
         cp.run(["ip", "route", "replace", str(node.pod_cidr), "via", str(node.ip)])
 
 
-def versions(cluster) -> dict:
-    from e2e.node_runtime import CONTAINERD_BIN, topology_labels
-
-    def out(argv, cwd=ROOT):
-        r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+def podwire_commit() -> str:
+    def out(argv):
+        r = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else "?"
 
     commit = out(["git", "rev-parse", "--short=12", "HEAD"])
@@ -268,6 +302,17 @@ def versions(cluster) -> dict:
                  "packaging", "manifests"])
     if dirty:  # the image is built from the working tree, which other engineers share
         commit += " + uncommitted changes in " + ", ".join(line.split()[-1] for line in dirty.splitlines())
+    return commit
+
+
+def versions(cluster) -> dict:
+    from e2e.node_runtime import CONTAINERD_BIN, topology_labels
+
+    def out(argv, cwd=ROOT):
+        r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else "?"
+
+    commit = podwire_commit()
     server = json.loads(cluster.kubectl("version", "-o", "json").stdout).get("serverVersion", {})
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -288,8 +333,9 @@ def list_tests(bin_dir: Path) -> list[str]:
     return parse_list(r.stdout)
 
 
-def run_shards(cluster, shards: list[list[str]], out_dir: Path, extra: list[str]) -> list:
-    """e2e.test per shard, at once except the last [Serial] one; returns the JSON reports."""
+def run_shards(cluster, shards: list[list[str]], out_dir: Path, extra: list[str], wrap=None) -> list:
+    """e2e.test per shard, at once except the last [Serial] one; returns the JSON reports.
+    `wrap(argv)`: where e2e.test runs (kind: in the engine's network namespace)."""
     bin_dir = cluster.bin_dir
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
            "KUBECONFIG": str(cluster.kubeconfig)}
@@ -306,9 +352,17 @@ def run_shards(cluster, shards: list[list[str]], out_dir: Path, extra: list[str]
             (out_dir / f"shard-{i}").mkdir(parents=True, exist_ok=True)
             log = open(out_dir / f"shard-{i}.log", "w")
             print(f"e2e.conformance: shard {i}: {len(names)} tests, log {log.name}", file=sys.stderr, flush=True)
-            procs.append((i, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-        for i, p, log in procs:
-            p.wait()
+            procs.append((i, subprocess.Popen(wrap(argv) if wrap else argv, stdout=log, stderr=subprocess.STDOUT,
+                                              env=env), log))
+        try:
+            for _, p, _ in procs:
+                p.wait()
+        except BaseException:  # interrupted: no e2e.test outlives the run (or the cluster it tests)
+            for _, p, _ in procs:
+                p.kill()
+                p.wait()
+            raise
+        for i, _, log in procs:
             log.close()
             try:
                 reports += json.loads((out_dir / f"shard-{i}.json").read_text())
@@ -324,7 +378,10 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", help="ginkgo skip regex (replaces the suite's)")
     parser.add_argument("--shards", type=int, help="e2e.test processes side by side (default 2; netpol 3)")
     parser.add_argument("--nodes", type=int, help="nodes (default 3; topology 6: 3 zones x 2)")
-    parser.add_argument("--name", default="conf", help="cluster name (default conf)")
+    parser.add_argument("--name", help="cluster name (default conf; with --cluster kind, the engine's: kconf)")
+    parser.add_argument("--cluster", choices=CLUSTERS, default="harness",
+                        help="harness (default): the netns cluster; kind: kind create cluster + packaging/kind-up.sh "
+                             "on a private dockerd")
     parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the summary goes (default e2e/results)")
     parser.add_argument("--e2e-arg", action="append", default=[], help="extra e2e.test argument (repeatable)")
@@ -338,12 +395,74 @@ def main(argv=None) -> int:
     focus, skip = SUITES[args.suite]
     focus, skip = args.focus or focus, skip if args.skip is None else args.skip
     shards = args.shards or SUITE_SHARDS.get(args.suite, 2)
-    summary = run(args.name, focus, skip, args.suite, shards=shards, keep=args.keep, results=args.results,
+    if args.cluster == "kind":
+        refusal = kind_refusal(args.suite, args.nodes)
+        try:
+            from e2e.dockerd import valid_name
+
+            valid_name(args.name or "kconf")  # it names the engine's namespace, cgroup and directories
+        except ValueError as err:
+            refusal = refusal or str(err)
+        if refusal:
+            print(f"e2e.conformance: --cluster kind: {refusal}", file=sys.stderr)
+            return 2
+        # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the engine and its containers go too
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        summary = run_kind(args.name or "kconf", focus, skip, args.suite, shards=shards, keep=args.keep,
+                           results=args.results, extra=args.e2e_arg,
+                           test_images=SUITE_IMAGES.get(args.suite, tuple(images.TEST_IMAGE_CONFIGS)),
+                           excluded=NOT_RUN_HERE.get(args.suite, ()), podwire_image=args.podwire_image)
+        print(summary["markdown"])
+        return 0 if summary["counts"]["failed"] == 0 else 1
+    summary = run(args.name or "conf", focus, skip, args.suite, shards=shards, keep=args.keep, results=args.results,
                   extra=args.e2e_arg, test_images=SUITE_IMAGES.get(args.suite, tuple(images.TEST_IMAGE_CONFIGS)),
                   excluded=NOT_RUN_HERE.get(args.suite, ()), nodes=args.nodes or SUITE_NODES.get(args.suite, 3),
                   podwire_image=args.podwire_image)
     print(summary["markdown"])
     return 0 if summary["counts"]["failed"] == 0 else 1
+
+
+def choose(bin_dir: Path, focus: str, skip: str, excluded) -> tuple[list[str], dict[str, str]]:
+    """The tests e2e.test will run, and those of the suite not run here with their reasons."""
+    listed = list_tests(bin_dir)
+    selected = select(listed, focus, skip)
+    not_run = not_run_here(listed, focus, skip, excluded)
+    if not selected:
+        raise SystemExit(f"e2e.conformance: no test matches focus {focus!r} / skip {skip!r}")
+    print(f"e2e.conformance: {len(selected)} tests selected" + (f", {len(not_run)} not run here" if not_run else ""),
+          file=sys.stderr, flush=True)
+    return selected, not_run
+
+
+def run_tests(cluster, selected: list[str], shards: int, work: Path, extra, wrap=None) -> tuple[list[Outcome], int]:
+    """The selected tests in shards; one outcome each, and how many shards ran."""
+    groups = shard(selected, shards)
+    return outcomes(run_shards(cluster, groups, work, list(extra), wrap=wrap), selected), len(groups)
+
+
+def finish(cluster, keep: bool, kept: str) -> None:
+    """The cluster down (errors printed, never raised: the run's own outcome matters more), or kept."""
+    if keep:
+        print(f"e2e.conformance: {kept}", file=sys.stderr)
+        return
+    errors = cluster.down()
+    if errors:
+        print("e2e.conformance: teardown: " + "; ".join(errors), file=sys.stderr)
+
+
+def summarize(title: str, suite: str, cluster: str, stamp: dict, res: list[Outcome], not_run: dict[str, str],
+              results: Path | None) -> dict:
+    """The summary as markdown and JUnit, written to `results` (when given) as <suite>[-<cluster>]-<time>."""
+    md, junit = render_markdown(title, stamp, res, {}, not_run), render_junit(title, res)
+    paths = []
+    if results:
+        results.mkdir(parents=True, exist_ok=True)
+        base = results / result_basename(suite, cluster, time.gmtime())
+        paths = [base.with_suffix(".md"), base.with_suffix(".junit.xml")]
+        paths[0].write_text(md)
+        paths[1].write_text(junit)
+        print(f"e2e.conformance: wrote {paths[0]} and {paths[1]}", file=sys.stderr)
+    return {"counts": counts(res), "results": res, "markdown": md, "paths": paths}
 
 
 def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: bool = False,
@@ -357,13 +476,7 @@ def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: 
 
     started = time.monotonic()
     bin_dir = build.ensure_built()
-    listed = list_tests(bin_dir)
-    selected = select(listed, focus, skip)
-    not_run = not_run_here(listed, focus, skip, excluded)
-    if not selected:
-        raise SystemExit(f"e2e.conformance: no test matches focus {focus!r} / skip {skip!r}")
-    print(f"e2e.conformance: {len(selected)} tests selected" + (f", {len(not_run)} not run here" if not_run else ""),
-          file=sys.stderr, flush=True)
+    selected, not_run = choose(bin_dir, focus, skip, excluded)
     tarballs = images.e2e_test_images(test_images)
     # The owner's death lets the next sweep (any pytest session, `up`) remove a cluster left by a
     # killed run; --keep has none, it stays until `python3 -m e2e.cluster down`.
@@ -386,31 +499,89 @@ def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: 
         ready = time.monotonic()
         print(f"e2e.conformance: cluster ready in {ready - started:.0f}s; running e2e.test", file=sys.stderr,
               flush=True)
-        groups = shard(selected, shards)
-        reports = run_shards(cluster, groups, work, list(extra))
-        res = outcomes(reports, selected)
+        res, groups = run_tests(cluster, selected, shards, work, extra)
         stamp["focus"] = f"`{focus}`" + (f", skip `{skip}`" if skip else "")
-        stamp["run time"] = (f"{time.monotonic() - ready:.0f} s e2e.test ({len(groups)} shards), "
+        stamp["run time"] = (f"{time.monotonic() - ready:.0f} s e2e.test ({groups} shards), "
                              f"{ready - started:.0f} s setup")
-        title = f"podwire: upstream e2e, {title}"
-        md, junit = render_markdown(title, stamp, res, {}, not_run), render_junit(title, res)
-        paths = []
-        if results:
-            results.mkdir(parents=True, exist_ok=True)
-            base = results / f"{title.split(', ')[-1].replace(' ', '-')}-{time.strftime('%Y%m%dT%H%MZ', time.gmtime())}"
-            paths = [base.with_suffix(".md"), base.with_suffix(".junit.xml")]
-            paths[0].write_text(md)
-            paths[1].write_text(junit)
-            print(f"e2e.conformance: wrote {paths[0]} and {paths[1]}", file=sys.stderr)
-        return {"counts": counts(res), "results": res, "markdown": md, "paths": paths, "work": work}
+        return summarize(f"podwire: upstream e2e, {title}", title.replace(" ", "-"), "harness", stamp, res,
+                         not_run, results) | {"work": work}
     finally:
-        if keep:
-            print(f"e2e.conformance: cluster {name} kept (python3 -m e2e.cluster down --name {name}); "
-                  f"export KUBECONFIG={cluster.kubeconfig}", file=sys.stderr)
-        else:
-            errors = cluster.down()
-            if errors:
-                print("e2e.conformance: teardown: " + "; ".join(errors), file=sys.stderr)
+        finish(cluster, keep, f"cluster {name} kept (python3 -m e2e.cluster down --name {name}); "
+                              f"export KUBECONFIG={cluster.kubeconfig}")
+
+
+# -- the same on kind ----------------------------------------------------------------------------
+
+
+def kind_stamp(kind) -> dict:
+    """What the kind run's summary is stamped with: commit, versions, the cluster as kind made it."""
+    from e2e.kind import CONFIG
+
+    def out(proc) -> str:
+        return proc.stdout.strip() if proc.returncode == 0 else "?"
+
+    nodes = kind.nodes()
+    server = json.loads(kind.kubectl("version", "-o", "json").stdout).get("serverVersion", {})
+    containerd = out(kind.run(["docker", "exec", nodes[0], "containerd", "--version"], check=False)) if nodes else "?"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "podwire": podwire_commit(),
+        "kubernetes": f"{server.get('gitVersion', '?')} (e2e.test {build.KUBERNETES_VERSION})",
+        "containerd": containerd,
+        "cluster": f"kind ({out(kind.kind('version', check=False))}): `kind create cluster --config "
+                   f"{CONFIG.relative_to(ROOT)}` on a private dockerd (network namespace {kind.engine.netns}), "
+                   f"nodes {', '.join(nodes)}; podwire by packaging/kind-up.sh (DaemonSet: CNI, Service proxy, "
+                   "NetworkPolicy), no kube-proxy, CoreDNS as kubeadm installs it; e2e.test in the engine's "
+                   "network namespace",
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class KindTarget:
+    """What run_shards needs of a cluster, for kind: our binaries, kind's kubeconfig."""
+    bin_dir: Path
+    kubeconfig: Path
+
+
+def run_kind(engine: str, focus: str, skip: str, suite: str, *, shards: int = 2, keep: bool = False,
+             results: Path | None = RESULTS, extra=(), test_images=tuple(images.TEST_IMAGE_CONFIGS), excluded=(),
+             podwire_image: Path | None = None) -> dict:
+    """run() on kind: engine + `kind create cluster`, packaging/kind-up.sh, the test images loaded with
+    `kind load image-archive`, e2e.test in the engine's network namespace; everything goes afterwards,
+    also when a step fails (unless `keep`)."""
+    from e2e.kind import KindCluster
+
+    started = time.monotonic()
+    bin_dir = build.ensure_built(build.targets_for(conformance=True, kind=True))
+    selected, not_run = choose(bin_dir, focus, skip, excluded)
+    tarballs = images.e2e_test_images(test_images)
+    busybox = next(spec for spec in images.SPECS if spec.name == images.BUSYBOX)
+    tarballs[images.BUSYBOX] = images.ensure_image(busybox)
+    work = WORK / f"kind-{engine}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"e2e.conformance: logs and reports in {work}", file=sys.stderr, flush=True)
+    kind = KindCluster(engine, owner=None if keep else ns.this_process("conformance"))
+    try:
+        image = podwire_image or build_image(work / "podwire-image.tar")
+        kind.up_with_podwire(image)
+        kind.load_images([tarballs[n] for n in kind_node_images(test_images)], work)
+        wait_coredns(kind)
+        stamp = kind_stamp(kind)
+        if podwire_image:
+            stamp["podwire"] = f"image {podwire_image} (given; the checkout's HEAD was {stamp['podwire']})"
+        ready = time.monotonic()
+        print(f"e2e.conformance: kind cluster ready in {ready - started:.0f}s ({kind.timings}); running e2e.test",
+              file=sys.stderr, flush=True)
+        res, groups = run_tests(KindTarget(bin_dir, kind.kubeconfig), selected, shards, work, extra,
+                           wrap=kind.engine.in_netns)
+        stamp["focus"] = f"`{focus}`" + (f", skip `{skip}`" if skip else "")
+        stamp["run time"] = (f"{time.monotonic() - ready:.0f} s e2e.test ({groups} shards), "
+                             f"{ready - started:.0f} s setup")
+        return summarize(f"podwire: upstream e2e, {suite} on kind", suite, "kind", stamp, res, not_run,
+                         results) | {"work": work}
+    finally:
+        finish(kind, keep, f"kind cluster kept (python3 -m e2e.kind down --name {engine}); "
+                           f"kubectl: python3 -m e2e.kind kubectl --name {engine} -- get nodes")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,11 @@ e2e/kind_image.py. Nothing in the user's path knows.
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -62,7 +65,7 @@ class KindCluster:
             popen = subprocess.Popen(full, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
             assert popen.stdout is not None
-            lines = []
+            lines: list[str] = []
             for line in popen.stdout:
                 sys.stderr.write(line)
                 lines = (lines + [line])[-60:]
@@ -120,10 +123,36 @@ class KindCluster:
             ["bash", str(REPO / "packaging" / "kind-up.sh")], stream=True, timeout=900,
             extra_env={"PODWIRE_IMAGE_ARCHIVE": str(archive)}))
 
+    def up_with_podwire(self, archive: Path) -> None:
+        """up() then install_podwire(); when either fails, what the nodes saw (failed units, kubelet's
+        last words) goes to stderr before the error does."""
+        try:
+            self.up()
+            self.install_podwire(archive)
+        except Exception:
+            if self.engine.answers():
+                print(self.node_logs()[-6000:], file=sys.stderr, flush=True)
+            raise
+
+    def load_images(self, tarballs, work: Path) -> None:
+        """OCI image-layout tarballs into every node's containerd (namespace k8s.io) with one `kind load
+        image-archive`: merged first (merge_oci_archives), so a layer several images share (the e2e
+        images' ~240 MB Debian one) crosses into each node once, not once per image."""
+        merged = work / "images.tar"
+        self._timed("images merged", lambda: merge_oci_archives(tarballs, merged))
+        try:
+            self._timed("kind load image-archive", lambda: self.kind(
+                "load", "image-archive", "--name", self.cluster, str(merged), timeout=900))
+        finally:
+            merged.unlink(missing_ok=True)
+
+    def nodes(self) -> list[str]:
+        return self.kind("get", "nodes", "--name", self.cluster, check=False).stdout.split()
+
     def node_logs(self) -> str:
         """What went wrong inside the nodes, for a failed run's report."""
         out = []
-        for node in self.kind("get", "nodes", "--name", self.cluster, check=False).stdout.split():
+        for node in self.nodes():
             for cmd in (["systemctl", "--failed", "--no-pager"], ["journalctl", "-u", "kubelet", "-n", "30",
                                                                    "--no-pager"]):
                 res = subprocess.run([DOCKER, "-H", self.engine.host, "exec", node, *cmd], capture_output=True,
@@ -149,9 +178,52 @@ class KindCluster:
             raise KindError("kind teardown failed: " + "; ".join(errors))
 
 
-def _json_list(items: list[str]) -> str:
-    import json
+def merge_oci_archives(tarballs, out: Path) -> Path:
+    """One OCI image-layout tarball holding every image of `tarballs` (each an OCI layout tarball, as
+    e2e/images.py writes them): their index entries side by side (each keeps its image name
+    annotation), every blob once."""
+    manifests: list[dict] = []
+    seen: set[str] = set()
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with tarfile.open(tmp, "w") as dst:
+            def add(name: str, data: bytes) -> None:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                dst.addfile(info, io.BytesIO(data))
 
+            add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+            for tarball in tarballs:
+                with tarfile.open(tarball) as src:
+                    index = json.loads(_member(src, "index.json", tarball))
+                    manifests += index.get("manifests", [])
+                    for member in src:
+                        name = member.name.removeprefix("./")
+                        if member.isfile() and name.startswith("blobs/") and name not in seen:
+                            seen.add(name)
+                            info = tarfile.TarInfo(name)
+                            info.size, info.mode = member.size, 0o644
+                            dst.addfile(info, src.extractfile(member))
+            add("index.json", json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                                          "manifests": manifests}).encode())
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _member(tar: tarfile.TarFile, name: str, where) -> bytes:
+    for candidate in (name, "./" + name):
+        try:
+            f = tar.extractfile(candidate)
+        except KeyError:
+            continue
+        if f is not None:
+            return f.read()
+    raise KindError(f"{where}: no {name} (not an OCI image layout)")
+
+
+def _json_list(items: list[str]) -> str:
     return json.dumps(items)
 
 

@@ -89,13 +89,7 @@ def load_busybox(kind: KindCluster) -> None:
 
 def run(kind: KindCluster, podwire_image: Path) -> list[tuple[str, bool, str]]:
     """Cluster up, kind-up.sh, the demo's checks; the results (label, passed, detail)."""
-    try:
-        kind.up()
-        kind.install_podwire(podwire_image)
-    except Exception:
-        if kind.engine.answers():  # what the nodes saw: failed units, kubelet's last words
-            print(kind.node_logs()[-6000:], file=sys.stderr, flush=True)
-        raise
+    kind.up_with_podwire(podwire_image)
     load_busybox(kind)
     demo = KindDemo(KindView(kind))
     try:
