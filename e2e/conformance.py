@@ -403,15 +403,25 @@ def main(argv=None) -> int:
             valid_name(args.name or "kconf")  # it names the engine's namespace, cgroup and directories
         except ValueError as err:
             refusal = refusal or str(err)
+        if args.podwire_image and not args.podwire_image.is_file():
+            refusal = refusal or f"--podwire-image {args.podwire_image} is not a file (make image)"
         if refusal:
             print(f"e2e.conformance: --cluster kind: {refusal}", file=sys.stderr)
             return 2
         # SIGTERM (a CI timeout, kill) unwinds like Ctrl-C, so the engine and its containers go too
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        summary = run_kind(args.name or "kconf", focus, skip, args.suite, shards=shards, keep=args.keep,
-                           results=args.results, extra=args.e2e_arg,
-                           test_images=SUITE_IMAGES.get(args.suite, tuple(images.TEST_IMAGE_CONFIGS)),
-                           excluded=NOT_RUN_HERE.get(args.suite, ()), podwire_image=args.podwire_image)
+        from e2e.dockerd import DockerdError
+        from e2e.kind import KindError
+
+        try:
+            summary = run_kind(args.name or "kconf", focus, skip, args.suite, shards=shards, keep=args.keep,
+                               results=args.results, extra=args.e2e_arg,
+                               test_images=SUITE_IMAGES.get(args.suite, tuple(images.TEST_IMAGE_CONFIGS)),
+                               excluded=NOT_RUN_HERE.get(args.suite, ()), podwire_image=args.podwire_image)
+        except (KindError, DockerdError, ns.CommandError, build.BuildError, subprocess.CalledProcessError) as err:
+            print(f"e2e.conformance: --cluster kind: {err}" + ("" if args.keep else " (the cluster is gone)"),
+                  file=sys.stderr)
+            return 1
         print(summary["markdown"])
         return 0 if summary["counts"]["failed"] == 0 else 1
     summary = run(args.name or "conf", focus, skip, args.suite, shards=shards, keep=args.keep, results=args.results,

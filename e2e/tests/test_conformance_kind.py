@@ -109,6 +109,8 @@ def test_cli_refuses_topology_on_kind_before_touching_anything(capsys, monkeypat
     assert conf.main(["--cluster", "kind", "--nodes", "5"]) == 2
     assert conf.main(["--cluster", "kind", "--name", "../../etc"]) == 2
     assert "bad dockerd name '../../etc'" in capsys.readouterr().err
+    assert conf.main(["--cluster", "kind", "--podwire-image", "/nonexistent/podwire.tar"]) == 2
+    assert "is not a file" in capsys.readouterr().err
 
 
 def test_merged_archive_holds_every_image_by_name_and_a_shared_layer_once(tmp_path: Path):
