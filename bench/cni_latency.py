@@ -15,6 +15,7 @@ podwire / reference. bench/cni_startup.py splits podwire's time into start-up, i
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import resource
@@ -28,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from netkit import netns  # noqa: E402
+from node_daemon import cniconf  # noqa: E402
 
 REF_DIR = "/usr/lib/cni"
 
@@ -38,11 +40,13 @@ def ip_netns(*args: str) -> None:
 
 def configs(tmp: str) -> dict:
     common = {"cniVersion": "1.0.0", "isGateway": True, "hairpinMode": True, "ipMasq": False, "mtu": 1500}
+    # podwire's from the daemon's own conflist writer, at the reference's CNI version and settings
+    settings = cniconf.CniSettings(bridge="pwbench0", log_file=f"{tmp}/pw.log", data_dir=f"{tmp}/pw-ipam")
+    podwire = cniconf.network_config(cniconf.conflist(
+        (ipaddress.ip_network("10.200.0.0/16"),), 1500, settings, name="bench-pw", state_dir=f"{tmp}/pw-state",
+        port_mappings=False), cni_version=common["cniVersion"])
     return {
-        "podwire": {**common, "name": "bench-pw", "type": "podwire", "bridge": "pwbench0",
-                    "logFile": f"{tmp}/pw.log", "stateDir": f"{tmp}/pw-state",
-                    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.200.0.0/16"}]],
-                             "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"{tmp}/pw-ipam"}},
+        "podwire": podwire,
         "reference": {**common, "name": "bench-ref", "type": "bridge", "bridge": "refbench0",
                       "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.201.0.0/16"}]],
                                "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"{tmp}/ref-ipam"}},
