@@ -208,14 +208,14 @@ def _apply(state_dir: str, bridge: str, pod_text: str) -> str | None:
     chains re-created and flushed) costs nft ~15 ms per run on a node with pods, so it is applied by
     the first hostPort ADD of a boot (and again when the pod's part fails for any reason but a port
     conflict: the table was deleted or flushed), not by every one."""
-    from cni_plugin import nft_exec
+    from netkit import nftexec
 
     marker = _base_marker(state_dir, bridge)
     if os.path.exists(marker):
-        err = nft_exec.run(pod_text)
+        err = nftexec.run(pod_text)
         if err is None or "File exists" in err:
             return err
-    err = nft_exec.run(base_ruleset(bridge) + pod_text)
+    err = nftexec.run(base_ruleset(bridge) + pod_text)
     if err is None:
         directory = os.path.dirname(marker)
         os.makedirs(directory, exist_ok=True)
@@ -271,14 +271,14 @@ def remove(state_dir: str, host_if: str) -> None:
 
 
 def _delete_rules(state: dict) -> None:
-    from cni_plugin import nft_exec
+    from netkit import nftexec
 
     statements = render_delete(state)
     if not statements:
         return
-    if nft_exec.run("\n".join(statements) + "\n") is not None:
+    if nftexec.run("\n".join(statements) + "\n") is not None:
         for s in statements:  # some were gone already (reboot, manual flush): remove the rest
-            nft_exec.run(s + "\n")
+            nftexec.run(s + "\n")
 
 
 def gc(state_dir: str, valid: set) -> list[str]:

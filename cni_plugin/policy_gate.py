@@ -41,16 +41,18 @@ def _mark_known(ips: list[str], log) -> None:
     daemon's next full sync replaces the sets with what the API says). `ips` are our IPAM's."""
     import ipaddress
 
-    from netkit import nft  # the project's one nft runner (finds nft whatever PATH the runtime gives)
+    from netkit import nftexec  # the project's nft process runner (finds nft whatever PATH the runtime gives)
 
     lines = []
     for text in ips:
         ip = ipaddress.ip_address(text)  # typed again before it becomes nft text
         lines.append(f"add element inet podwire-policy known{ip.version} {{ {ip} }}")
     try:
-        nft.apply("\n".join(lines) + "\n")
-    except nft.NftError as e:
-        log(f"policy: could not mark {ips} known ({str(e)[:200]}); no policy table here?")
+        err = nftexec.run("\n".join(lines) + "\n")
+    except OSError as e:
+        err = str(e)
+    if err is not None:
+        log(f"policy: could not mark {ips} known ({err.strip()[:200]}); no policy table here?")
 
 
 def wait(gate, cni_args: str, ips: list[str], log) -> None:

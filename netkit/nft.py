@@ -1,13 +1,9 @@
 """Running `nft -f -`: the one way podwire changes nftables (one atomic transaction per call)."""
 
 import logging
-import os
-import subprocess
 import threading
 
-from netkit import heap
-
-_CANDIDATES = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
+from netkit import heap, nftexec
 
 
 class NftError(RuntimeError):
@@ -17,20 +13,15 @@ class NftError(RuntimeError):
 
 
 def nft_binary() -> str:
-    for path in _CANDIDATES:
-        if os.access(path, os.X_OK):
-            return path
-    return "nft"  # let PATH decide; a clear error comes from subprocess if it is missing
+    return nftexec.nft_binary() or "nft"  # else PATH decides; a clear error comes if it is missing
 
 
 def apply(text: str, netns_path: str | None = None) -> None:
-    """Apply a whole ruleset transaction; raise NftError with nft's own message on failure."""
-    cmd = [nft_binary(), "-f", "-"]
-    if netns_path:
-        cmd = ["nsenter", f"--net={netns_path}", *cmd]
-    proc = subprocess.run(cmd, input=text.encode(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        raise NftError(proc.stderr.decode(errors="replace"))
+    """Apply a whole ruleset transaction (`nft -f -`, netkit.nftexec); raise NftError with nft's own
+    message on failure."""
+    err = nftexec.run(text, netns_path)
+    if err is not None:
+        raise NftError(err)
 
 
 TRIM_ABOVE = 1 << 20  # bytes of nft text after which the C heap is handed back (see Library.apply)

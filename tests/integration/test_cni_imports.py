@@ -28,7 +28,7 @@ BOOTSTRAP = frozenset({
 })
 SETNS = frozenset({"_ctypes"})
 # hostPort and ipMasq only: the rules, and `nft -f -` run by posix_spawn (no subprocess, no netkit.nft)
-HOSTPORT = frozenset({"cni_plugin.hostport", "cni_plugin.nft_exec"})
+HOSTPORT = frozenset({"cni_plugin.hostport", "netkit.nftexec"})
 
 
 def modules(r) -> set:
@@ -62,4 +62,4 @@ def test_hostport_pod_loads_its_two_modules_and_nothing_else(plugin, pods, tmp_p
     assert add <= allowed, f"new on a hostPort ADD's path: {sorted(add - allowed)}"
     assert not add & set(NEVER)
     gone = modules(call(plugin, "DEL", conf, pod))
-    assert "cni_plugin.nft_exec" in gone and gone <= allowed and not gone & set(NEVER)
+    assert "netkit.nftexec" in gone and gone <= allowed and not gone & set(NEVER)

@@ -1,8 +1,9 @@
-"""`nft -f -` for the plugin's hostPort/ipMasq path: posix_spawn and two pipes.
+"""`nft -f -` as a process: posix_spawn and two pipes, nothing imported but `os`.
 
-Why not netkit.nft (the project's runner): importing it brings subprocess, logging, threading and
-typing (the daemon's in-process libnftables lives there too), ~10 ms of every hostPort ADD and DEL in
-the frozen plugin, about as long as nft's own run. The binary is looked up as netkit.nft does.
+The one place podwire starts nft for a transaction: the CNI plugin's hostPort/ipMasq path imports
+this module alone (netkit.nft's subprocess, logging and threading cost ~10 ms of every hostPort ADD
+in the frozen plugin, about as long as nft's own run); netkit.nft.apply (tests, benchmarks, the
+daemon's fallback when libnftables cannot be loaded) runs through it too.
 """
 
 import os
@@ -19,17 +20,26 @@ def _child_env() -> dict:
     return env
 
 
-def run(text: str) -> str | None:
-    """Apply one transaction; None on success, else nft's stderr. OSError when nft cannot be started."""
-    binary = next((p for p in _CANDIDATES if os.access(p, os.X_OK)), None)
+def nft_binary() -> str | None:
+    """nft's path among the usual places (a runtime may give plugins a PATH without sbin)."""
+    return next((p for p in _CANDIDATES if os.access(p, os.X_OK)), None)
+
+
+def run(text: str, netns_path: str | None = None) -> str | None:
+    """Apply one transaction; None on success, else nft's stderr. OSError when nft cannot be started.
+    `netns_path`: in that network namespace (through nsenter; tests and benchmarks)."""
+    binary = nft_binary()
     stdin_r, stdin_w = os.pipe()  # os.pipe() fds are close-on-exec: the child keeps only its dup2 copies
     err_r, err_w = os.pipe()
     try:
         actions = [(os.POSIX_SPAWN_DUP2, stdin_r, 0), (os.POSIX_SPAWN_DUP2, err_w, 2),
                    # our stdout carries the CNI result: nft's never joins it
                    (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)]
-        spawn = os.posix_spawn if binary else os.posix_spawnp
-        pid = spawn(binary or "nft", [binary or "nft", "-f", "-"], _child_env(), file_actions=actions)
+        argv = [binary or "nft", "-f", "-"]
+        if netns_path:
+            argv = ["nsenter", f"--net={netns_path}", *argv]
+        spawn = os.posix_spawn if binary and not netns_path else os.posix_spawnp
+        pid = spawn(argv[0], argv, _child_env(), file_actions=actions)
     except BaseException:
         for fd in (stdin_r, stdin_w, err_r, err_w):
             os.close(fd)
