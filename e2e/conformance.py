@@ -53,6 +53,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -590,6 +591,8 @@ def run_kind(engine: str, focus: str, skip: str, suite: str, *, shards: int = 2,
         return summarize(f"podwire: upstream e2e, {suite} on kind", suite, "kind", stamp, res, not_run,
                          results) | {"work": work}
     finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the teardown short
         finish(kind, keep, f"kind cluster kept (python3 -m e2e.kind down --name {engine}); "
                            f"kubectl: python3 -m e2e.kind kubectl --name {engine} -- get nodes")
 
