@@ -31,7 +31,7 @@ from pathlib import Path
 
 from e2e import cgroups
 from e2e import netns as ns
-from e2e.ledger import Ledger
+from e2e.ledger import Ledger, UpDown
 
 PREFIX = "pwk"  # network namespaces, cgroup parents and runtime dirs of the kind path
 DOCKER = "/usr/bin/docker"  # Debian's client, matching its dockerd (a newer client may be first on PATH)
@@ -117,8 +117,10 @@ class DockerdError(RuntimeError):
     pass
 
 
-class Dockerd:
+class Dockerd(UpDown):
     """One private dockerd: `with Dockerd("x") as d: d.docker("ps")`; teardown leaves nothing."""
+    teardown_error = DockerdError
+    what = "dockerd teardown"
 
     def __init__(self, name: str, owner: ns.Proc | None = None):
         self.name = valid_name(name)
@@ -232,17 +234,6 @@ class Dockerd:
         errors += self.ledger.teardown()
         return errors
 
-    def __enter__(self) -> "Dockerd":
-        try:
-            return self.up()
-        except BaseException:
-            self.down()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        errors = self.down()
-        if errors and exc[0] is None:
-            raise DockerdError("dockerd teardown failed: " + "; ".join(errors))
 
     # -- what the tests look for after teardown -----------------------------------------
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from e2e import build, kind_image
 from e2e import netns as ns
 from e2e.dockerd import DOCKER, Dockerd, DockerdError
+from e2e.ledger import UpDown
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "manifests" / "kind-config.yaml"
@@ -37,8 +38,10 @@ class KindError(RuntimeError):
     pass
 
 
-class KindCluster:
+class KindCluster(UpDown):
     """A kind cluster on a private engine: `with KindCluster("kw") as k: k.kubectl("get", "nodes")`."""
+    teardown_error = KindError
+    what = "kind teardown"
 
     def __init__(self, engine: str = "kind", cluster: str = CLUSTER, owner: ns.Proc | None = None):
         self.engine = Dockerd(engine, owner)
@@ -165,17 +168,6 @@ class KindCluster:
         # works when kind or the API server is broken.
         return self.engine.down()
 
-    def __enter__(self) -> "KindCluster":
-        try:
-            return self.up()
-        except BaseException:
-            self.down()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        errors = self.down()
-        if errors and exc[0] is None:
-            raise KindError("kind teardown failed: " + "; ".join(errors))
 
 
 def merge_oci_archives(tarballs, out: Path) -> Path:

@@ -98,3 +98,30 @@ class Ledger:
         if self.path.exists():
             self.path.unlink()
         return errors
+
+
+class UpDown:
+    """`with X(...) as x:` for the harness's things with up() and down() (down returns its errors):
+    a failed up() is torn down before the error goes on; teardown errors raise `teardown_error`
+    unless the body already failed (its error is the one to see)."""
+
+    teardown_error: type[Exception] = RuntimeError
+    what = "teardown"
+
+    def up(self):  # pragma: no cover - each user has its own
+        raise NotImplementedError
+
+    def down(self) -> list[str]:  # pragma: no cover
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            return self.up()
+        except BaseException:
+            self.down()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        errors = self.down()
+        if errors and exc[0] is None:
+            raise self.teardown_error(f"{self.what} failed: " + "; ".join(errors))

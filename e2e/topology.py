@@ -27,7 +27,7 @@ import subprocess
 from pathlib import Path
 
 from e2e import netns as ns
-from e2e.ledger import Ledger
+from e2e.ledger import Ledger, UpDown
 
 SHAPES = ("l2", "routed")
 SUBNETS = {
@@ -155,8 +155,10 @@ def wire(netns: str, ifname: str, underlay: str, peer: str, bridge: str, address
     ns.run(["ip", "-n", underlay, "link", "set", peer, "master", bridge, "up"])
 
 
-class Topology:
+class Topology(UpDown):
     """Context manager: creates the namespaces and links of a plan, removes them on exit."""
+    teardown_error = RuntimeError
+    what = "topology teardown"
 
     def __init__(self, plan_: TopologyPlan, directory: Path, ledger: Ledger | None = None):
         self.plan = plan_
@@ -226,14 +228,3 @@ class Topology:
             return self.ledger.teardown()
         return []
 
-    def __enter__(self) -> "Topology":
-        try:
-            return self.up()
-        except BaseException:
-            self.down()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        errors = self.down()
-        if errors and exc[0] is None:
-            raise RuntimeError("topology teardown failed: " + "; ".join(errors))
