@@ -1,7 +1,8 @@
 """One policy sync: store snapshot -> this node's Ruleset (pure) -> one nft transaction -> cleanup.
 
 The first sync (and the first after a failure or a periodic full resync) writes the whole table;
-later ones send only the element diff (policy.ruleset.render_diff). After the kernel accepted it:
+later ones send only the element diff, made per changed pod (policy.ruleset.render_changes).
+After the kernel accepted it:
 conntrack entries of flows the change denies are deleted (policy/conntrack.py), the namespaces
 holding policies are published for the CNI plugin's fallback (policy/gate.py), and anyone waiting
 for a store version (a CNI ADD) is released. Collaborators come in through the constructor.

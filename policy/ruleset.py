@@ -11,7 +11,8 @@ A packet meets a fixed number of lookups whatever the number of pods and policie
 then per direction two hash sets for allows towards one peer address (isolated pod . peer . proto .
 port, and isolated pod . peer for allows without ports), the same two as concatenated interval sets
 for peer CIDRs/ranges and port ranges, and the set of isolated pods. Everything else is elements, so
-a change is element adds and deletes in one transaction (render_diff).
+a change is element adds and deletes in one transaction (render_changes; render_diff is the same
+over whole element sets, the simple reference the tests hold it to).
 
 The kernel refuses an element whose start or end point falls inside an existing element of a
 concatenated interval set (EEXIST), so allows are normalised into disjoint boxes before rendering.
