@@ -175,6 +175,9 @@ class Evaluator:
         if w == "fib" and t[i + 2:i + 4] == ["type", "local"]:
             addr = p.dst if t[i + 1] == "daddr" else p.src
             return self._is_local(addr), i + 4
+        if w == "fib" and t[i + 2:i + 5] == ["type", "!=", "local"]:
+            addr = p.dst if t[i + 1] == "daddr" else p.src
+            return not self._is_local(addr), i + 5
         if t[i:i + 5] == [fam, "saddr", ".", fam, "daddr"] and t[i + 5].startswith("@"):
             return f"{p.src} . {p.dst}" in self.t.sets[t[i + 5][1:]].elements, i + 6
         if w == fam and t[i + 1] in ("saddr", "daddr") and t[i + 2] != ".":

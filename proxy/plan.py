@@ -44,7 +44,7 @@ VMAP_MIN_ENDPOINTS = 32
 # Fixed objects.
 SERVICES, NODEPORTS = "service-ips", "service-nodeports"
 NOEP_SERVICES, NOEP_NODEPORTS = "no-endpoint-services", "no-endpoint-nodeports"
-FIREWALL, CLUSTER_IPS = "firewall-ips", "cluster-ips"
+FIREWALL, CLUSTER_IPS, LB_IPS = "firewall-ips", "cluster-ips", "load-balancer-ips"
 MARK_MASQ, REJECT = "mark-for-masquerade", "reject-chain"
 HAIRPIN = "hairpin-endpoints"
 
@@ -177,6 +177,10 @@ def skeleton(family: int, config: ProxyConfig) -> Table:
         f"{p} daddr . meta l4proto . th dport vmap @{NOEP_SERVICES}",
         f"{local_dst} meta l4proto . th dport vmap @{NOEP_NODEPORTS}",
         f"{p} daddr @{CLUSTER_IPS} reject",  # a live ClusterIP, on a port it does not serve
+        # A LoadBalancer address on a port no Service serves: dropped, not routed (the node that
+        # answers ARP for it would send it back out of the link it came from). Never when the
+        # address is the node's own (k3s-style LBs report node addresses as ingress IPs).
+        f"{p} daddr @{LB_IPS} fib daddr type != local drop",
     )))
     add(Chain(MARK_MASQ, (f"mark set mark or {mark}",)))
     add(Chain("masquerading", (
@@ -192,6 +196,7 @@ def skeleton(family: int, config: ProxyConfig) -> Table:
     t.add_map(Map(NOEP_NODEPORTS, "inet_proto . inet_service : verdict"))
     t.add_map(Map(FIREWALL, f"{a} . inet_proto . inet_service : verdict"))
     t.add_set(Set(CLUSTER_IPS, a))
+    t.add_set(Set(LB_IPS, a))
     t.add_set(Set(HAIRPIN, f"{a} . {a}"))
     return t
 
@@ -275,6 +280,8 @@ class _ServicePlanner:
             target, dst, dst_np = f"goto {REJECT}", noep, self.f.elements[NOEP_NODEPORTS]
         for ip in ext_ips + lb_ips:
             dst[f"{ip} . {proto} . {sp.port}"] = target
+        for ip in lb_ips:
+            self.f.elements[LB_IPS][str(ip)] = ""
         if node_port:
             dst_np[f"{proto} . {node_port}"] = target
         if lb_ips and svc.lb_source_ranges:

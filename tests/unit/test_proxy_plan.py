@@ -297,3 +297,12 @@ def test_evaluator_refuses_unknown_rules():
     t.chains["services"] = type(t.chains["services"])("services", ("tcp flags syn counter",))
     with pytest.raises(UnknownRule):
         flows(t, POD, "tcp", "10.96.0.10", 80)
+
+
+def test_loadbalancer_address_on_a_port_no_service_serves_is_dropped():
+    """Not routed back out of the link it came in on; an ipMode Proxy address is not ours."""
+    t = build([svc(type_="LoadBalancer", ports=[port(node_port=30080)], status=LB_STATUS)], [slc(endpoints=TWO)])
+    assert dnat_targets(flows(t, OUTSIDE, "tcp", "192.0.2.50", 80))
+    assert {o.verdict for o in flows(t, OUTSIDE, "tcp", "192.0.2.50", 81)} == {"drop"}
+    assert {o.verdict for o in flows(t, OUTSIDE, "udp", "192.0.2.50", 80)} == {"drop"}
+    assert "drop" not in {o.verdict for o in flows(t, OUTSIDE, "tcp", "192.0.2.51", 81)}

@@ -28,6 +28,7 @@ add chain ip podwire-proxy services
 add chain ip podwire-proxy svc-SUSTUHLJ-default/web/tcp/http
 add set ip podwire-proxy cluster-ips { type ipv4_addr ; }
 add set ip podwire-proxy hairpin-endpoints { type ipv4_addr . ipv4_addr ; }
+add set ip podwire-proxy load-balancer-ips { type ipv4_addr ; }
 add map ip podwire-proxy firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict ; }
 add map ip podwire-proxy no-endpoint-nodeports { type inet_proto . inet_service : verdict ; }
 add map ip podwire-proxy no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; }
@@ -35,6 +36,7 @@ add map ip podwire-proxy service-ips { type ipv4_addr . inet_proto . inet_servic
 add map ip podwire-proxy service-nodeports { type inet_proto . inet_service : verdict ; }
 flush set ip podwire-proxy cluster-ips
 flush set ip podwire-proxy hairpin-endpoints
+flush set ip podwire-proxy load-balancer-ips
 flush map ip podwire-proxy firewall-ips
 flush map ip podwire-proxy no-endpoint-nodeports
 flush map ip podwire-proxy no-endpoint-services
@@ -53,6 +55,7 @@ add rule ip podwire-proxy endpoints-check ip daddr . meta l4proto . th dport vma
 add rule ip podwire-proxy endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th\
  dport vmap @no-endpoint-nodeports
 add rule ip podwire-proxy endpoints-check ip daddr @cluster-ips reject
+add rule ip podwire-proxy endpoints-check ip daddr @load-balancer-ips fib daddr type != local drop
 add rule ip podwire-proxy ext-SUSTUHLJ-default/web/tcp/http jump mark-for-masquerade
 add rule ip podwire-proxy ext-SUSTUHLJ-default/web/tcp/http goto svc-SUSTUHLJ-default/web/tcp/http
 add rule ip podwire-proxy firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips
