@@ -7,6 +7,7 @@ DEBIAN_PACKAGES=(
   make iproute2 nftables iputils-ping conntrack kmod procps psmisc util-linux  # dataplane and namespaces
   containerd runc containernetworking-plugins busybox-static                 # real CNI client, reference plugins
   iperf3 socat netcat-openbsd curl tcpdump ethtool hyperfine strace          # traffic, benchmarks, debugging
+  arping ndisc6                                                              # LoadBalancer ARP/NDP responder tests
   openssl etcd-server mmdebstrap gcc libc6-dev                               # e2e harness (gcc: static pause)
 )
 missing=()

@@ -1,0 +1,1 @@
+"""LoadBalancer addresses: allocation, per-Service Lease election and ARP/NDP announcement."""

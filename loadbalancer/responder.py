@@ -1,0 +1,378 @@
+"""Answers ARP and NDP for the LoadBalancer addresses this node currently holds, on one interface.
+
+The Lease election decides which addresses a node holds and calls set_addresses; this module only
+speaks on the wire. The addresses are NOT configured on the interface (the kernel would answer for
+them on every node and pick them as source addresses), so the kernel ignores requests for them and
+we answer with the interface's own MAC:
+
+- IPv4: an AF_PACKET socket bound to the interface for ETH_P_ARP sees every ARP frame (broadcast
+  and the unicast re-checks clients send when an entry goes stale); replies are whole frames.
+- IPv6: a raw ICMPv6 socket bound to the interface, filtered to Neighbor Solicitations. Multicast
+  NS reach it because we join each held address's solicited-node group (that also programs the
+  NIC's multicast filter). Unicast NS (a client's reachability probe) reach it only when the kernel
+  delivers packets for the address locally (a `local` route), otherwise it forwards or drops them.
+  Replies go through the kernel, which fills the checksum and needs a route to the asker; their
+  source is the advertised address itself (IPV6_FREEBIND), as when the kernel answers for its own.
+
+One thread and one poll() per interface: it blocks until a packet, a wake-up from set_addresses or
+stop, or the next scheduled announcement; an idle responder costs no CPU. A bad packet is counted
+and dropped; nothing escapes the thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import heapq
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from loadbalancer import arp, ndp
+
+log = logging.getLogger(__name__)
+
+IPAddress = IPv4Address | IPv6Address
+
+_SIOCGIFHWADDR = 0x8927
+_ARPHRD_ETHER = 1
+_PACKET_OUTGOING = 4
+_IPV6_FREEBIND = 78  # linux/in6.h, since 4.15; not in Python's socket module
+_ICMP6_FILTER = 1  # level IPPROTO_ICMPV6 (linux/icmpv6.h)
+_IFNAMSIZ = 16
+_RECV_BYTES = 2048  # an NS or ARP frame is < 100 bytes; larger datagrams arrive truncated and fail parsing
+
+
+@dataclass(frozen=True)
+class ResponderCounters:
+    """Totals since start, for metrics. Gratuitous counts frames (a request and a reply each time)."""
+
+    arp_requests: int = 0  # ARP requests seen on the link (for any address)
+    arp_replies: int = 0
+    ns_received: int = 0  # neighbor solicitations that passed the socket filter
+    na_replies: int = 0
+    gratuitous_arp: int = 0
+    unsolicited_na: int = 0
+    malformed: int = 0  # dropped: did not parse
+    send_errors: int = 0
+    join_errors: int = 0  # solicited-node group joins the kernel refused
+
+
+def check_ifname(ifname: str) -> str:
+    """A Linux interface name: 1-15 bytes, no '/', no whitespace, no NUL (dev_valid_name)."""
+    if (not isinstance(ifname, str) or not 0 < len(ifname.encode()) < _IFNAMSIZ or ifname in (".", "..")
+            or any(c == "/" or c == ":" or c.isspace() or c == "\0" for c in ifname)):
+        raise ValueError(f"not an interface name: {ifname!r}")
+    return ifname
+
+
+def interface_mac(sock: socket.socket, ifname: str) -> arp.MacAddress:
+    """The interface's Ethernet address, asked of the kernel (valid in the socket's namespace)."""
+    ifreq = fcntl.ioctl(sock.fileno(), _SIOCGIFHWADDR, struct.pack("256s", ifname.encode()))
+    family = struct.unpack_from("=H", ifreq, _IFNAMSIZ)[0]
+    if family != _ARPHRD_ETHER:
+        raise ValueError(f"{ifname} is not an Ethernet interface (hardware type {family})")
+    return arp.MacAddress(ifreq[_IFNAMSIZ + 2:_IFNAMSIZ + 8])
+
+
+def _parse_address(value: object) -> IPAddress:
+    addr = value if isinstance(value, IPv4Address | IPv6Address) else ip_address(str(value))
+    if addr.is_multicast or addr.is_unspecified or addr.is_loopback or addr.is_link_local:
+        raise ValueError(f"{addr} cannot be a LoadBalancer address (multicast, unspecified, loopback or link-local)")
+    if isinstance(addr, IPv6Address) and addr.scope_id:
+        raise ValueError(f"{addr}: a LoadBalancer address carries no scope")
+    return addr
+
+
+class Responder:
+    """ARP/NDP answers for a changing set of addresses on one interface of the current namespace."""
+
+    def __init__(self, ifname: str, *, announce_count: int = 3, announce_interval: float = 0.75):
+        self.ifname = check_ifname(ifname)
+        if not 0 <= announce_count <= 10 or not 0.05 <= announce_interval <= 10:
+            raise ValueError("announce_count 0-10 and announce_interval 0.05-10 s")
+        self._announce_count = announce_count
+        self._announce_interval = announce_interval
+        self._ifindex = socket.if_nametoindex(ifname)  # OSError when there is no such interface
+        self._lock = threading.Lock()
+        self._held: frozenset[IPAddress] = frozenset()
+        self._joined: set[IPv6Address] = set()
+        self._due: list[tuple[float, int, int, IPAddress]] = []  # heap of (when, seq, sends left, address)
+        self._seq = 0  # ties in the heap never compare addresses (IPv4 and IPv6 do not order)
+        self._counts = dict.fromkeys(vars(ResponderCounters()), 0)  # guarded by _lock
+        self._stopping = False
+        self._arp_sock = self._open_arp()
+        self._icmp6_sock: socket.socket | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        try:
+            self._mac = interface_mac(self._arp_sock, ifname)
+            self._icmp6_sock = self._open_icmp6()
+        except BaseException:
+            self._close_sockets()
+            raise
+        self._thread = threading.Thread(target=self._run, name=f"lb-responder-{ifname}", daemon=True)
+        self._thread.start()
+
+    # -- sockets ----------------------------------------------------------------------------------
+
+    def _open_arp(self) -> socket.socket:
+        # Protocol 0 at creation receives nothing; bind() sets ETH_P_ARP and the interface at once, so
+        # no frame from another interface is ever queued.
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            sock.bind((self.ifname, arp.ETH_P_ARP))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _open_icmp6(self) -> socket.socket | None:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        except OSError as e:
+            if e.errno not in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+                raise
+            log.info("IPv6 is not available: %s answers ARP only", self.ifname)
+            return None
+        try:
+            # struct icmp6_filter: 256 bits, a set bit blocks that type; pass only NS.
+            blocked = [0xFFFFFFFF] * 8
+            blocked[ndp.ND_NEIGHBOR_SOLICIT >> 5] &= ~(1 << (ndp.ND_NEIGHBOR_SOLICIT & 31))
+            sock.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER, struct.pack("=8I", *blocked))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ndp.ND_HOP_LIMIT)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ndp.ND_HOP_LIMIT)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self._ifindex)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_FREEBIND, 1)  # send from addresses not on the interface
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _close_sockets(self) -> None:
+        for sock in (self._arp_sock, self._icmp6_sock, self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+
+    # -- API --------------------------------------------------------------------------------------
+
+    @property
+    def mac(self) -> arp.MacAddress:
+        return self._mac
+
+    def addresses(self) -> frozenset[IPAddress]:
+        with self._lock:
+            return self._held
+
+    def counters(self) -> ResponderCounters:
+        with self._lock:
+            return ResponderCounters(**self._counts)
+
+    def set_addresses(self, addrs: Iterable[IPAddress]) -> None:
+        """Hold exactly `addrs` from now on. Newly held ones are announced in the background.
+
+        Raises ValueError (and changes nothing) for an address that cannot be a LoadBalancer
+        address, or an IPv6 one when this node has no IPv6.
+        """
+        wanted = frozenset(_parse_address(a) for a in addrs)
+        if self._icmp6_sock is None and any(isinstance(a, IPv6Address) for a in wanted):
+            raise ValueError(f"IPv6 addresses given, but IPv6 is not available on {self.ifname}")
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError(f"the responder on {self.ifname} is stopped")
+            added = wanted - self._held
+            self._held = wanted
+            self._sync_groups_locked()
+            now = time.monotonic()
+            for addr in sorted(added, key=lambda a: (a.version, a)):
+                if self._announce_count:
+                    self._seq += 1
+                    heapq.heappush(self._due, (now, self._seq, self._announce_count, addr))
+        if added:
+            self._wake()
+
+    def stop(self) -> None:
+        """Stops answering: the thread ends, groups are left, sockets closed. Safe to call twice."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            self._held = frozenset()
+        self._wake()
+        self._thread.join(timeout=5)
+        with self._lock:
+            self._sync_groups_locked()
+        self._close_sockets()
+
+    def __enter__(self) -> Responder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0", socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass  # a wake-up is already pending
+
+    def _count(self, **increments: int) -> None:
+        with self._lock:
+            for name, n in increments.items():
+                self._counts[name] += n
+
+    def _sync_groups_locked(self) -> None:
+        """Joins the solicited-node groups of the held IPv6 addresses, leaves the others."""
+        if self._icmp6_sock is None:
+            return
+        wanted = {ndp.solicited_node_group(a) for a in self._held if isinstance(a, IPv6Address)}
+        for group, opt in [(g, socket.IPV6_LEAVE_GROUP) for g in self._joined - wanted] + \
+                          [(g, socket.IPV6_JOIN_GROUP) for g in wanted - self._joined]:
+            try:
+                self._icmp6_sock.setsockopt(socket.IPPROTO_IPV6, opt, group.packed + struct.pack("@I", self._ifindex))
+            except OSError as e:
+                if opt == socket.IPV6_JOIN_GROUP:
+                    self._counts["join_errors"] += 1
+                    log.warning("cannot join %s on %s: %s (multicast solicitations go unanswered)",
+                                group, self.ifname, e)
+                    continue
+                log.warning("cannot leave %s on %s: %s", group, self.ifname, e)
+            if opt == socket.IPV6_JOIN_GROUP:
+                self._joined.add(group)
+            else:
+                self._joined.discard(group)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        handlers = {self._wake_r.fileno(): self._drain_wake, self._arp_sock.fileno(): self._on_arp}
+        if self._icmp6_sock is not None:
+            handlers[self._icmp6_sock.fileno()] = self._on_ns
+        for fd in handlers:
+            poller.register(fd, select.POLLIN)
+        while True:
+            with self._lock:
+                if self._stopping:
+                    return
+                timeout = None if not self._due else max(0.0, self._due[0][0] - time.monotonic())
+            try:
+                for fd, _event in poller.poll(None if timeout is None else timeout * 1000):
+                    handlers[fd]()
+                self._announce_due()
+            except Exception:  # never let one bad moment end the responder
+                log.exception("responder on %s", self.ifname)
+                time.sleep(0.1)  # an error that repeats must not spin a core
+
+    def _drain_wake(self) -> None:
+        while True:
+            try:
+                if not self._wake_r.recv(64, socket.MSG_DONTWAIT):
+                    return
+            except BlockingIOError:
+                return
+
+    def _on_arp(self) -> None:
+        while True:  # drain: a burst of requests costs one wake-up
+            try:
+                frame, sll = self._arp_sock.recvfrom(_RECV_BYTES)
+            except BlockingIOError:
+                return
+            if sll[2] == _PACKET_OUTGOING:
+                continue  # our own kernel's frames, seen on the way out
+            try:
+                msg = arp.parse_frame(frame)
+            except ValueError as e:
+                self._count(malformed=1)
+                log.debug("dropped ARP frame on %s: %s", self.ifname, e)
+                continue
+            if msg.op != arp.ArpOp.REQUEST:
+                continue
+            self._count(arp_requests=1)
+            if msg.is_announcement or self._mac in (msg.sender_mac, msg.eth_source):
+                continue  # someone's gratuitous ARP (never contest it) or our own frame
+            if msg.target_ip not in self.addresses():
+                continue
+            if self._send_frame(arp.build_reply(msg, self._mac)):
+                self._count(arp_replies=1)
+
+    def _on_ns(self) -> None:
+        assert self._icmp6_sock is not None
+        while True:
+            try:
+                data, ancdata, _flags, src = self._icmp6_sock.recvmsg(_RECV_BYTES, socket.CMSG_SPACE(4))
+            except BlockingIOError:
+                return
+            self._count(ns_received=1)
+            try:
+                hop_limit = None
+                for level, kind, value in ancdata:
+                    if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT and len(value) >= 4:
+                        hop_limit = struct.unpack("=i", value[:4])[0]
+                source = IPv6Address(src[0].split("%", 1)[0])
+                ns = ndp.parse_solicitation(data, source, hop_limit)
+            except ValueError as e:
+                self._count(malformed=1)
+                log.debug("dropped neighbor solicitation on %s: %s", self.ifname, e)
+                continue
+            if ns.source_lladdr == self._mac or ns.target not in self.addresses():
+                continue  # our own kernel's solicitation looped back, or not ours to answer
+            dst, message = ndp.reply_to(ns, self._mac)
+            if self._send_icmp6(dst, message, ns.target):
+                self._count(na_replies=1)
+
+    def _announce_due(self) -> None:
+        while True:
+            with self._lock:
+                if not self._due or self._due[0][0] > time.monotonic():
+                    return
+                _when, seq, left, addr = heapq.heappop(self._due)
+                if addr not in self._held:
+                    continue  # released during its burst: say nothing more
+                if left > 1:
+                    heapq.heappush(self._due, (time.monotonic() + self._announce_interval, seq, left - 1, addr))
+            if isinstance(addr, IPv4Address):
+                sent = sum(self._send_frame(arp.build_gratuitous(addr, self._mac, op))
+                           for op in (arp.ArpOp.REQUEST, arp.ArpOp.REPLY))
+                self._count(gratuitous_arp=sent)
+            else:
+                dst, message = ndp.build_unsolicited(addr, self._mac)
+                if self._send_icmp6(dst, message, addr):
+                    self._count(unsolicited_na=1)
+
+    def _send_frame(self, frame: bytes) -> bool:
+        try:
+            self._arp_sock.send(frame)
+            return True
+        except OSError as e:
+            self._count(send_errors=1)
+            log.debug("ARP send on %s failed: %s", self.ifname, e)
+            return False
+
+    def _send_icmp6(self, dst: IPv6Address, message: bytes, source: IPv6Address) -> bool:
+        """Sends from `source` (the advertised address, IPV6_FREEBIND), as the kernel does for its own.
+
+        RFC 4861 only asks for "an address of the interface"; a link-local source would do for the
+        kernel's neighbour code, but tools that match answers to their question (ndisc6 drops an
+        answer for a global target that comes from a link-local address) expect the target itself.
+        """
+        assert self._icmp6_sock is not None
+        pktinfo = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, source.packed + struct.pack("@I", self._ifindex))]
+        try:
+            # The scope id matters for ff02::1 and link-local askers; the kernel ignores it otherwise.
+            self._icmp6_sock.sendmsg([message], pktinfo, 0, (str(dst), 0, 0, self._ifindex))
+            return True
+        except OSError as e:  # e.g. ENETUNREACH: no route back to a global asker
+            self._count(send_errors=1)
+            log.debug("NA to %s on %s failed: %s", dst, self.ifname, e)
+            return False

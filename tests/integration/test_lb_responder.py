@@ -1,0 +1,415 @@
+"""The LoadBalancer ARP/NDP responder on a real link: two namespaces joined by a veth.
+
+The "client" namespace has the link's addresses and plays an outside host (arping, ndisc6, ping,
+TCP). The "node" namespace has none of them, and no VIP on any interface: only the Responder
+(running in a child process inside that namespace, driven over stdin/stdout) can answer for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.integration.cni_harness import ROOT, in_ns, netns_add, netns_del
+
+pytestmark = pytest.mark.root
+
+CLIENT_IF, NODE_IF = "pwlbrc0", "pwlbrn0"
+CLIENT_V4, CLIENT_V6 = "10.77.0.1", "fd77::1"
+VIP4, VIP6 = "10.77.0.100", "fd77::100"
+OTHER4, OTHER6 = "10.77.0.101", "fd77::101"  # on the link's prefix, held by nobody
+VIP4_B = "10.77.0.102"
+STALE_MAC = "02:de:ad:00:00:01"  # "the previous holder": what a client has cached before a takeover
+
+# The child: a Responder in the current (node) namespace, one JSON command per stdin line.
+DRIVER = r"""
+import json, sys
+from loadbalancer.responder import Responder
+r = Responder(sys.argv[1], announce_count=int(sys.argv[2]), announce_interval=float(sys.argv[3]))
+print(json.dumps({"mac": str(r.mac)}), flush=True)
+for line in sys.stdin:
+    cmd = json.loads(line)
+    try:
+        if "set" in cmd:
+            r.set_addresses(cmd["set"])
+            out = {"held": sorted(str(a) for a in r.addresses())}
+        elif "counters" in cmd:
+            out = vars(r.counters())
+        elif "alive" in cmd:
+            out = {"alive": r._thread.is_alive()}
+        else:
+            break
+    except ValueError as e:
+        out = {"error": str(e)}
+    print(json.dumps(out), flush=True)
+r.stop()
+print(json.dumps({"stopped": not r._thread.is_alive()}), flush=True)
+"""
+
+
+class ResponderProcess:
+    def __init__(self, ns: str, ifname: str, announce_count: int = 3, announce_interval: float = 0.5):
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", DRIVER, ifname, str(announce_count),
+             str(announce_interval)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": ROOT})
+        self.mac = self._read()["mac"]
+
+    def _read(self) -> dict:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"responder exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
+        return json.loads(line)
+
+    def call(self, **cmd) -> dict:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def set(self, *addrs: str) -> dict:
+        return self.call(set=list(addrs))
+
+    def counters(self) -> dict:
+        return self.call(counters=1)
+
+    def stop(self) -> dict:
+        out = self.call(stop=1)
+        self.proc.wait(timeout=10)
+        return out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def link():
+    """(client ns, node ns): a veth between them; addresses and on-link routes, no VIP anywhere."""
+    client, node = netns_add("pwlbr-c"), netns_add("pwlbr-n")
+    try:
+        subprocess.run(["ip", "link", "add", CLIENT_IF, "netns", client, "type", "veth", "peer", "name", NODE_IF,
+                        "netns", node], check=True)
+        for ns, ifname in ((client, CLIENT_IF), (node, NODE_IF)):
+            # no DAD wait: link-local addresses usable at once (the node sends NAs from its link-local)
+            in_ns(ns, "sysctl", "-qw", f"net.ipv6.conf.{ifname}.accept_dad=0")
+            in_ns(ns, "sysctl", "-qw", f"net.ipv6.conf.{ifname}.addr_gen_mode=0")
+        in_ns(client, "sysctl", "-qw", f"net.ipv4.conf.{CLIENT_IF}.arp_accept=1")
+        in_ns(client, "ip", "addr", "add", f"{CLIENT_V4}/24", "dev", CLIENT_IF)
+        in_ns(client, "ip", "addr", "add", f"{CLIENT_V6}/64", "dev", CLIENT_IF, "nodad")
+        for ns, ifname in ((client, CLIENT_IF), (node, NODE_IF)):
+            in_ns(ns, "ip", "link", "set", "lo", "up")
+            in_ns(ns, "ip", "link", "set", ifname, "up")
+        # The node's own LAN routes (a node has them for its link; routes, not addresses).
+        in_ns(node, "ip", "route", "add", "10.77.0.0/24", "dev", NODE_IF)
+        in_ns(node, "ip", "-6", "route", "add", "fd77::/64", "dev", NODE_IF)
+        _eventually(lambda: "fe80" in in_ns(node, "ip", "-6", "addr", "show", "dev", NODE_IF).stdout)
+        yield client, node
+    finally:
+        netns_del(client)
+        netns_del(node)
+
+
+@pytest.fixture
+def responder(link):
+    made: list[ResponderProcess] = []
+
+    def start(**kw) -> ResponderProcess:
+        made.append(ResponderProcess(link[1], NODE_IF, **kw))
+        return made[-1]
+
+    try:
+        yield start
+    finally:
+        for r in made:
+            r.kill()
+
+
+def _eventually(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def arping(client: str, target: str, count: int = 3) -> tuple[list[str], list[float]]:
+    """(replying MACs, round-trip times in microseconds) of `arping -c count`."""
+    out = in_ns(client, "arping", "-c", str(count), "-W", "0.2", "-i", CLIENT_IF, target, check=False).stdout
+    macs, times = [], []
+    for m in re.finditer(r"bytes from (\S+) \(([\d.]+)\): index=\d+ time=([\d.]+) (usec|msec|sec)", out):
+        assert m.group(2) == target, out
+        macs.append(m.group(1).lower())
+        times.append(float(m.group(3)) * {"usec": 1, "msec": 1e3, "sec": 1e6}[m.group(4)])
+    return macs, times
+
+
+def ndisc6(client: str, target: str) -> str | None:
+    """The MAC ndisc6 resolves `target` to, or None."""
+    out = in_ns(client, "ndisc6", "-n", "-q", "-r", "2", "-w", "400", target, CLIENT_IF, check=False)
+    mac = out.stdout.strip().lower()
+    return mac if out.returncode == 0 and mac else None
+
+
+def neigh_mac(client: str, addr: str) -> str | None:
+    out = in_ns(client, "ip", "neigh", "show", addr, "dev", CLIENT_IF).stdout
+    m = re.search(r"lladdr (\S+)", out)
+    return m.group(1).lower() if m else None
+
+
+def test_arp_answered_for_held_addresses_only(link, responder):
+    client, node = link
+    r = responder(announce_count=0)
+    assert r.set(VIP4, VIP6) == {"held": sorted([VIP4, VIP6])}
+
+    macs, times = arping(client, VIP4, count=5)
+    assert macs == [r.mac] * 5, "every request answered, with the node interface's MAC"
+    print(f"\narping {VIP4}: rtt us {times}")
+    assert arping(client, OTHER4) == ([], []), "an address not held gets no answer"
+    # An RFC 5227 probe (sender 0.0.0.0) is answered too: that is how a held address is defended.
+    out = in_ns(client, "arping", "-0", "-c", "1", "-W", "0.2", "-i", CLIENT_IF, VIP4, check=False).stdout
+    assert r.mac in out.lower(), out
+    assert r.counters()["arp_replies"] == 6
+
+    r.set(VIP6)
+    assert arping(client, VIP4) == ([], []), "released: no more answers"
+    assert r.counters()["arp_replies"] == 6
+    assert r.counters()["malformed"] == 0
+
+
+def test_ndp_answered_for_held_addresses_only(link, responder):
+    client, node = link
+    r = responder(announce_count=0)
+    r.set(VIP4, VIP6, "fd77::1:0:0:100")  # two held addresses, one solicited-node group (ff02::1:ff00:100)
+    groups = in_ns(node, "ip", "-6", "maddr", "show", "dev", NODE_IF).stdout
+    assert "ff02::1:ff00:100" in groups, groups
+
+    assert ndisc6(client, VIP6) == r.mac
+    assert ndisc6(client, "fd77::1:0:0:100") == r.mac
+    assert ndisc6(client, OTHER6) is None, "an address not held gets no answer"
+    assert r.counters()["na_replies"] == 2
+
+    r.set(VIP4, "fd77::1:0:0:100")
+    assert ndisc6(client, VIP6) is None, "released: no more answers"
+    assert "ff02::1:ff00:100" in in_ns(node, "ip", "-6", "maddr", "show", "dev", NODE_IF).stdout, \
+        "the group is still needed by fd77::1:100"
+    r.set(VIP4)
+    assert "ff02::1:ff00:100" not in in_ns(node, "ip", "-6", "maddr", "show", "dev", NODE_IF).stdout
+    assert ndisc6(client, "fd77::1:0:0:100") is None
+    assert r.counters()["na_replies"] == 2
+
+    r.set(VIP6)
+    assert r.stop() == {"stopped": True}
+    assert "ff02::1:ff00:100" not in in_ns(node, "ip", "-6", "maddr", "show", "dev", NODE_IF).stdout, \
+        "stop() leaves the groups"
+
+
+def test_takeover_announcements_update_the_clients_cache(link, responder):
+    client, node = link
+    # The client has the previous holder's MAC cached for VIP4 and VIP6, nothing for VIP4_B.
+    in_ns(client, "ip", "neigh", "replace", VIP4, "lladdr", STALE_MAC, "dev", CLIENT_IF, "nud", "stale")
+    in_ns(client, "ip", "-6", "neigh", "replace", VIP6, "lladdr", STALE_MAC, "dev", CLIENT_IF, "nud", "stale")
+    r = responder(announce_count=3, announce_interval=0.5)
+    start = time.monotonic()
+    r.set(VIP4, VIP6, VIP4_B)
+    assert time.monotonic() - start < 0.5, "set_addresses does not wait for the announcements"
+
+    assert _eventually(lambda: neigh_mac(client, VIP4) == r.mac, 5), in_ns(client, "ip", "neigh").stdout
+    assert _eventually(lambda: neigh_mac(client, VIP6) == r.mac, 5), in_ns(client, "ip", "-6", "neigh").stdout
+    # arp_accept=1 on the client: a gratuitous ARP creates the entry it did not have.
+    assert _eventually(lambda: neigh_mac(client, VIP4_B) == r.mac, 5), in_ns(client, "ip", "neigh").stdout
+    counts = _eventually(lambda: (c := r.counters())["unsolicited_na"] == 3 and c, 5)
+    assert counts, r.counters()
+    assert counts["gratuitous_arp"] == 2 * 3 * 2, "request and reply form, 3 times, for 2 IPv4 addresses"
+    assert counts["arp_replies"] == counts["na_replies"] == 0, "the cache was filled by announcements alone"
+    time.sleep(1.2)
+    assert r.counters()["unsolicited_na"] == 3, "a burst ends"
+
+
+def test_released_during_burst_stops_announcing(link, responder):
+    client, node = link
+    r = responder(announce_count=3, announce_interval=1.0)
+    r.set(VIP4)
+    _eventually(lambda: r.counters()["gratuitous_arp"] == 2, 2)
+    r.set()
+    time.sleep(2.5)
+    assert r.counters()["gratuitous_arp"] == 2
+
+
+def test_traffic_to_the_vip_end_to_end(link, responder):
+    """Ping and TCP from the client reach the node through the addresses only the responder announces."""
+    client, node = link
+    # The node delivers the VIPs locally (as the proxy's dataplane would take them), but the
+    # kernel must still not answer ARP for them: arp_ignore=1 answers only for addresses on the
+    # interface, and NDP never answers for a route. Every answer is the responder's.
+    in_ns(node, "sysctl", "-qw", f"net.ipv4.conf.{NODE_IF}.arp_ignore=1")
+    in_ns(node, "ip", "route", "add", "local", VIP4, "dev", "lo")
+    in_ns(node, "ip", "-6", "route", "add", "local", VIP6, "dev", "lo")
+    server = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, "-c", TCP_SERVER], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        r = responder(announce_count=0)
+        assert arping(client, VIP4, count=1) == ([], []), "before set_addresses nothing answers"
+        assert ndisc6(client, VIP6) is None
+        r.set(VIP4, VIP6)
+        for vip in (VIP4, VIP6):
+            ping = in_ns(client, "ping", "-c", "3", "-i", "0.2", "-W", "2", vip, check=False)
+            assert ping.returncode == 0, ping.stdout + ping.stderr
+            got = in_ns(client, sys.executable, "-c", TCP_CLIENT, vip)
+            assert got.stdout.strip() == f"hello {vip}"
+            assert neigh_mac(client, vip) == r.mac
+        counts = r.counters()
+        assert counts["arp_replies"] >= 1 and counts["na_replies"] >= 1, counts
+
+        # The client's entry goes stale; one-way traffic (UDP: nothing confirms reachability, unlike
+        # ping's MSG_CONFIRM or TCP) makes it check with a unicast NS to the VIP, which reaches the
+        # responder only through the local route. Answered, the entry is REACHABLE again.
+        in_ns(client, "sysctl", "-qw", f"net.ipv6.neigh.{CLIENT_IF}.delay_first_probe_time=1")
+        in_ns(client, "ip", "-6", "neigh", "change", VIP6, "lladdr", r.mac, "dev", CLIENT_IF, "nud", "stale")
+        before = r.counters()["na_replies"]
+        in_ns(client, sys.executable, "-c", UDP_TRICKLE, VIP6)
+        assert r.counters()["na_replies"] > before, "the unicast probe was answered by the responder"
+        assert "REACHABLE" in in_ns(client, "ip", "-6", "neigh", "show", VIP6, "dev", CLIENT_IF).stdout
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+
+
+TCP_SERVER = r"""
+import socket, threading
+def serve(family, addr):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, 8080)); s.listen()
+    while True:
+        c, _ = s.accept()
+        c.sendall(("hello " + c.getsockname()[0] + "\n").encode()); c.close()
+threading.Thread(target=serve, args=(socket.AF_INET6, "::"), daemon=True).start()
+threading.Thread(target=serve, args=(socket.AF_INET, "0.0.0.0"), daemon=True).start()
+import time; time.sleep(0.3); print("listening", flush=True); time.sleep(600)
+"""
+UDP_TRICKLE = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+for _ in range(10):
+    s.sendto(b"x", (sys.argv[1], 9))
+    time.sleep(0.3)
+"""
+TCP_CLIENT = r"""
+import socket, sys
+with socket.create_connection((sys.argv[1], 8080), timeout=5) as s:
+    print(s.makefile().readline().strip())
+"""
+
+# Hostile frames sent from the client onto the link: each must be counted and dropped.
+HOSTILE = r"""
+import socket, struct
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((IFNAME, 0))
+mac = bytes.fromhex(MAC.replace(":", ""))
+bcast = b"\xff" * 6
+arp_hdr = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+good_body = mac + bytes([10, 77, 0, 1]) + b"\0" * 6 + bytes([10, 77, 0, 100])
+frames = [
+    bcast + mac + b"\x08\x06",                                        # no ARP at all
+    bcast + mac + b"\x08\x06" + arp_hdr + good_body[:10],              # truncated
+    bcast + mac + b"\x08\x06" + struct.pack("!HHBBH", 6, 0x0800, 6, 4, 1) + good_body,  # not Ethernet
+    bcast + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x86dd, 6, 16, 1) + good_body,  # not IPv4
+    bcast + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 9) + good_body,   # op 9
+    bcast + mac + b"\x08\x06" + arp_hdr + b"\xff" * 6 + good_body[6:],  # broadcast sender MAC
+]
+for f in frames:
+    s.send(f)
+i6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+i6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+i6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+dst = ("ff02::1:ff00:100", 0, 0, socket.if_nametoindex(IFNAME))
+target = socket.inet_pton(socket.AF_INET6, "fd77::100")
+bad = [
+    struct.pack("!BBHI", 135, 0, 0, 0) + target[:8],                        # truncated
+    struct.pack("!BBHI", 135, 1, 0, 0) + target,                            # code 1
+    struct.pack("!BBHI", 135, 0, 0, 0) + target + b"\x01\x00" + b"\0" * 6,  # option of length 0
+    struct.pack("!BBHI", 135, 0, 0, 0) + target + b"\x01\x02" + b"\0" * 6,  # option past the end
+    struct.pack("!BBHI", 135, 0, 0, 0) + socket.inet_pton(socket.AF_INET6, "ff02::1"),  # multicast target
+]
+for m in bad:
+    i6.sendto(m, dst)
+i6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 64)  # well-formed but not from the link
+i6.sendto(struct.pack("!BBHI", 135, 0, 0, 0) + target, dst)
+print(len(frames), len(bad) + 1)
+"""
+
+
+def test_hostile_frames_are_counted_and_dropped(link, responder):
+    client, node = link
+    r = responder(announce_count=0)
+    r.set(VIP4, VIP6)
+    mac = re.search(r"link/ether (\S+)", in_ns(client, "ip", "link", "show", CLIENT_IF).stdout).group(1)
+    out = in_ns(client, sys.executable, "-c", f"IFNAME={CLIENT_IF!r}; MAC={mac!r}\n" + HOSTILE).stdout.split()
+    n_arp, n_ns = int(out[0]), int(out[1])
+    assert _eventually(lambda: r.counters()["malformed"] == n_arp + n_ns, 3), r.counters()
+    assert r.call(alive=1) == {"alive": True}
+    c = r.counters()
+    assert c["arp_replies"] == c["na_replies"] == 0
+    # still answering
+    assert arping(client, VIP4, count=1)[0] == [r.mac]
+    assert ndisc6(client, VIP6) == r.mac
+
+
+def test_node_without_ipv6_answers_arp(link, responder):
+    client, node = link
+    in_ns(node, "sysctl", "-qw", f"net.ipv6.conf.{NODE_IF}.disable_ipv6=1")
+    r = responder(announce_count=0)
+    r.set(VIP4, VIP6)  # the kernel takes the group join, but drops every IPv6 packet on the interface
+    assert arping(client, VIP4, count=2)[0] == [r.mac] * 2
+    assert ndisc6(client, VIP6) is None
+    assert r.counters()["ns_received"] == 0 and r.call(alive=1) == {"alive": True}
+
+
+def test_bad_addresses_are_refused(link, responder):
+    r = responder(announce_count=0)
+    for bad in ("224.0.0.1", "0.0.0.0", "fe80::1", "ff02::1", "127.0.0.1", "10.77.0.300", "fd77::1%lo", "nonsense"):
+        assert "error" in r.set(VIP4, bad), bad
+    assert r.set() == {"held": []}, "a refused set changes nothing (and an empty one clears)"
+
+
+@pytest.mark.slow
+def test_idle_cost_and_reply_latency(link, responder):
+    """Figures for the report: an idle responder blocks (no CPU), and the reply latency arping sees."""
+    client, node = link
+    r = responder(announce_count=0)
+    r.set(VIP4, VIP6, *(f"10.77.1.{i}" for i in range(1, 200)), *(f"fd77::2:{i:x}" for i in range(1, 200)))
+    pid = int(in_ns(node, "pgrep", "-n", "-f", "from loadbalancer.responder import Responder").stdout)
+    _, warm = arping(client, VIP4, count=3)
+
+    def cpu_ticks() -> int:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    before, t0 = cpu_ticks(), time.monotonic()
+    time.sleep(5)
+    idle_ticks, elapsed = cpu_ticks() - before, time.monotonic() - t0
+    _, times = arping(client, VIP4, count=20)
+    t1 = time.monotonic()
+    resolved = sum(ndisc6(client, VIP6) == r.mac for _ in range(10))
+    ndisc_ms = (time.monotonic() - t1) / 10 * 1e3
+    times.sort()
+    print(f"\nidle: {idle_ticks} ticks ({idle_ticks / os.sysconf('SC_CLK_TCK') * 1e3:.0f} ms CPU) in {elapsed:.1f} s "
+          f"holding 400 addresses; arping rtt us: min {times[0]:.0f} p50 {times[len(times) // 2]:.0f} "
+          f"max {times[-1]:.0f} (n={len(times)}); ndisc6 whole run {ndisc_ms:.1f} ms ({resolved}/10 resolved)")
+    assert idle_ticks <= 1, "an idle responder must block, not poll"
+    assert len(times) == 20 and resolved == 10
+
