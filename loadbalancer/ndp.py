@@ -1,11 +1,14 @@
 """IPv6 Neighbor Discovery (RFC 4861) messages as bytes in, typed values out (and back): no sockets.
 
-The responder reads from a raw ICMPv6 socket, so a message starts at the ICMPv6 header; the IPv6
-source address and hop limit come from recvmsg. Checksums are the kernel's job in both
-directions: a raw IPPROTO_ICMPV6 socket always has IPV6_CHECKSUM at offset 2 (RFC 3542 section
-3.1; Linux rawv6_init_sk), so the kernel drops received messages with a bad checksum before we see
-them and fills the field of every message we send. We build with a zero checksum and rely on that
-(the integration test proves it: ndisc6 and the client's kernel accept our advertisements).
+Solicitations are read as whole Ethernet frames from a packet socket (see loadbalancer.responder
+for why not from the raw ICMPv6 socket), so parsing starts at the Ethernet header and checks what
+the IPv6 stack would have: version, next header, length, hop limit 255, destination, and the
+ICMPv6 checksum (RFC 4443 2.3), which nobody has verified before us.
+
+Advertisements are sent through a raw IPPROTO_ICMPV6 socket, which always has IPV6_CHECKSUM at
+offset 2 (RFC 3542 3.1; Linux rawv6_init_sk): the kernel fills the checksum of every message we
+send, so we build them with a zero checksum and rely on that (the integration test proves it:
+ndisc6 and the client's kernel, which both verify it, accept our advertisements).
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ from ipaddress import IPv6Address
 
 from loadbalancer.arp import MacAddress
 
+ETH_P_IPV6 = 0x86DD
+IPPROTO_ICMPV6 = 58
 ND_NEIGHBOR_SOLICIT = 135
 ND_NEIGHBOR_ADVERT = 136
 ND_HOP_LIMIT = 255  # RFC 4861 7.1.1: anything else was forwarded by a router, so not from the link
 ALL_NODES = IPv6Address("ff02::1")
 _OPT_SOURCE_LLADDR = 1
 _OPT_TARGET_LLADDR = 2
+_ETH_HEADER = struct.Struct("!6s6sH")
+_IPV6_HEADER = struct.Struct("!IHBB16s16s")  # version/class/flow, payload length, next header, hop limit, src, dst
+_ICMPV6_OFFSET = _ETH_HEADER.size + _IPV6_HEADER.size
 _NS = struct.Struct("!BBHI16s")  # type, code, checksum, reserved, target
 _NA = struct.Struct("!BBHI16sBB6s")  # ... flags+reserved, target, target link-layer address option
 _FLAG_SOLICITED = 1 << 30
@@ -38,6 +46,15 @@ class NeighborSolicitation:
     @property
     def is_dad(self) -> bool:
         return self.source.is_unspecified
+
+
+@dataclass(frozen=True)
+class SolicitationFrame:
+    """A solicitation as it arrived on the link: who sent the frame, and to which address."""
+
+    eth_source: MacAddress
+    destination: IPv6Address
+    solicitation: NeighborSolicitation
 
 
 def solicited_node_group(address: IPv6Address) -> IPv6Address:
@@ -66,6 +83,46 @@ def parse_solicitation(message: bytes, source: IPv6Address, hop_limit: int | Non
     if source.is_unspecified and lladdr is not None:
         raise ValueError("a duplicate address detection probe (source ::) must not carry a link-layer address")
     return NeighborSolicitation(source=source, target=target, source_lladdr=lladdr)
+
+
+def parse_solicitation_frame(frame: bytes) -> SolicitationFrame:
+    """An Ethernet frame carrying IPv6 + ICMPv6 NS (no extension headers) -> SolicitationFrame.
+
+    The destination must be the target's solicited-node group or the target itself (a unicast
+    reachability probe), as RFC 4861 7.1.1 and 7.2.2 allow; a DAD probe only to the group.
+    """
+    if len(frame) < _ICMPV6_OFFSET:
+        raise ValueError(f"frame of {len(frame)} bytes is shorter than Ethernet + IPv6 ({_ICMPV6_OFFSET})")
+    _dst_mac, eth_src, ethertype = _ETH_HEADER.unpack_from(frame, 0)
+    if ethertype != ETH_P_IPV6:
+        raise ValueError(f"ethertype {ethertype:#06x} is not IPv6")
+    vtf, payload_len, next_header, hop_limit, src, dst = _IPV6_HEADER.unpack_from(frame, _ETH_HEADER.size)
+    if vtf >> 28 != 6:
+        raise ValueError(f"IP version {vtf >> 28} in an IPv6 frame")
+    if next_header != IPPROTO_ICMPV6:
+        raise ValueError(f"next header {next_header} is not ICMPv6 (extension headers are not taken)")
+    if _ICMPV6_OFFSET + payload_len > len(frame):
+        raise ValueError(f"payload length {payload_len} runs past the end of a {len(frame)}-byte frame")
+    message = frame[_ICMPV6_OFFSET:_ICMPV6_OFFSET + payload_len]  # what follows is Ethernet padding
+    source, destination = IPv6Address(src), IPv6Address(dst)
+    if icmpv6_checksum(source, destination, message) != 0:
+        raise ValueError("bad ICMPv6 checksum")
+    ns = parse_solicitation(message, source, hop_limit)
+    if destination not in (solicited_node_group(ns.target), ns.target) or (ns.is_dad and destination == ns.target):
+        raise ValueError(f"solicitation for {ns.target} sent to {destination}")
+    return SolicitationFrame(eth_source=MacAddress(eth_src), destination=destination, solicitation=ns)
+
+
+def icmpv6_checksum(source: IPv6Address, destination: IPv6Address, message: bytes) -> int:
+    """The one's complement sum over the pseudo-header and message (RFC 4443 2.3): 0 when a
+    received message's checksum is right; a message with a zero checksum field gets its value."""
+    data = source.packed + destination.packed + struct.pack("!I3xB", len(message), IPPROTO_ICMPV6) + message
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def _source_lladdr(options: bytes) -> MacAddress | None:

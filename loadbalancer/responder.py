@@ -7,12 +7,15 @@ we answer with the interface's own MAC:
 
 - IPv4: an AF_PACKET socket bound to the interface for ETH_P_ARP sees every ARP frame (broadcast
   and the unicast re-checks clients send when an entry goes stale); replies are whole frames.
-- IPv6: a raw ICMPv6 socket bound to the interface, filtered to Neighbor Solicitations. Multicast
-  NS reach it because we join each held address's solicited-node group (that also programs the
-  NIC's multicast filter). Unicast NS (a client's reachability probe) reach it only when the kernel
-  delivers packets for the address locally (a `local` route), otherwise it forwards or drops them.
-  Replies go through the kernel, which fills the checksum and needs a route to the asker; their
-  source is the advertised address itself (IPV6_FREEBIND), as when the kernel answers for its own.
+- IPv6, receiving: an AF_PACKET socket for ETH_P_IPV6 with a classic BPF filter that passes only
+  Neighbor Solicitations. Not the raw ICMPv6 socket: that one sees a unicast NS (a client's
+  reachability probe, sent to the address itself) only when the kernel delivers packets for the
+  address locally, and a node forwards or drops them instead, so clients would lose the entry
+  every time it goes stale under one-way traffic. Multicast NS still need the solicited-node group
+  joined (on the raw ICMPv6 socket), or the NIC's multicast filter drops them.
+- IPv6, sending: a raw ICMPv6 socket bound to the interface (hop limit 255): the kernel fills the
+  checksum and resolves the asker's MAC; the source is the advertised address itself
+  (IPV6_FREEBIND), as when the kernel answers for its own. It reads nothing (ICMP6_FILTER blocks all).
 
 One thread and one poll() per interface: it blocks until a packet, a wake-up from set_addresses or
 stop, or the next scheduled announcement; an idle responder costs no CPU. A bad packet is counted
@@ -21,6 +24,7 @@ and dropped; nothing escapes the thread.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import heapq
@@ -46,6 +50,21 @@ _PACKET_OUTGOING = 4
 _IPV6_FREEBIND = 78  # linux/in6.h, since 4.15; not in Python's socket module
 _ICMP6_FILTER = 1  # level IPPROTO_ICMPV6 (linux/icmpv6.h)
 _IFNAMSIZ = 16
+_SO_ATTACH_FILTER = 26
+# Classic BPF over an Ethernet frame: IPv6, next header ICMPv6, hop limit 255, ICMPv6 type NS.
+# (code, jt, jf, k); a jump lands at pc + 1 + offset. Accepted frames are cut at 256 bytes.
+_NS_FILTER = (
+    (0x28, 0, 0, 12),                             # ldh [12]         ethertype
+    (0x15, 0, 7, ndp.ETH_P_IPV6),                 # jne -> drop
+    (0x30, 0, 0, 20),                             # ldb [20]         next header
+    (0x15, 0, 5, ndp.IPPROTO_ICMPV6),
+    (0x30, 0, 0, 21),                             # ldb [21]         hop limit
+    (0x15, 0, 3, ndp.ND_HOP_LIMIT),
+    (0x30, 0, 0, 54),                             # ldb [54]         ICMPv6 type
+    (0x15, 0, 1, ndp.ND_NEIGHBOR_SOLICIT),
+    (0x06, 0, 0, 256),                            # ret 256          accept
+    (0x06, 0, 0, 0),                              # ret 0            drop
+)
 _RECV_BYTES = 2048  # an NS or ARP frame is < 100 bytes; larger datagrams arrive truncated and fail parsing
 
 
@@ -109,10 +128,13 @@ class Responder:
         self._stopping = False
         self._arp_sock = self._open_arp()
         self._icmp6_sock: socket.socket | None = None
+        self._ns_sock: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         try:
             self._mac = interface_mac(self._arp_sock, ifname)
             self._icmp6_sock = self._open_icmp6()
+            if self._icmp6_sock is not None:
+                self._ns_sock = self._open_ns_receiver()
         except BaseException:
             self._close_sockets()
             raise
@@ -142,12 +164,10 @@ class Responder:
             log.info("IPv6 is not available: %s answers ARP only", self.ifname)
             return None
         try:
-            # struct icmp6_filter: 256 bits, a set bit blocks that type; pass only NS.
-            blocked = [0xFFFFFFFF] * 8
-            blocked[ndp.ND_NEIGHBOR_SOLICIT >> 5] &= ~(1 << (ndp.ND_NEIGHBOR_SOLICIT & 31))
-            sock.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER, struct.pack("=8I", *blocked))
+            # struct icmp6_filter: 256 bits, a set bit blocks that type. We only send on this
+            # socket (solicitations come from the packet socket): block every type.
+            sock.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER, b"\xff" * 32)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ndp.ND_HOP_LIMIT)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ndp.ND_HOP_LIMIT)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self._ifindex)
@@ -159,8 +179,24 @@ class Responder:
             raise
         return sock
 
+    def _open_ns_receiver(self) -> socket.socket:
+        # As for ARP: protocol 0 until the filter is attached and bind() sets ETH_P_IPV6, so no
+        # unfiltered frame is ever queued.
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            program = b"".join(struct.pack("=HBBI", *insn) for insn in _NS_FILTER)
+            buf = ctypes.create_string_buffer(program)
+            fprog = struct.pack("@HP", len(_NS_FILTER), ctypes.addressof(buf))  # struct sock_fprog
+            sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+            sock.bind((self.ifname, ndp.ETH_P_IPV6))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
     def _close_sockets(self) -> None:
-        for sock in (self._arp_sock, self._icmp6_sock, self._wake_r, self._wake_w):
+        for sock in (self._arp_sock, self._icmp6_sock, self._ns_sock, self._wake_r, self._wake_w):
             if sock is not None:
                 sock.close()
 
@@ -257,8 +293,8 @@ class Responder:
     def _run(self) -> None:
         poller = select.poll()
         handlers = {self._wake_r.fileno(): self._drain_wake, self._arp_sock.fileno(): self._on_arp}
-        if self._icmp6_sock is not None:
-            handlers[self._icmp6_sock.fileno()] = self._on_ns
+        if self._ns_sock is not None:
+            handlers[self._ns_sock.fileno()] = self._on_ns
         for fd in handlers:
             poller.register(fd, select.POLLIN)
         while True:
@@ -307,26 +343,24 @@ class Responder:
                 self._count(arp_replies=1)
 
     def _on_ns(self) -> None:
-        assert self._icmp6_sock is not None
+        assert self._ns_sock is not None
         while True:
             try:
-                data, ancdata, _flags, src = self._icmp6_sock.recvmsg(_RECV_BYTES, socket.CMSG_SPACE(4))
+                frame, sll = self._ns_sock.recvfrom(_RECV_BYTES)
             except BlockingIOError:
                 return
+            if sll[2] == _PACKET_OUTGOING:
+                continue  # our own kernel's solicitations, seen on the way out
             self._count(ns_received=1)
             try:
-                hop_limit = None
-                for level, kind, value in ancdata:
-                    if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT and len(value) >= 4:
-                        hop_limit = struct.unpack("=i", value[:4])[0]
-                source = IPv6Address(src[0].split("%", 1)[0])
-                ns = ndp.parse_solicitation(data, source, hop_limit)
+                received = ndp.parse_solicitation_frame(frame)
             except ValueError as e:
                 self._count(malformed=1)
                 log.debug("dropped neighbor solicitation on %s: %s", self.ifname, e)
                 continue
-            if ns.source_lladdr == self._mac or ns.target not in self.addresses():
-                continue  # our own kernel's solicitation looped back, or not ours to answer
+            ns = received.solicitation
+            if self._mac in (received.eth_source, ns.source_lladdr) or ns.target not in self.addresses():
+                continue  # our own frame, or not ours to answer
             dst, message = ndp.reply_to(ns, self._mac)
             if self._send_icmp6(dst, message, ns.target):
                 self._count(na_replies=1)

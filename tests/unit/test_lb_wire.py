@@ -40,28 +40,31 @@ NA_SOURCE = IPv6Address("fd77::2")
 KERNEL_NA = bytes.fromhex("8800 062c 60000000 fd770000000000000000000000000002 02 01 020000000b02")
 
 
-def icmpv6_checksum(src: IPv6Address, dst: IPv6Address, message: bytes) -> int:
-    """RFC 4443 2.3 (pseudo-header + message); test-only: the product lets the kernel compute it."""
-    data = src.packed + dst.packed + struct.pack("!I3xB", len(message), 58) + message
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+# the whole NS frame as captured: Ethernet (to 33:33:ff:00:00:02), IPv6 (hop limit 255), ICMPv6
+NS_FRAME = bytes.fromhex(
+    "3333ff000002 020000000a01 86dd 600a1e78 0020 3a ff fe800000000000000000 00fffe000a01"
+    "ff020000000000000000 0001ff000002") + NS
 
 
 def with_checksum(src: IPv6Address, dst: IPv6Address, message: bytes) -> bytes:
     zeroed = message[:2] + b"\0\0" + message[4:]
-    return zeroed[:2] + struct.pack("!H", icmpv6_checksum(src, dst, zeroed)) + zeroed[4:]
+    return zeroed[:2] + struct.pack("!H", ndp.icmpv6_checksum(src, dst, zeroed)) + zeroed[4:]
+
+
+def ns_frame(dst: IPv6Address, message: bytes = NS, src: IPv6Address = NS_SOURCE, hop_limit: int = 255) -> bytes:
+    """NS_FRAME with another destination, message or source, checksum recomputed."""
+    message = with_checksum(src, dst, message)
+    return (NS_FRAME[:18] + struct.pack("!HBB", len(message), 58, hop_limit) + src.packed + dst.packed + message)
 
 
 # -- reference frames are what they claim ---------------------------------------------------------
 
-def test_captured_icmpv6_checksums_verify():
-    """Guards the hand-copied capture: a wrong byte would fail its checksum."""
-    assert with_checksum(NS_SOURCE, ndp.solicited_node_group(NA_SOURCE), NS) == NS
+def test_checksum_agrees_with_the_kernels():
+    """The kernel computed these checksums; a wrong byte in the copied capture would fail too."""
+    assert ndp.icmpv6_checksum(NS_SOURCE, ndp.solicited_node_group(NA_SOURCE), NS) == 0
+    assert ndp.icmpv6_checksum(NA_SOURCE, NS_SOURCE, KERNEL_NA) == 0
     assert with_checksum(NA_SOURCE, NS_SOURCE, KERNEL_NA) == KERNEL_NA
+    assert ndp.icmpv6_checksum(NA_SOURCE, NS_SOURCE, KERNEL_NA[:-1]) != 0, "odd length: padded with a zero byte"
 
 
 # -- ARP ------------------------------------------------------------------------------------------
@@ -153,6 +156,56 @@ def test_parse_solicitation_from_capture():
     ns = ndp.parse_solicitation(NS, NS_SOURCE, 255)
     assert ns == ndp.NeighborSolicitation(source=NS_SOURCE, target=IPv6Address("fd77::2"), source_lladdr=CLIENT_MAC)
     assert not ns.is_dad
+
+
+def test_parse_frame_from_capture():
+    received = ndp.parse_solicitation_frame(NS_FRAME)
+    assert received == ndp.SolicitationFrame(eth_source=CLIENT_MAC, destination=IPv6Address("ff02::1:ff00:2"),
+                                             solicitation=ndp.parse_solicitation(NS, NS_SOURCE, 255))
+    assert ndp.parse_solicitation_frame(NS_FRAME + b"\0" * 14) == received, "Ethernet padding is ignored"
+
+
+def test_unicast_probe_frame():
+    """A reachability probe goes to the target itself (RFC 4861 7.3.3): accepted."""
+    received = ndp.parse_solicitation_frame(ns_frame(IPv6Address("fd77::2")))
+    assert received.destination == received.solicitation.target == IPv6Address("fd77::2")
+
+
+@pytest.mark.parametrize("length", range(len(NS_FRAME)))
+def test_truncated_ns_frames(length):
+    with pytest.raises(ValueError):
+        ndp.parse_solicitation_frame(NS_FRAME[:length])
+
+
+@pytest.mark.parametrize("frame,what", [
+    (NS_FRAME[:12] + b"\x08\x00" + NS_FRAME[14:], "ethertype"),
+    (NS_FRAME[:14] + b"\x40" + NS_FRAME[15:], "IP version"),
+    (NS_FRAME[:20] + b"\x00" + NS_FRAME[21:], "hop-by-hop extension header"),
+    (NS_FRAME[:18] + b"\x00\x21" + NS_FRAME[20:], "payload length past the frame"),
+    (NS_FRAME[:-1] + b"\x02", "checksum"),
+    (NS_FRAME[:18] + b"\x00\x18" + NS_FRAME[20:], "payload length cuts the option: checksum"),
+    (ns_frame(IPv6Address("ff02::1")), "to all-nodes"),
+    (ns_frame(IPv6Address("ff02::1:ff00:3")), "to another target's group"),
+    (ns_frame(IPv6Address("fd77::3")), "unicast to another address"),
+    (ns_frame(IPv6Address("fd77::2"), NS[:24], IPv6Address("::")), "DAD probe not to the group"),
+    (ns_frame(IPv6Address("ff02::1:ff00:2"), hop_limit=64), "hop limit"),
+])
+def test_malformed_ns_frames(frame, what):
+    with pytest.raises(ValueError):
+        ndp.parse_solicitation_frame(frame)
+
+
+def test_ns_frame_fuzz_raises_only_valueerror():
+    rnd = random.Random(14)
+    for _ in range(20000):
+        frame = bytearray(NS_FRAME[:rnd.randrange(0, len(NS_FRAME) + 10)])
+        for _ in range(rnd.randrange(0, 4)):
+            if frame:
+                frame[rnd.randrange(len(frame))] = rnd.randrange(256)
+        try:
+            ndp.parse_solicitation_frame(bytes(frame))
+        except ValueError:
+            pass
 
 
 def test_solicited_advertisement_is_the_kernels_but_for_the_checksum():
