@@ -18,6 +18,10 @@ Adding a target (e.g. agnhost, e2e.test) is one line in TARGETS.
 
     python3 -m e2e.build            build what is missing
     python3 -m e2e.build --check    exit 1 (and list them) if anything is missing
+
+Traefik, MetalLB and the Gateway API suite (EDGE_TARGETS) are built only by `python3 -m
+e2e.edge_images`. Their `go` commands run under `nice -n 19` (Source.nice) so they take only
+idle CPU; PODWIRE_NICE=1 does the same for every build.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ COREDNS_VERSION = "v1.12.4"
 # kind is pinned: its default node image moves with each release, and a newer kind (or Kubernetes)
 # may stop booting on the cgroup v1 machines here (shared/notes/kind.md).
 KIND_VERSION = "v0.33.0"
+# The outside-traffic anchors (issue 14, shared/notes/edge.md): Traefik v3.7 and MetalLB v0.16 do not
+# resolve through the module proxy; Traefik v3.6 ships Gateway API v1.4.0.
+TRAEFIK_VERSION = "v3.6.12"
+METALLB_VERSION = "v0.15.2"
+GATEWAY_API_VERSION = "v1.4.0"
 
 GO = os.environ.get("PODWIRE_GO", "go")
 
@@ -69,6 +78,11 @@ class Source:
     # Staging modules replaced by another published version than the source's own (module,
     # version): for a patch the module proxy does not serve.
     pins: tuple[tuple[str, str], ...] = ()
+    # go.mod directives repeated from upstream's go.mod (replace, exclude): Go obeys them only in
+    # the main module, so a source whose go.mod needs them does not resolve without them.
+    gomod_lines: tuple[str, ...] = ()
+    # Run its `go` commands under `nice -n 19` (heavy optional builds take only idle CPU).
+    nice: bool = False
 
     @property
     def dirname(self) -> str:
@@ -108,6 +122,25 @@ ETCD = Source(
 )
 COREDNS = Source("coredns", "github.com/coredns/coredns", COREDNS_VERSION)
 KIND = Source("kind", "sigs.k8s.io/kind", KIND_VERSION)
+# Traefik's go.mod replaces three dependencies by containous forks and excludes a tencentcloud
+# version; without them the module graph does not resolve (`go install ...@v3.6.12` fails).
+TRAEFIK = Source(
+    "traefik", "github.com/traefik/traefik/v3", TRAEFIK_VERSION,
+    ldflags=(f"-X github.com/traefik/traefik/v3/pkg/version.Version={TRAEFIK_VERSION}",),
+    gomod_lines=(
+        "replace github.com/abbot/go-http-auth => github.com/containous/go-http-auth "
+        "v0.4.1-0.20200324110947-a37a7636d23e",
+        "replace github.com/gorilla/mux => github.com/containous/mux v0.0.0-20250523120546-41b6ec3aed59",
+        "replace github.com/mailgun/minheap => github.com/containous/minheap v0.0.0-20190809180810-6e71eb837595",
+        "exclude github.com/tencentcloud/tencentcloud-sdk-go v3.0.83+incompatible",
+    ),
+    nice=True,
+)
+# MetalLB's version string is a constant in its internal/version package; no ldflags needed.
+METALLB = Source("metallb", "go.universe.tf/metallb", METALLB_VERSION, nice=True)
+# The Gateway API module holds the CRDs (config/crd), the conformance suite and its echo-basic backend
+# (a main package inside the module: its own go.mod is shipped renamed to .go.mod).
+GATEWAY_API = Source("gateway-api", "sigs.k8s.io/gateway-api", GATEWAY_API_VERSION, nice=True)
 
 
 # What needs a target: every cluster (control plane, kubelets, CoreDNS), a cluster with kube-proxy
@@ -115,6 +148,7 @@ KIND = Source("kind", "sigs.k8s.io/kind", KIND_VERSION)
 # binaries of the test images it runs), or the kind path (kind itself, and kubeadm for its node image:
 # e2e/kind.py). `make demo` builds the first kind only.
 CLUSTER, KUBE_PROXY, CONFORMANCE, KIND_NODE = "cluster", "kube-proxy", "conformance", "kind"
+EDGE = "edge"  # LoadBalancer / Ingress / Gateway API anchors: e2e/edge_images.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,14 +180,25 @@ KIND_TARGETS: tuple[Target, ...] = (
     Target("kubeadm", KUBERNETES, "k8s.io/kubernetes/cmd/kubeadm", needed_by=KIND_NODE),
     Target("kind", KIND, "sigs.k8s.io/kind", needed_by=KIND_NODE),
 )
+# Only e2e/edge_images.py builds these (~20 min CPU cold, niced): Traefik, MetalLB's two binaries,
+# the Gateway API conformance backend and the conformance suite itself (`go test -c`).
+EDGE_TARGETS: tuple[Target, ...] = (
+    Target("traefik", TRAEFIK, "github.com/traefik/traefik/v3/cmd/traefik", needed_by=EDGE),
+    Target("metallb-controller", METALLB, "go.universe.tf/metallb/controller", needed_by=EDGE),
+    Target("metallb-speaker", METALLB, "go.universe.tf/metallb/speaker", needed_by=EDGE),
+    Target("echo-basic", GATEWAY_API, "sigs.k8s.io/gateway-api/conformance/echo-basic", needed_by=EDGE),
+    Target("gateway-api-conformance.test", GATEWAY_API, "sigs.k8s.io/gateway-api/conformance", test=True,
+           needed_by=EDGE),
+)
 
 
-def targets_for(*, kube_proxy: bool = False, conformance: bool = False, kind: bool = False) -> tuple[Target, ...]:
+def targets_for(*, kube_proxy: bool = False, conformance: bool = False, kind: bool = False,
+                edge: bool = False) -> tuple[Target, ...]:
     """What a command needs built: a cluster's binaries, kube-proxy's when it runs one, the
-    conformance command's on top, kind's (kind, kubeadm) for the kind path."""
+    conformance command's on top, kind's (kind, kubeadm) for the kind path, the edge anchors'."""
     wanted = ({CLUSTER} | ({KUBE_PROXY} if kube_proxy else set()) | ({CONFORMANCE} if conformance else set())
-              | ({KIND_NODE} if kind else set()))
-    return tuple(t for t in TARGETS + KIND_TARGETS if t.needed_by in wanted)
+              | ({KIND_NODE} if kind else set()) | ({EDGE} if edge else set()))
+    return tuple(t for t in TARGETS + KIND_TARGETS + EDGE_TARGETS if t.needed_by in wanted)
 
 
 # ---------------------------------------------------------------------------------------
@@ -182,6 +227,8 @@ def _stamp_of(target: Target) -> dict:
         "test": target.test,
         "ldflags": list(target.source.ldflags),
         "main_go": hashlib.sha256(target.source.main_go.encode()).hexdigest()[:16],
+        # only when set: the stamps of sources without extra lines stay as they were
+        **({"gomod_lines": list(target.source.gomod_lines)} if target.source.gomod_lines else {}),
     }
 
 
@@ -222,6 +269,12 @@ class BuildError(RuntimeError):
     pass
 
 
+def go_command(source: Source | None = None) -> list[str]:
+    """The argv prefix that runs `go`: under `nice -n 19` for a niced source or with PODWIRE_NICE=1."""
+    nice = os.environ.get("PODWIRE_NICE") == "1" or (source is not None and source.nice)
+    return ["nice", "-n", "19", GO] if nice else [GO]
+
+
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], progress: Progress | None = None) -> str:
     """Run a go command; its stderr is shown, except the lines `progress` counts (packages compiled,
     modules downloaded), which its heartbeat sums up instead."""
@@ -229,7 +282,8 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], progress: Progress | No
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
     stdout: list[str] = []
-    reader = threading.Thread(target=lambda: stdout.append(proc.stdout.read()), daemon=True)
+    pipe = proc.stdout  # bound here: mypy does not carry the assert's narrowing into the lambda
+    reader = threading.Thread(target=lambda: stdout.append(pipe.read()), daemon=True)
     reader.start()
     with contextlib.ExitStack() as stack:
         if progress:
@@ -245,10 +299,23 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], progress: Progress | No
     return "".join(stdout)
 
 
+def _download(source: Source, env: dict[str, str], cwd: Path) -> dict:
+    """`go mod download -json` of source@version into GOMODCACHE (a cached module is only read)."""
+    return json.loads(_run([*go_command(source), "mod", "download", "-json", f"{source.module}@{source.version}"],
+                           cwd, env))
+
+
 def _upstream_gomod(source: Source, env: dict[str, str], cwd: Path) -> str:
     """The go.mod the proxy serves for source@version (through `go mod download`, so cached)."""
-    out = _run([GO, "mod", "download", "-json", f"{source.module}@{source.version}"], cwd, env)
-    return Path(json.loads(out)["GoMod"]).read_text()
+    return Path(_download(source, env, cwd)["GoMod"]).read_text()
+
+
+def module_dir(source: Source, root: Path | None = None) -> Path:
+    """The source's module tree in the shared GOMODCACHE (read-only), downloaded when missing:
+    for the files of a module that no build compiles (manifests, CRDs)."""
+    root = root or cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(_download(source, go_env(root), root)["Dir"])
 
 
 _STAGING_RE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/src/", re.M)
@@ -271,6 +338,8 @@ def consumer_gomod(source: Source, upstream_gomod: str) -> str:
         pinned = dict(source.pins)
         lines += [f"\t{mod} => {mod} {pinned.get(mod, staging_version)}" for mod in staging]
         lines.append(")")
+    if source.gomod_lines:
+        lines += ([""] if lines[-1] else []) + list(source.gomod_lines)
     return "\n".join(lines) + "\n"
 
 
@@ -282,7 +351,8 @@ def prepare_consumer(source: Source, root: Path | None = None) -> Path:
     gomod = mod_dir / "go.mod"
     # What the go.mod was generated from: a changed recipe (e.g. a new pin) rewrites it.
     recipe = mod_dir / ".recipe"
-    want = json.dumps([source.module, source.version, source.pins, source.main_go])
+    want = json.dumps([source.module, source.version, source.pins, source.main_go]
+                      + ([list(source.gomod_lines)] if source.gomod_lines else []))
     if gomod.exists() and recipe.exists() and recipe.read_text() == want:
         return mod_dir
     mod_dir.mkdir(parents=True, exist_ok=True)
@@ -308,6 +378,7 @@ def build_source(source: Source, targets: list[Target], root: Path | None = None
     out = bin_dir(root)
     out.mkdir(parents=True, exist_ok=True)
     ldflags = " ".join(("-s", "-w") + source.ldflags)
+    go = go_command(source)
     plain = [t for t in targets if not t.test]
     if plain:
         # One `go build` for all of a source's binaries: shared packages compile once.
@@ -316,7 +387,7 @@ def build_source(source: Source, targets: list[Target], root: Path | None = None
         tmp_dir.mkdir(exist_ok=True)
         packages = [t.package for t in plain]
         # -v: each package's name as it compiles, counted into the progress lines
-        _run([GO, "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", f"{tmp_dir}/", *packages], mod_dir, env,
+        _run([*go, "build", "-v", "-trimpath", "-ldflags", ldflags, "-o", f"{tmp_dir}/", *packages], mod_dir, env,
              progress)
         for t in plain:
             # go names a binary after the last element of its package (module) path
@@ -327,7 +398,7 @@ def build_source(source: Source, targets: list[Target], root: Path | None = None
     for t in targets:
         if t.test:
             tmp = out / f".{t.binary}.tmp"
-            _run([GO, "test", "-c", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), t.package], mod_dir, env,
+            _run([*go, "test", "-c", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), t.package], mod_dir, env,
                  progress)
             os.replace(tmp, out / t.binary)
             _stamp_path(t, root).write_text(json.dumps(_stamp_of(t)))
