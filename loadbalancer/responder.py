@@ -80,6 +80,7 @@ class ResponderCounters:
     unsolicited_na: int = 0
     malformed: int = 0  # dropped: did not parse
     send_errors: int = 0
+    receive_errors: int = 0  # e.g. ENETDOWN, reported once when the interface goes down
     join_errors: int = 0  # solicited-node group joins the kernel refused
 
 
@@ -324,6 +325,9 @@ class Responder:
                 frame, sll = self._arp_sock.recvfrom(_RECV_BYTES)
             except BlockingIOError:
                 return
+            except OSError as e:
+                self._receive_error(e)
+                return
             if sll[2] == _PACKET_OUTGOING:
                 continue  # our own kernel's frames, seen on the way out
             try:
@@ -349,6 +353,9 @@ class Responder:
                 frame, sll = self._ns_sock.recvfrom(_RECV_BYTES)
             except BlockingIOError:
                 return
+            except OSError as e:
+                self._receive_error(e)
+                return
             if sll[2] == _PACKET_OUTGOING:
                 continue  # our own kernel's solicitations, seen on the way out
             self._count(ns_received=1)
@@ -364,6 +371,12 @@ class Responder:
             dst, message = ndp.reply_to(ns, self._mac)
             if self._send_icmp6(dst, message, ns.target):
                 self._count(na_replies=1)
+
+    def _receive_error(self, e: OSError) -> None:
+        # A packet socket reports ENETDOWN once when its interface goes down, then keeps its binding:
+        # it receives again when the interface comes back up (the same ifindex).
+        self._count(receive_errors=1)
+        log.warning("receiving on %s: %s", self.ifname, e)
 
     def _announce_due(self) -> None:
         while True:

@@ -416,6 +416,36 @@ def test_unicast_probe_answered_without_local_delivery(link, responder):
     assert "REACHABLE" in in_ns(client, "ip", "-6", "neigh", "show", VIP6, "dev", CLIENT_IF).stdout
 
 
+def test_interface_flap_and_removal(link, responder):
+    """Down and up again: answers resume (the sockets keep their binding and groups). Removed: the
+    thread stays quiet (no error loop) and stop() still ends it."""
+    client, node = link
+    r = responder(announce_count=0)
+    r.set(VIP4, VIP6)
+    in_ns(node, "ip", "link", "set", NODE_IF, "down")
+    time.sleep(0.5)
+    in_ns(node, "ip", "link", "set", NODE_IF, "up")
+    assert _eventually(lambda: arping(client, VIP4, count=1)[0] == [r.mac], 10)
+    assert _eventually(lambda: ndisc6(client, VIP6) == r.mac, 10)
+    assert r.call(alive=1) == {"alive": True}
+    flapped = r.counters()
+
+    pid = int(in_ns(node, "pgrep", "-n", "-f", "from loadbalancer.responder import Responder").stdout)
+    in_ns(node, "ip", "link", "del", NODE_IF)
+    time.sleep(0.5)
+    ticks = _cpu_ticks(pid)
+    time.sleep(2)
+    assert _cpu_ticks(pid) - ticks <= 1, "no busy loop after the interface is gone"
+    gone = r.counters()
+    assert gone["receive_errors"] - flapped["receive_errors"] <= 2, gone
+    assert r.stop() == {"stopped": True}
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def test_node_without_ipv6_answers_arp(link, responder):
     client, node = link
     in_ns(node, "sysctl", "-qw", f"net.ipv6.conf.{NODE_IF}.disable_ipv6=1")
@@ -449,13 +479,9 @@ def test_idle_cost_and_reply_latency(link, responder):
     arping(client, VIP4, count=2)
     ndisc6(client, VIP6)  # the node now knows the client's link-local: no resolution inside the figures
 
-    def cpu_ticks() -> int:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
-
-    before, t0 = cpu_ticks(), time.monotonic()
+    before, t0 = _cpu_ticks(pid), time.monotonic()
     time.sleep(5)
-    idle_ticks, elapsed = cpu_ticks() - before, time.monotonic() - t0
+    idle_ticks, elapsed = _cpu_ticks(pid) - before, time.monotonic() - t0
 
     capture = subprocess.Popen(["ip", "netns", "exec", node, "tcpdump", "-l", "-n", "-tt", "-i", NODE_IF,
                                 "arp or (icmp6 and (ip6[40] == 135 or ip6[40] == 136))"],
