@@ -66,6 +66,7 @@ _NS_FILTER = (
     (0x06, 0, 0, 0),                              # ret 0            drop
 )
 _RECV_BYTES = 2048  # an NS or ARP frame is < 100 bytes; larger datagrams arrive truncated and fail parsing
+_RCVBUF = 1 << 20  # absorbs a burst of a few thousand requests (capped by net.core.rmem_max)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class Responder:
         # no frame from another interface is ever queued.
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
             sock.bind((self.ifname, arp.ETH_P_ARP))
             sock.setblocking(False)
         except BaseException:
@@ -189,6 +191,7 @@ class Responder:
             buf = ctypes.create_string_buffer(program)
             fprog = struct.pack("@HP", len(_NS_FILTER), ctypes.addressof(buf))  # struct sock_fprog
             sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
             sock.bind((self.ifname, ndp.ETH_P_IPV6))
             sock.setblocking(False)
         except BaseException:

@@ -465,6 +465,21 @@ def test_bad_addresses_are_refused(link, responder):
     assert r.set() == {"held": []}, "a refused set changes nothing (and an empty one clears)"
 
 
+def test_interfaces_it_cannot_serve(link):
+    """A name that is not an interface, a missing one, a non-Ethernet one: clear errors at start."""
+    client, node = link
+    script = ("from loadbalancer.responder import Responder\n"
+              "for name in ('no/such', 'pwlbr-none', 'lo'):\n"
+              "    try:\n"
+              "        Responder(name)\n"
+              "    except (OSError, ValueError) as e:\n"
+              "        print(type(e).__name__, e)\n")
+    out = in_ns(node, sys.executable, "-c", script, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}).stdout
+    assert out.splitlines() == ["ValueError not an interface name: 'no/such'",
+                                "OSError no interface with this name",
+                                "ValueError lo is not an Ethernet interface (hardware type 772)"], out
+
+
 @pytest.mark.slow
 def test_idle_cost_and_reply_latency(link, responder):
     """Figures for the report: an idle responder blocks (no CPU), and how fast it answers.
