@@ -59,6 +59,11 @@ class Config:
     # starts (policy/gate.py); the directory is the node's own (a hostPath in the DaemonSet)
     policy_socket: str = "/run/podwire/policy.sock"
     policy_log_group: int = 100  # nflog group of denied packets (per network namespace)
+    # LoadBalancer addresses (loadbalancer/): pools, the allocator (one daemon at a time, by Lease)
+    # and ARP/NDP answers for the addresses this node holds a Lease for
+    loadbalancer_enabled: bool = False
+    loadbalancer_namespace: str = "podwire"  # where its Leases live (the daemon's own namespace)
+    loadbalancer_lease_seconds: int = 6  # a dead holder's addresses move after this long
     log_level: str = "INFO"
 
 
@@ -174,7 +179,11 @@ def validate(c: Config) -> Config:
     _check(c.policy_socket.startswith("/") and len(c.policy_socket.encode()) < 108,
            "policy socket (an absolute path under 108 bytes)", c.policy_socket)
     _int(c.policy_log_group, "policy log group", 1, 65535)
-    for what in ("egress", "ensure_forwarding", "proxy_enabled", "policy_enabled"):
+    _check(isinstance(c.loadbalancer_namespace, str) and bool(_NODE_NAME.fullmatch(c.loadbalancer_namespace))
+           and len(c.loadbalancer_namespace) <= 63, "loadbalancer namespace (a namespace name)",
+           c.loadbalancer_namespace)
+    _int(c.loadbalancer_lease_seconds, "loadbalancer lease seconds", 2, 300)
+    for what in ("egress", "ensure_forwarding", "proxy_enabled", "policy_enabled", "loadbalancer_enabled"):
         _check(type(getattr(c, what)) is bool, f"{what} (true or false)", getattr(c, what))
     _check(isinstance(c.log_level, str) and c.log_level.upper() in _LOG_LEVELS,
            f"log level ({', '.join(_LOG_LEVELS)})", c.log_level)
@@ -214,6 +223,10 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--policy", dest="policy_enabled", action=argparse.BooleanOptionalAction, default=None,
                    help="enforce NetworkPolicies")
     p.add_argument("--policy-socket", help="unix socket the CNI plugin waits on (default /run/podwire/policy.sock)")
+    p.add_argument("--loadbalancer", dest="loadbalancer_enabled", action=argparse.BooleanOptionalAction,
+                   default=None, help="assign LoadBalancer addresses from LoadBalancerPools and answer for them")
+    p.add_argument("--loadbalancer-namespace", help="namespace of its Leases (default podwire)")
+    p.add_argument("--loadbalancer-lease-seconds", type=int, help="failover time of an address (default 6)")
     p.add_argument("--egress", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--proxy-metrics-address",
                    help="kube-proxy's metrics address, default 127.0.0.1:10249 (empty or port 0: off)")
@@ -241,6 +254,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
             "conntrack_tcp_timeout_close_wait": a.conntrack_tcp_timeout_close_wait,
             "conntrack_tcp_timeout_established": a.conntrack_tcp_timeout_established,
             "conntrack_max_per_core": a.conntrack_max_per_core, "conntrack_min": a.conntrack_min,
+            "loadbalancer_enabled": a.loadbalancer_enabled, "loadbalancer_namespace": a.loadbalancer_namespace,
+            "loadbalancer_lease_seconds": a.loadbalancer_lease_seconds,
         }.items() if v is not None}
         vx = {k: v for k, v in {"port": a.vxlan_port, "vni": a.vxlan_vni, "device": a.vxlan_device}.items()
               if v is not None}

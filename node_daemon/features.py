@@ -1,4 +1,4 @@
-"""The features the daemon hosts (the Service proxy, NetworkPolicy) behind one small interface.
+"""The features the daemon hosts (the Service proxy, NetworkPolicy, LoadBalancer) behind one small interface.
 
 A feature is a module with `start(host: Host) -> list` (things with `.stop()`), named in FEATURES
 with the config switch that enables it. It gets the daemon's process, API client, Node informer
@@ -36,6 +36,7 @@ def _egress_enabled(cfg) -> bool:
 FEATURES: tuple = (
     ("service proxy", "proxy_enabled", "proxy.feature", "proxy.sync:cleanup"),
     ("network policy", "policy_enabled", "policy.feature", "policy.feature:cleanup"),
+    ("load balancer", "loadbalancer_enabled", "loadbalancer.feature", None),
     ("egress masquerade", _egress_enabled, None, "node_daemon.egress:cleanup"),
 )
 

@@ -1,0 +1,167 @@
+"""LoadBalancer addresses as a daemon feature (node_daemon.features): watches, Leases, two runners.
+
+Every daemon runs both halves; the Leases decide who acts:
+- the allocator (loadbalancer.controller) acts only on the daemon holding the
+  `podwire-lb-allocator` Lease: exactly one writer of Service addresses in the cluster;
+- the announcer (loadbalancer.announce) runs everywhere: a node holding an address's Lease
+  answers ARP/NDP for it (loadbalancer.responder), on the interface its route to it leaves by.
+Both runners wake every second to keep their Leases (cheap: nothing to write while a lease is
+young); the allocation and the eligibility are recomputed only when an object changed, or every
+resync interval.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import threading
+import time
+
+from node_daemon.runner import SyncRunner
+
+from .announce import Announcer
+from .controller import Allocator, Writer
+from .lease import LEASE_LABEL, Leases
+
+log = logging.getLogger(__name__)
+
+ALLOCATOR_LEASE = "podwire-lb-allocator"
+TICK = 1.0  # seconds between lease checks
+
+
+class Responders:
+    """One loadbalancer.responder.Responder per interface, started when an address needs it.
+    The interface of an address: `fixed`, or the one the node's route to the address leaves by
+    (the link whose subnet holds it), else the underlay's."""
+
+    def __init__(self, fixed: str | None = None):
+        self.fixed = fixed
+        self._by_if: dict = {}
+        self._lock = threading.Lock()
+
+    def interface_for(self, ip) -> str | None:
+        if self.fixed:
+            return self.fixed
+        from pyroute2 import IPRoute
+
+        try:
+            with IPRoute() as ipr:
+                routes = ipr.route("get", dst=str(ip))
+                oif = routes[0].get("RTA_OIF") if routes else None
+                if oif is None:
+                    return None
+                return ipr.get_links(oif)[0].get("IFLA_IFNAME")
+        except Exception as e:  # noqa: BLE001 - no route: nobody to answer on that link
+            log.warning("no route to load balancer address %s: %s", ip, e)
+            return None
+
+    def set_addresses(self, addrs) -> None:
+        from .responder import Responder
+
+        want: dict[str, set] = {}
+        for ip in addrs:
+            ifname = self.interface_for(ip)
+            if ifname and ifname != "lo":
+                want.setdefault(ifname, set()).add(ip)
+        with self._lock:
+            for ifname, ips in want.items():
+                r = self._by_if.get(ifname)
+                if r is None:
+                    try:
+                        r = self._by_if[ifname] = Responder(ifname)
+                    except OSError as e:
+                        log.error("cannot answer ARP/NDP on %s: %s", ifname, e)
+                        continue
+                r.set_addresses(ips)
+            for ifname, r in self._by_if.items():
+                if ifname not in want:
+                    r.set_addresses(())
+
+    def stop(self) -> None:
+        with self._lock:
+            for r in self._by_if.values():
+                r.stop()
+            self._by_if.clear()
+
+
+class _Sync:
+    """A runner's sync, every tick: work(fresh) with fresh True when objects changed (or at
+    resync), so the work can keep its leases every tick and recompute only when needed."""
+
+    def __init__(self, work, resync: float, gate=lambda: True, clock=time.monotonic):
+        self.work, self.resync, self.gate, self.clock = work, resync, gate, clock
+        self.dirty = True
+        self.last = -float("inf")
+
+    def mark(self) -> None:
+        self.dirty = True
+
+    def __call__(self) -> None:
+        if not self.gate():
+            self.dirty = True  # becoming leader later: decide afresh
+            return
+        now = self.clock()
+        fresh = self.dirty or now - self.last >= self.resync
+        if fresh:
+            self.dirty = False
+            self.last = now
+        self.work(fresh)
+
+
+def start(host) -> list:
+    from kubernetes import client
+
+    cfg = host.cfg
+    core, discovery = client.CoreV1Api(host.api), client.DiscoveryV1Api(host.api)
+    coord, custom = client.CoordinationV1Api(host.api), client.CustomObjectsApi(host.api)
+    # lease writes without urllib3's retries (3 by default, each up to the timeout): a holder
+    # cut off from the API server must find out, and stop answering, within the lease duration
+    lease_cfg = copy.copy(host.api.configuration)
+    lease_cfg.retries = False
+    lease_api = client.CoordinationV1Api(client.ApiClient(lease_cfg))
+    leases = Leases(lease_api, cfg.loadbalancer_namespace, cfg.node_name,
+                    duration=float(cfg.loadbalancer_lease_seconds),
+                    renew_every=max(1.0, cfg.loadbalancer_lease_seconds / 3))
+    writer = Writer(host.api, cfg.node_name)
+    runners: list[SyncRunner] = []
+
+    def trigger(*_):
+        for s in syncs:
+            s.mark()
+        for r in runners:
+            r.trigger()
+
+    services = host.watch(core.list_service_for_all_namespaces, "lb-services", trigger)
+    pools = host.watch(functools.partial(custom.list_cluster_custom_object, "podwire.io", "v1alpha1",
+                                         "loadbalancerpools"), "loadbalancerpools", trigger)
+    slices = host.watch(discovery.list_endpoint_slice_for_all_namespaces, "lb-endpointslices", trigger)
+    lease_informer = host.watch(functools.partial(coord.list_namespaced_lease, cfg.loadbalancer_namespace),
+                                "lb-leases", leases.observe, label_selector=LEASE_LABEL)
+    host.on_node(trigger)
+
+    allocator = Allocator(services, pools, writer)
+    announcer = Announcer(cfg.node_name, leases, services, slices, host.nodes,
+                          Responders(None))
+    alloc_sync = _Sync(lambda fresh: allocator.sync() if fresh else None, cfg.resync_interval,
+                       gate=lambda: leases.hold(ALLOCATOR_LEASE, "allocator"))
+    announce_sync = _Sync(announcer.sync, cfg.resync_interval)
+    syncs = [alloc_sync, announce_sync]
+
+    def synced() -> bool:
+        return all(i.synced.is_set() for i in (services, pools, slices, lease_informer, host.nodes))
+
+    runners += [SyncRunner(alloc_sync, name="lb-allocator", min_interval=0.2, resync_interval=TICK, ready=synced),
+                SyncRunner(announce_sync, name="lb-announcer", min_interval=0.2, resync_interval=TICK,
+                           ready=synced)]
+    for part in (services, pools, slices, lease_informer, *runners):
+        part.start()
+
+    class _Stop:
+        def stop(self) -> None:
+            # announcer first: addresses move to another node at once instead of after a lease
+            announcer.stop()
+            announcer.responders.stop()
+            leases.release(ALLOCATOR_LEASE, "allocator")
+
+    # stopped in this order: runners (nothing takes a lease again), releases, informers
+    return [*runners, _Stop(), services, pools, slices, lease_informer]
