@@ -12,7 +12,7 @@ we answer with the interface's own MAC:
   reachability probe, sent to the address itself) only when the kernel delivers packets for the
   address locally, and a node forwards or drops them instead, so clients would lose the entry
   every time it goes stale under one-way traffic. Multicast NS still need the solicited-node group
-  joined (on the raw ICMPv6 socket), or the NIC's multicast filter drops them.
+  joined, or the NIC's multicast filter drops them (and MLD-snooping switches never forward them).
 - IPv6, sending: a raw ICMPv6 socket bound to the interface (hop limit 255): the kernel fills the
   checksum and resolves the asker's MAC; the source is the advertised address itself
   (IPV6_FREEBIND), as when the kernel answers for its own. It reads nothing (ICMP6_FILTER blocks all).
@@ -123,7 +123,8 @@ class Responder:
         self._ifindex = socket.if_nametoindex(ifname)  # OSError when there is no such interface
         self._lock = threading.Lock()
         self._held: frozenset[IPAddress] = frozenset()
-        self._joined: set[IPv6Address] = set()
+        self._joined: dict[IPv6Address, socket.socket] = {}  # solicited-node group -> its membership socket
+        self._group_socks: list[socket.socket] = []
         self._due: list[tuple[float, int, int, IPAddress]] = []  # heap of (when, seq, sends left, address)
         self._seq = 0  # ties in the heap never compare addresses (IPv4 and IPv6 do not order)
         self._counts = dict.fromkeys(vars(ResponderCounters()), 0)  # guarded by _lock
@@ -200,7 +201,7 @@ class Responder:
         return sock
 
     def _close_sockets(self) -> None:
-        for sock in (self._arp_sock, self._icmp6_sock, self._ns_sock, self._wake_r, self._wake_w):
+        for sock in (self._arp_sock, self._icmp6_sock, self._ns_sock, self._wake_r, self._wake_w, *self._group_socks):
             if sock is not None:
                 sock.close()
 
@@ -274,25 +275,58 @@ class Responder:
                 self._counts[name] += n
 
     def _sync_groups_locked(self) -> None:
-        """Joins the solicited-node groups of the held IPv6 addresses, leaves the others."""
+        """Joins the solicited-node groups of the held IPv6 addresses, leaves the others.
+
+        Memberships live on sockets of their own (UDP, bound to no port: they receive nothing).
+        The kernel charges each membership to its socket's option memory (net.core.optmem_max:
+        about 2,300 groups at the 128 KiB default, 360 at the older 20 KiB), so a full socket is
+        followed by another; and the sending socket keeps its option memory for the IPV6_PKTINFO
+        of every advertisement (sendmsg fails with ENOMEM on a socket full of memberships).
+        """
         if self._icmp6_sock is None:
             return
         wanted = {ndp.solicited_node_group(a) for a in self._held if isinstance(a, IPv6Address)}
-        for group, opt in [(g, socket.IPV6_LEAVE_GROUP) for g in self._joined - wanted] + \
-                          [(g, socket.IPV6_JOIN_GROUP) for g in wanted - self._joined]:
+        for group in set(self._joined) - wanted:
+            sock = self._joined.pop(group)
             try:
-                self._icmp6_sock.setsockopt(socket.IPPROTO_IPV6, opt, group.packed + struct.pack("@I", self._ifindex))
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_LEAVE_GROUP, self._mreq(group))
+            except OSError as e:  # the interface is gone: so is the membership
+                log.debug("cannot leave %s on %s: %s", group, self.ifname, e)
+        in_use = {id(sock) for sock in self._joined.values()}
+        for sock in [s for s in self._group_socks if id(s) not in in_use]:
+            self._group_socks.remove(sock)
+            sock.close()
+        failed: list[tuple[IPv6Address, OSError]] = []
+        for group in sorted(wanted - set(self._joined)):
+            try:
+                self._joined[group] = self._join(group)
             except OSError as e:
-                if opt == socket.IPV6_JOIN_GROUP:
-                    self._counts["join_errors"] += 1
-                    log.warning("cannot join %s on %s: %s (multicast solicitations go unanswered)",
-                                group, self.ifname, e)
-                    continue
-                log.warning("cannot leave %s on %s: %s", group, self.ifname, e)
-            if opt == socket.IPV6_JOIN_GROUP:
-                self._joined.add(group)
-            else:
-                self._joined.discard(group)
+                failed.append((group, e))
+        if failed:
+            self._counts["join_errors"] += len(failed)
+            log.warning("cannot join %d solicited-node group(s) on %s (%s: %s): their multicast solicitations "
+                        "go unanswered", len(failed), self.ifname, failed[0][0], failed[0][1])
+
+    def _join(self, group: IPv6Address) -> socket.socket:
+        """The membership socket that took `group`: the first with room, else a new one."""
+        for sock in self._group_socks:
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, self._mreq(group))
+                return sock
+            except OSError as e:
+                if e.errno not in (errno.ENOMEM, errno.ENOBUFS):
+                    raise
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, self._mreq(group))
+        except BaseException:
+            sock.close()
+            raise
+        self._group_socks.append(sock)
+        return sock
+
+    def _mreq(self, group: IPv6Address) -> bytes:
+        return group.packed + struct.pack("@I", self._ifindex)  # struct ipv6_mreq
 
     def _run(self) -> None:
         poller = select.poll()

@@ -13,9 +13,11 @@ import re
 import subprocess
 import sys
 import time
+from ipaddress import IPv6Address
 
 import pytest
 
+from loadbalancer.ndp import solicited_node_group
 from tests.integration.cni_harness import ROOT, in_ns, netns_add, netns_del
 
 pytestmark = pytest.mark.root
@@ -463,6 +465,31 @@ def test_bad_addresses_are_refused(link, responder):
     for bad in ("224.0.0.1", "0.0.0.0", "fe80::1", "ff02::1", "127.0.0.1", "10.77.0.300", "fd77::1%lo", "nonsense"):
         assert "error" in r.set(VIP4, bad), bad
     assert r.set() == {"held": []}, "a refused set changes nothing (and an empty one clears)"
+
+
+def test_more_groups_than_a_socket_may_join(link, responder):
+    """The kernel caps one socket's memberships (optmem_max); the responder spreads them over as
+    many sockets as it needs, and answers (and can still send) for every held address."""
+    client, node = link
+    r = responder(announce_count=0)
+    optmem = int(open("/proc/sys/net/core/optmem_max").read())
+    # each membership takes about 56 bytes of option memory: this list is well past one socket's cap
+    many = [str(IPv6Address(int(IPv6Address("fd77::")) + i * 7919)) for i in range(1, optmem // 40 + 200)]
+
+    def groups() -> set[str]:
+        out = in_ns(node, "ip", "-6", "maddr", "show", "dev", NODE_IF).stdout
+        return set(re.findall(r"inet6 (ff02::1:ff\S+)", out))
+
+    r.set(*many)
+    assert r.counters()["join_errors"] == 0
+    assert {str(solicited_node_group(IPv6Address(a))) for a in many} <= groups()
+    last = max(many, key=lambda a: solicited_node_group(IPv6Address(a)))  # joined last, on the last socket
+    assert ndisc6(client, last) == r.mac
+    assert ndisc6(client, many[0]) == r.mac
+    assert r.counters()["send_errors"] == 0
+    r.set(many[0])
+    assert str(solicited_node_group(IPv6Address(last))) not in groups()
+    assert ndisc6(client, many[0]) == r.mac
 
 
 def test_interfaces_it_cannot_serve(link):
