@@ -8,9 +8,11 @@ the conformance command's).
 
 1. brings up the harness cluster: control plane + 3 full nodes (containerd + kubelet), no CNI, no kube-proxy;
 2. installs podwire like a user: image loaded into the nodes, `kubectl apply -f manifests/podwire.yaml`;
-3. deploys a 3-replica web server (one per node) behind a NodePort Service, and a client pod;
+3. deploys a 3-replica web server (one per node) behind a LoadBalancer Service (an address from a
+   LoadBalancerPool on the outside host's subnet), and a client pod;
 4. shows the nodes and pods with kubectl, then checks and prints: pod→pod on every node, pod→Service by
-   DNS name, NodePort from a host outside the cluster on every node, egress masquerade to that host;
+   DNS name, NodePort from a host outside the cluster on every node, the Service's EXTERNAL-IP from
+   that host, egress masquerade to that host;
 5. NetworkPolicy, as a learner types it: namespace demo-policy with a backend, a frontend and another pod;
    other → backend connects, then a policy lets only `app: frontend` into backend's port: frontend → backend
    still connects, other → backend gets no answer within 2 s.
@@ -69,7 +71,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: web}
 spec:
-  type: NodePort
+  type: LoadBalancer
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
 ---
@@ -172,7 +174,10 @@ class Demo:
         return r.returncode == 0, (r.stdout.strip() or r.stderr.strip())
 
     def deploy(self) -> None:
-        manifest = SERVER % {"image": images.BUSYBOX}
+        # manifests/podwire.yaml brought the CRD: its kind is served once the API server has it established
+        self.kubectl("wait", "--for=condition=established", "crd/loadbalancerpools.podwire.io", "--timeout=60s",
+                     timeout=70)
+        manifest = LB_POOL % {"range": lb_range(self.c)} + "---\n" + SERVER % {"image": images.BUSYBOX}
         kubectl = [str(self.c.bin_dir / "kubectl"), "--kubeconfig", str(self.c.kubeconfig)]
         r = subprocess.run([*kubectl, "apply", "-f", "-"],
                            input=manifest, capture_output=True, text=True, timeout=60)
@@ -208,6 +213,13 @@ class Demo:
             ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] in servers, r[1]))(
                 self.outside("curl", "-s", "-m", "3", url)))
             self.check(f"NodePort from outside the cluster via {node.name} {url}", ok, out)
+
+        ip = self.retry(lambda: (lambda v: (bool(v), v))(self.kubectl(
+            "get", "service", "web", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}")), 30)[1]
+        print(self.kubectl("get", "service", "web"), flush=True)
+        ok, out = (False, "no EXTERNAL-IP") if not ip else self.retry(
+            lambda: (lambda r: (r[0] and r[1] in servers, r[1]))(self.outside("curl", "-s", "-m", "3", f"http://{ip}/")))
+        self.check(f"LoadBalancer: EXTERNAL-IP {ip or '<pending>'} from the pool, from outside the cluster", ok, out)
 
         outside_ip = self.c.topology.outside.ip
         server = subprocess.Popen(self.c.topology.outside.argv([sys.executable, "-c", ECHO_SOURCE]),
@@ -281,6 +293,21 @@ class Demo:
                    out if ok else f"connected ({out}): the policy is not enforced")
 
 
+LB_POOL = """\
+apiVersion: podwire.io/v1alpha1
+kind: LoadBalancerPool
+metadata: {name: demo}
+spec:
+  addresses: ["%(range)s"]
+"""
+
+
+def lb_range(cluster) -> str:
+    """Addresses on the outside host's own subnet, so it reaches them by ARP as on a LAN."""
+    net = cluster.topology.outside.plan.address.network
+    return f"{net[240]}-{net[250]}"
+
+
 def demo_targets():
     """What the demo builds of Kubernetes: a cluster's binaries (no kube-proxy: podwire is the
     proxy). e2e.test and the test images' binaries belong to the conformance command."""
@@ -295,8 +322,8 @@ def plan(image: Path | None, missing: list[str], shape: str) -> list[str]:
                      "(many minutes the first time)")
     return steps + [f"cluster: control plane + 3 full nodes, shape {shape}, no CNI, no kube-proxy",
                     "install: kubectl apply -f manifests/podwire.yaml",
-                    "web server: 3 replicas behind a NodePort Service, and a client pod",
-                    "checks: pod to pod, Service by DNS name, NodePort from outside, egress",
+                    "web server: 3 replicas behind a LoadBalancer Service, and a client pod",
+                    "checks: pod to pod, Service by DNS name, NodePort and EXTERNAL-IP from outside, egress",
                     f"NetworkPolicy: namespace {POLICY_NS}, backend, frontend and other"]
 
 

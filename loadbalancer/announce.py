@@ -107,8 +107,11 @@ class Announcer:
         self.responders = responders  # loadbalancer.feature.Responders: address -> interface
         self.holding: set[IPAddress] = set()
         self._want: dict[IPAddress, bool] | None = None
+        self._off_link: list[IPAddress] = []
 
     def desired(self) -> dict[IPAddress, bool]:
+        """Every announced address -> may this node answer for it (eligible, and on one of its
+        links: ARP and NDP do not cross routers)."""
         announced = [a for a in map(announced_from_api, self.services.list()) if a is not None]
         ep_nodes: dict[str, frozenset[str]] = {}
         for obj in self.slices.list():
@@ -117,7 +120,16 @@ class Announcer:
                 ep_nodes[got[0]] = ep_nodes.get(got[0], frozenset()) | got[1]
         me = self.nodes.get(self.node) or {}
         labels = (me.get("metadata") or {}).get("labels") or {}
-        return eligible(announced, ep_nodes, self.node, excluded=EXCLUDE_LABEL in labels)
+        out = eligible(announced, ep_nodes, self.node, excluded=EXCLUDE_LABEL in labels)
+        self.responders.refresh_links()
+        off_link = sorted((ip for ip in out if self.responders.interface_for(ip) is None), key=str)
+        for ip in off_link:
+            out[ip] = False
+        if off_link != self._off_link:
+            if off_link:
+                log.info("not on any link of this node, so not answered here: %s", ", ".join(map(str, off_link)))
+            self._off_link = off_link
+        return out
 
     def sync(self, recompute: bool = True) -> None:
         """Keep (or try for) the leases of the addresses this node may answer for; `recompute`

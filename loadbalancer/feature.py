@@ -31,29 +31,41 @@ TICK = 1.0  # seconds between lease checks
 
 class Responders:
     """One loadbalancer.responder.Responder per interface, started when an address needs it.
-    The interface of an address: `fixed`, or the one the node's route to the address leaves by
-    (the link whose subnet holds it), else the underlay's."""
+    ARP and NDP only work on the link the asker is on, so an address is answered on the interface
+    whose own subnet holds it (or `fixed`); a node with no such link cannot answer for it."""
 
     def __init__(self, fixed: str | None = None):
         self.fixed = fixed
         self._by_if: dict = {}
         self._lock = threading.Lock()
+        self._links: list = []  # (ifname, ip_interface), read by refresh_links
+
+    def refresh_links(self) -> None:
+        """The node's interface subnets, read once per recomputation (not per address)."""
+        import ipaddress
+
+        from pyroute2 import IPRoute
+
+        links = []
+        try:
+            with IPRoute() as ipr:
+                names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
+                for a in ipr.get_addr():
+                    name, addr = names.get(a["index"]), a.get("IFA_ADDRESS")
+                    if name and name != "lo" and addr and a.get("scope") == 0:
+                        links.append((name, ipaddress.ip_interface(f"{addr}/{a['prefixlen']}")))
+        except Exception as e:  # noqa: BLE001 - keep the last view: answering must not stop on a hiccup
+            log.warning("cannot read the node's addresses: %s", e)
+            return
+        self._links = links
 
     def interface_for(self, ip) -> str | None:
         if self.fixed:
             return self.fixed
-        from pyroute2 import IPRoute
-
-        try:
-            with IPRoute() as ipr:
-                routes = ipr.route("get", dst=str(ip))
-                oif = routes[0].get("RTA_OIF") if routes else None
-                if oif is None:
-                    return None
-                return ipr.get_links(oif)[0].get("IFLA_IFNAME")
-        except Exception as e:  # noqa: BLE001 - no route: nobody to answer on that link
-            log.warning("no route to load balancer address %s: %s", ip, e)
-            return None
+        # the most specific subnet wins (a /24 on eth0 over a /16 on another link)
+        on = [(iface.network.prefixlen, name) for name, iface in self._links
+              if iface.version == ip.version and ip in iface.network and iface.ip != ip]
+        return max(on)[1] if on else None
 
     def set_addresses(self, addrs) -> None:
         from .responder import Responder
@@ -61,7 +73,7 @@ class Responders:
         want: dict[str, set] = {}
         for ip in addrs:
             ifname = self.interface_for(ip)
-            if ifname and ifname != "lo":
+            if ifname:
                 want.setdefault(ifname, set()).add(ip)
         with self._lock:
             for ifname, ips in want.items():

@@ -207,3 +207,16 @@ def test_holder_that_cannot_renew_stops_claiming():
 def test_observe_ignores_junk(junk):
     _, _, a, _ = pair()
     a.observe(junk)
+
+
+def test_an_address_is_answered_on_the_link_whose_subnet_holds_it():
+    from loadbalancer.feature import Responders
+
+    r = Responders()
+    r._links = [("eth0", ipaddress.ip_interface("172.30.0.11/24")), ("podwire0", ipaddress.ip_interface("10.0.0.1/8")),
+                ("eth1", ipaddress.ip_interface("10.1.0.1/16")), ("eth0", ipaddress.ip_interface("fd00::b/64"))]
+    assert r.interface_for(ip("172.30.0.241")) == "eth0"
+    assert r.interface_for(ip("10.1.2.3")) == "eth1"  # the most specific subnet
+    assert r.interface_for(ip("fd00::f1")) == "eth0"
+    assert r.interface_for(ip("192.0.2.1")) is None  # behind a router: ARP cannot reach it
+    assert r.interface_for(ip("172.30.0.11")) is None  # the node's own address is not a LoadBalancer's
