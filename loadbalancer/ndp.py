@@ -1,14 +1,12 @@
 """IPv6 Neighbor Discovery (RFC 4861) messages as bytes in, typed values out (and back): no sockets.
 
-Solicitations are read as whole Ethernet frames from a packet socket (see loadbalancer.responder
-for why not from the raw ICMPv6 socket), so parsing starts at the Ethernet header and checks what
-the IPv6 stack would have: version, next header, length, hop limit 255, destination, and the
-ICMPv6 checksum (RFC 4443 2.3), which nobody has verified before us.
-
-Advertisements are sent through a raw IPPROTO_ICMPV6 socket, which always has IPV6_CHECKSUM at
-offset 2 (RFC 3542 3.1; Linux rawv6_init_sk): the kernel fills the checksum of every message we
-send, so we build them with a zero checksum and rely on that (the integration test proves it:
-ndisc6 and the client's kernel, which both verify it, accept our advertisements).
+The responder speaks NDP in whole Ethernet frames on a packet socket, as it speaks ARP (see
+loadbalancer.responder for why not through a raw ICMPv6 socket). Received solicitations are
+checked for what the IPv6 stack would have checked: version, next header, length, hop limit 255,
+destination, and the ICMPv6 checksum (RFC 4443 2.3), which nobody has verified before us.
+Advertisements are built complete: Ethernet and IPv6 headers (hop limit 255, source the
+advertised address, as the kernel sends for its own) and the checksum computed here; the kernel
+adds nothing. The unit tests compare them with the kernel's own advertisements byte for byte.
 """
 
 from __future__ import annotations
@@ -147,7 +145,7 @@ def _source_lladdr(options: bytes) -> MacAddress | None:
 
 
 def build_advertisement(target: IPv6Address, our_mac: MacAddress, *, solicited: bool) -> bytes:
-    """A Neighbor Advertisement "target is at our_mac" with checksum 0 (the kernel fills it).
+    """A Neighbor Advertisement "target is at our_mac", ICMPv6 only, checksum 0 (see ipv6_frame).
 
     Override is always on: we are taking over (or holding) an address that may be cached with
     another node's MAC. Router is off: the address is a Service's, not a router's (a set R flag
@@ -171,3 +169,38 @@ def reply_to(solicitation: NeighborSolicitation, our_mac: MacAddress) -> tuple[I
 def build_unsolicited(address: IPv6Address, our_mac: MacAddress) -> tuple[IPv6Address, bytes]:
     """(ff02::1, advertisement) sent on takeover so that neighbours replace a cached MAC (Override)."""
     return ALL_NODES, build_advertisement(address, our_mac, solicited=False)
+
+
+def multicast_mac(group: IPv6Address) -> MacAddress:
+    """33:33 and the group's last 32 bits (RFC 2464 7)."""
+    return MacAddress(b"\x33\x33" + group.packed[12:])
+
+
+def ipv6_frame(dst_mac: MacAddress, src_mac: MacAddress, source: IPv6Address, destination: IPv6Address,
+               message: bytes) -> bytes:
+    """Ethernet + IPv6 (hop limit 255, no flow label) + the ICMPv6 message with its checksum."""
+    zeroed = message[:2] + b"\0\0" + message[4:]
+    message = zeroed[:2] + struct.pack("!H", icmpv6_checksum(source, destination, zeroed)) + zeroed[4:]
+    return (_ETH_HEADER.pack(dst_mac.octets, src_mac.octets, ETH_P_IPV6)
+            + _IPV6_HEADER.pack(6 << 28, len(message), IPPROTO_ICMPV6, ND_HOP_LIMIT, source.packed,
+                                destination.packed)
+            + message)
+
+
+def reply_frame(received: SolicitationFrame, our_mac: MacAddress) -> bytes:
+    """The whole frame answering a received solicitation, from the target address itself.
+
+    Unicast to the asker's link-layer address option, else to the frame's Ethernet source (a
+    reachability probe may leave the option out); a DAD probe's answer goes to all-nodes.
+    """
+    ns = received.solicitation
+    destination, message = reply_to(ns, our_mac)
+    dst_mac = multicast_mac(destination) if destination.is_multicast else (ns.source_lladdr or received.eth_source)
+    return ipv6_frame(dst_mac, our_mac, ns.target, destination, message)
+
+
+def unsolicited_frame(address: IPv6Address, our_mac: MacAddress) -> bytes:
+    """The whole frame of an unsolicited advertisement of `address` to all-nodes (takeover)."""
+    destination, message = build_unsolicited(address, our_mac)
+    return ipv6_frame(multicast_mac(destination), our_mac, address, destination, message)
+

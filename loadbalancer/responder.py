@@ -3,19 +3,21 @@
 The Lease election decides which addresses a node holds and calls set_addresses; this module only
 speaks on the wire. The addresses are NOT configured on the interface (the kernel would answer for
 them on every node and pick them as source addresses), so the kernel ignores requests for them and
-we answer with the interface's own MAC:
+we answer with the interface's own MAC. Both families are spoken in whole Ethernet frames on packet
+sockets bound to the interface:
 
-- IPv4: an AF_PACKET socket bound to the interface for ETH_P_ARP sees every ARP frame (broadcast
-  and the unicast re-checks clients send when an entry goes stale); replies are whole frames.
-- IPv6, receiving: an AF_PACKET socket for ETH_P_IPV6 with a classic BPF filter that passes only
-  Neighbor Solicitations. Not the raw ICMPv6 socket: that one sees a unicast NS (a client's
-  reachability probe, sent to the address itself) only when the kernel delivers packets for the
-  address locally, and a node forwards or drops them instead, so clients would lose the entry
-  every time it goes stale under one-way traffic. Multicast NS still need the solicited-node group
-  joined, or the NIC's multicast filter drops them (and MLD-snooping switches never forward them).
-- IPv6, sending: a raw ICMPv6 socket bound to the interface (hop limit 255): the kernel fills the
-  checksum and resolves the asker's MAC; the source is the advertised address itself
-  (IPV6_FREEBIND), as when the kernel answers for its own. It reads nothing (ICMP6_FILTER blocks all).
+- IPv4: ETH_P_ARP. Every ARP frame arrives (broadcast, and the unicast re-checks clients send
+  when an entry goes stale); replies and gratuitous ARP are frames built by loadbalancer.arp.
+- IPv6: ETH_P_IPV6 with a classic BPF filter that passes only Neighbor Solicitations; answers
+  and unsolicited advertisements are frames built by loadbalancer.ndp. Not a raw ICMPv6 socket,
+  for two reasons measured in tests/integration/test_lb_responder.py: it only sees a unicast NS
+  (a client's reachability probe, sent to the address itself) when the kernel delivers packets
+  for the address locally, while a node forwards or drops them, so clients would lose the entry
+  each time it goes stale under one-way traffic; and the kernel sends its answers only with a
+  route back to the asker and after resolving the asker's MAC itself, so a client asking from an
+  address the node has no route for never got one. The asker's MAC is in the solicitation.
+  Multicast NS still need the solicited-node group joined, or the NIC's multicast filter drops
+  them (and MLD-snooping switches never forward them): memberships sit on port-less UDP sockets.
 
 One thread and one poll() per interface: it blocks until a packet, a wake-up from set_addresses or
 stop, or the next scheduled announcement; an idle responder costs no CPU. A bad packet is counted
@@ -47,8 +49,6 @@ IPAddress = IPv4Address | IPv6Address
 _SIOCGIFHWADDR = 0x8927
 _ARPHRD_ETHER = 1
 _PACKET_OUTGOING = 4
-_IPV6_FREEBIND = 78  # linux/in6.h, since 4.15; not in Python's socket module
-_ICMP6_FILTER = 1  # level IPPROTO_ICMPV6 (linux/icmpv6.h)
 _IFNAMSIZ = 16
 _SO_ATTACH_FILTER = 26
 # Classic BPF over an Ethernet frame: IPv6, next header ICMPv6, hop limit 255, ICMPv6 type NS.
@@ -130,14 +130,14 @@ class Responder:
         self._counts = dict.fromkeys(vars(ResponderCounters()), 0)  # guarded by _lock
         self._stopping = False
         self._arp_sock = self._open_arp()
-        self._icmp6_sock: socket.socket | None = None
         self._ns_sock: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         try:
             self._mac = interface_mac(self._arp_sock, ifname)
-            self._icmp6_sock = self._open_icmp6()
-            if self._icmp6_sock is not None:
+            if self._ipv6_available():
                 self._ns_sock = self._open_ns_receiver()
+            else:
+                log.info("IPv6 is not available on %s: it answers ARP only", ifname)
         except BaseException:
             self._close_sockets()
             raise
@@ -159,29 +159,13 @@ class Responder:
             raise
         return sock
 
-    def _open_icmp6(self) -> socket.socket | None:
+    def _ipv6_available(self) -> bool:
+        """The kernel has IPv6 and the interface has it enabled (else nothing we answer could arrive)."""
         try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        except OSError as e:
-            if e.errno not in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
-                raise
-            log.info("IPv6 is not available: %s answers ARP only", self.ifname)
-            return None
-        try:
-            # struct icmp6_filter: 256 bits, a set bit blocks that type. We only send on this
-            # socket (solicitations come from the packet socket): block every type.
-            sock.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER, b"\xff" * 32)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ndp.ND_HOP_LIMIT)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ndp.ND_HOP_LIMIT)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self._ifindex)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_FREEBIND, 1)  # send from addresses not on the interface
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+            with open(f"/proc/sys/net/ipv6/conf/{self.ifname}/disable_ipv6") as f:
+                return f.read().strip() == "0"
+        except OSError:  # no IPv6 in this kernel (or namespace)
+            return False
 
     def _open_ns_receiver(self) -> socket.socket:
         # As for ARP: protocol 0 until the filter is attached and bind() sets ETH_P_IPV6, so no
@@ -201,7 +185,7 @@ class Responder:
         return sock
 
     def _close_sockets(self) -> None:
-        for sock in (self._arp_sock, self._icmp6_sock, self._ns_sock, self._wake_r, self._wake_w, *self._group_socks):
+        for sock in (self._arp_sock, self._ns_sock, self._wake_r, self._wake_w, *self._group_socks):
             if sock is not None:
                 sock.close()
 
@@ -226,7 +210,7 @@ class Responder:
         address, or an IPv6 one when this node has no IPv6.
         """
         wanted = frozenset(_parse_address(a) for a in addrs)
-        if self._icmp6_sock is None and any(isinstance(a, IPv6Address) for a in wanted):
+        if self._ns_sock is None and any(isinstance(a, IPv6Address) for a in wanted):
             raise ValueError(f"IPv6 addresses given, but IPv6 is not available on {self.ifname}")
         with self._lock:
             if self._stopping:
@@ -280,10 +264,9 @@ class Responder:
         Memberships live on sockets of their own (UDP, bound to no port: they receive nothing).
         The kernel charges each membership to its socket's option memory (net.core.optmem_max:
         about 2,300 groups at the 128 KiB default, 360 at the older 20 KiB), so a full socket is
-        followed by another; and the sending socket keeps its option memory for the IPV6_PKTINFO
-        of every advertisement (sendmsg fails with ENOMEM on a socket full of memberships).
+        followed by another.
         """
-        if self._icmp6_sock is None:
+        if self._ns_sock is None:
             return
         wanted = {ndp.solicited_node_group(a) for a in self._held if isinstance(a, IPv6Address)}
         for group in set(self._joined) - wanted:
@@ -380,7 +363,7 @@ class Responder:
                 continue  # someone's gratuitous ARP (never contest it) or our own frame
             if msg.target_ip not in self.addresses():
                 continue
-            if self._send_frame(arp.build_reply(msg, self._mac)):
+            if self._send(self._arp_sock, arp.build_reply(msg, self._mac)):
                 self._count(arp_replies=1)
 
     def _on_ns(self) -> None:
@@ -405,8 +388,7 @@ class Responder:
             ns = received.solicitation
             if self._mac in (received.eth_source, ns.source_lladdr) or ns.target not in self.addresses():
                 continue  # our own frame, or not ours to answer
-            dst, message = ndp.reply_to(ns, self._mac)
-            if self._send_icmp6(dst, message, ns.target):
+            if self._send(self._ns_sock, ndp.reply_frame(received, self._mac)):
                 self._count(na_replies=1)
 
     def _receive_error(self, e: OSError) -> None:
@@ -426,37 +408,17 @@ class Responder:
                 if left > 1:
                     heapq.heappush(self._due, (time.monotonic() + self._announce_interval, seq, left - 1, addr))
             if isinstance(addr, IPv4Address):
-                sent = sum(self._send_frame(arp.build_gratuitous(addr, self._mac, op))
+                sent = sum(self._send(self._arp_sock, arp.build_gratuitous(addr, self._mac, op))
                            for op in (arp.ArpOp.REQUEST, arp.ArpOp.REPLY))
                 self._count(gratuitous_arp=sent)
-            else:
-                dst, message = ndp.build_unsolicited(addr, self._mac)
-                if self._send_icmp6(dst, message, addr):
-                    self._count(unsolicited_na=1)
+            elif self._ns_sock is not None and self._send(self._ns_sock, ndp.unsolicited_frame(addr, self._mac)):
+                self._count(unsolicited_na=1)
 
-    def _send_frame(self, frame: bytes) -> bool:
+    def _send(self, sock: socket.socket, frame: bytes) -> bool:
         try:
-            self._arp_sock.send(frame)
+            sock.send(frame)
             return True
-        except OSError as e:
+        except OSError as e:  # e.g. ENETDOWN while the link is down
             self._count(send_errors=1)
-            log.debug("ARP send on %s failed: %s", self.ifname, e)
-            return False
-
-    def _send_icmp6(self, dst: IPv6Address, message: bytes, source: IPv6Address) -> bool:
-        """Sends from `source` (the advertised address, IPV6_FREEBIND), as the kernel does for its own.
-
-        RFC 4861 only asks for "an address of the interface"; a link-local source would do for the
-        kernel's neighbour code, but tools that match answers to their question (ndisc6 drops an
-        answer for a global target that comes from a link-local address) expect the target itself.
-        """
-        assert self._icmp6_sock is not None
-        pktinfo = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, source.packed + struct.pack("@I", self._ifindex))]
-        try:
-            # The scope id matters for ff02::1 and link-local askers; the kernel ignores it otherwise.
-            self._icmp6_sock.sendmsg([message], pktinfo, 0, (str(dst), 0, 0, self._ifindex))
-            return True
-        except OSError as e:  # e.g. ENETUNREACH: no route back to a global asker
-            self._count(send_errors=1)
-            log.debug("NA to %s on %s failed: %s", dst, self.ifname, e)
+            log.debug("send on %s failed: %s", self.ifname, e)
             return False

@@ -275,8 +275,8 @@ def test_traffic_to_the_vip_end_to_end(link, responder):
         assert counts["arp_replies"] >= 1 and counts["na_replies"] >= 1, counts
 
         # The client's entry goes stale; one-way traffic (UDP: nothing confirms reachability, unlike
-        # ping's MSG_CONFIRM or TCP) makes it check with a unicast NS to the VIP, which reaches the
-        # responder only through the local route. Answered, the entry is REACHABLE again.
+        # ping's MSG_CONFIRM or TCP) makes it check with a unicast NS to the VIP. Answered, the entry
+        # is REACHABLE again (test_unicast_probe_answered_without_local_delivery: also without the route).
         in_ns(client, "sysctl", "-qw", f"net.ipv6.neigh.{CLIENT_IF}.delay_first_probe_time=1")
         in_ns(client, "ip", "-6", "neigh", "change", VIP6, "lladdr", r.mac, "dev", CLIENT_IF, "nud", "stale")
         before = r.counters()["na_replies"]
@@ -452,12 +452,25 @@ def test_node_without_ipv6_answers_arp(link, responder):
     client, node = link
     in_ns(node, "sysctl", "-qw", f"net.ipv6.conf.{NODE_IF}.disable_ipv6=1")
     r = responder(announce_count=0)
-    r.set(VIP4, VIP6)  # the kernel takes the group join, but will not send IPv6 from this interface
+    assert "IPv6 is not available on" in r.set(VIP4, VIP6)["error"], "refused: nothing could arrive"
+    assert r.set(VIP4) == {"held": [VIP4]}
     assert arping(client, VIP4, count=2)[0] == [r.mac] * 2
     assert ndisc6(client, VIP6) is None
-    c = r.counters()
-    assert c["ns_received"] == 2 and c["na_replies"] == 0 and c["send_errors"] == 2, c
-    assert r.call(alive=1) == {"alive": True}
+    assert r.counters()["ns_received"] == 0
+
+
+def test_asker_the_node_has_no_route_for(link, responder):
+    """A client asks from an address on a prefix the node has no route for (it has no address on
+    this link at all): answered all the same, at the MAC the solicitation names."""
+    client, node = link
+    in_ns(node, "ip", "-6", "route", "del", "fd77::/64", "dev", NODE_IF)
+    in_ns(node, "ip", "route", "del", "10.77.0.0/24", "dev", NODE_IF)
+    r = responder(announce_count=0)
+    r.set(VIP4, VIP6)
+    out = in_ns(client, "ndisc6", "-n", "-q", "-r", "2", "-w", "400", "-s", CLIENT_V6, VIP6, CLIENT_IF, check=False)
+    assert out.stdout.strip().lower() == r.mac, out
+    assert arping(client, VIP4, count=1)[0] == [r.mac]
+    assert r.counters()["send_errors"] == 0
 
 
 def test_bad_addresses_are_refused(link, responder):

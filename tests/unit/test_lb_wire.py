@@ -38,6 +38,9 @@ NS = bytes.fromhex("8700 68a0 00000000 fd770000000000000000000000000002 01 01 02
 # the kernel's NA (fd77::2 > fe80::ff:fe00:a01): Solicited + Override, target link-layer address
 NA_SOURCE = IPv6Address("fd77::2")
 KERNEL_NA = bytes.fromhex("8800 062c 60000000 fd770000000000000000000000000002 02 01 020000000b02")
+KERNEL_NA_FRAME = bytes.fromhex(
+    "020000000a01 020000000b02 86dd 60000000 0020 3a ff fd770000000000000000000000000002"
+    "fe800000000000000000 00fffe000a01") + KERNEL_NA
 
 
 # the whole NS frame as captured: Ethernet (to 33:33:ff:00:00:02), IPv6 (hop limit 255), ICMPv6
@@ -214,6 +217,34 @@ def test_solicited_advertisement_is_the_kernels_but_for_the_checksum():
     assert message[2:4] == b"\0\0", "the kernel fills the checksum"
     assert message == KERNEL_NA[:2] + b"\0\0" + KERNEL_NA[4:]
     assert with_checksum(NA_SOURCE, NS_SOURCE, message) == KERNEL_NA
+
+
+def test_reply_frame_is_the_kernels_byte_for_byte():
+    """Ethernet and IPv6 headers, source address, hop limit, checksum: all as the kernel sends."""
+    assert ndp.reply_frame(ndp.parse_solicitation_frame(NS_FRAME), NODE_MAC) == KERNEL_NA_FRAME
+
+
+def test_reply_frame_without_lladdr_option_goes_to_the_ethernet_source():
+    probe = ns_frame(IPv6Address("fd77::2"), NS[:24])  # a reachability probe may leave the option out
+    frame = ndp.reply_frame(ndp.parse_solicitation_frame(probe), NODE_MAC)
+    assert frame[:6] == CLIENT_MAC.octets and frame[6:12] == NODE_MAC.octets
+
+
+def test_dad_reply_frame_goes_to_all_nodes():
+    dad = ns_frame(ndp.solicited_node_group(IPv6Address("fd77::2")), NS[:24], IPv6Address("::"))
+    frame = ndp.reply_frame(ndp.parse_solicitation_frame(dad), NODE_MAC)
+    assert frame[:6] == bytes.fromhex("333300000001")
+    assert IPv6Address(frame[38:54]) == ndp.ALL_NODES and frame[21] == 255
+    assert ndp.icmpv6_checksum(IPv6Address(frame[22:38]), ndp.ALL_NODES, frame[54:]) == 0
+
+
+def test_unsolicited_frame():
+    frame = ndp.unsolicited_frame(IPv6Address("fd77::2"), NODE_MAC)
+    assert frame[:14] == bytes.fromhex("333300000001 020000000b02 86dd")
+    assert frame[14:54] == bytes.fromhex("60000000 0020 3a ff") + IPv6Address("fd77::2").packed + ndp.ALL_NODES.packed
+    assert frame[54:] == with_checksum(IPv6Address("fd77::2"), ndp.ALL_NODES, ndp.build_unsolicited(
+        IPv6Address("fd77::2"), NODE_MAC)[1])
+    assert ndp.multicast_mac(IPv6Address("ff02::1:ff00:2")) == arp.MacAddress.parse("33:33:ff:00:00:02")
 
 
 def test_dad_probe_is_answered_to_all_nodes_unsolicited():
