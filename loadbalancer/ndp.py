@@ -148,8 +148,8 @@ def build_advertisement(target: IPv6Address, our_mac: MacAddress, *, solicited: 
     """A Neighbor Advertisement "target is at our_mac", ICMPv6 only, checksum 0 (see ipv6_frame).
 
     Override is always on: we are taking over (or holding) an address that may be cached with
-    another node's MAC. Router is off: the address is a Service's, not a router's (a set R flag
-    would make hosts keep it in their default router list).
+    another node's MAC. Router is off: the address is a Service's, not a router's (neighbours
+    record the flag as the entry's IsRouter, RFC 4861 7.2.5).
     """
     flags = _FLAG_OVERRIDE | (_FLAG_SOLICITED if solicited else 0)
     return _NA.pack(ND_NEIGHBOR_ADVERT, 0, 0, flags, target.packed, _OPT_TARGET_LLADDR, 1, our_mac.octets)

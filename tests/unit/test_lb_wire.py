@@ -214,7 +214,7 @@ def test_ns_frame_fuzz_raises_only_valueerror():
 def test_solicited_advertisement_is_the_kernels_but_for_the_checksum():
     dst, message = ndp.reply_to(ndp.parse_solicitation(NS, NS_SOURCE, 255), NODE_MAC)
     assert dst == NS_SOURCE
-    assert message[2:4] == b"\0\0", "the kernel fills the checksum"
+    assert message[2:4] == b"\0\0", "the message alone has no checksum: ipv6_frame computes it"
     assert message == KERNEL_NA[:2] + b"\0\0" + KERNEL_NA[4:]
     assert with_checksum(NA_SOURCE, NS_SOURCE, message) == KERNEL_NA
 
