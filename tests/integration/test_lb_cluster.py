@@ -277,3 +277,34 @@ def test_holder_unplugged_address_moves_allocator_changes_nothing(bed, svcs):
     assert outside_neigh(bed, ip) == mac_of(next(n for n in bed.cluster.nodes if n.name == was).netns)
     bed.start(other)
     eventually(lambda: healthy(other), timeout=60, what=f"{other.name}'s daemon back")
+
+
+def test_local_policy_class_type_change_and_no_node_ports(bed, svcs):
+    n1, n2 = bed.cluster.nodes
+    # externalTrafficPolicy Local: the node with the endpoint answers (the other would drop the traffic)
+    for pod in bed.pods:
+        name = svcs(f"loc{pod.node.name[-1]}", pod, externalTrafficPolicy="Local")
+        ip = address_of(bed, name)
+        eventually(lambda: holder(bed, ip) == pod.node.name, timeout=20, what=f"{ip} held by {pod.node.name}")
+        r = eventually(lambda: (lambda x: x if x[0][0] == "ok" else None)(reach(bed, ip)), timeout=20,
+                       what=f"{ip} reachable")
+        assert r[0][1].split() == [pod.ip, str(bed.cluster.topology.outside.ip)]  # client address kept
+    # no node ports: the address alone serves
+    name = svcs("nonp", bed.pods[0], allocateLoadBalancerNodePorts=False)
+    ip = address_of(bed, name)
+    assert not bed.core.read_namespaced_service(name, "default").spec.ports[0].node_port
+    eventually(lambda: reach(bed, ip)[0][0] == "ok", timeout=20, what="reachable without node ports")
+    # another implementation's class: left alone
+    other = svcs("cls", bed.pods[0], loadBalancerClass="example.com/other")
+    time.sleep(3)
+    s = bed.core.read_namespaced_service(other, "default")
+    assert not (s.status.load_balancer and s.status.load_balancer.ingress) and not s.metadata.finalizers
+    # LoadBalancer -> ClusterIP: the address goes, and so do our condition and finalizer
+    bed.core.patch_namespaced_service(name, "default", {"spec": {"type": "ClusterIP"}})
+
+    def released():
+        s = bed.core.read_namespaced_service(name, "default")
+        return (not (s.status.load_balancer and s.status.load_balancer.ingress) and not s.metadata.finalizers
+                and not condition(bed, name))
+    eventually(released, timeout=20, what="address, condition and finalizer gone")
+    assert reach(bed, ip, timeout=1.0)[0][0] != "ok"
