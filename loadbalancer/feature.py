@@ -81,10 +81,13 @@ class Responders:
                 if r is None:
                     try:
                         r = self._by_if[ifname] = Responder(ifname)
-                    except OSError as e:
+                    except (OSError, ValueError) as e:  # gone, or not an Ethernet link
                         log.error("cannot answer ARP/NDP on %s: %s", ifname, e)
                         continue
-                r.set_addresses(ips)
+                try:
+                    r.set_addresses(ips)
+                except (ValueError, RuntimeError) as e:  # e.g. IPv6 disabled on that link
+                    log.error("cannot answer for %s on %s: %s", ", ".join(map(str, sorted(ips, key=str))), ifname, e)
             for ifname, r in self._by_if.items():
                 if ifname not in want:
                     r.set_addresses(())
