@@ -1,6 +1,6 @@
 """Upstream Kubernetes e2e tests (sig-network) against podwire, in one command.
 
-    python3 -m e2e.conformance [--suite conformance|services|netpol|dns|topology] [--focus REGEX]
+    python3 -m e2e.conformance [--suite conformance|services|netpol|dns|topology|loadbalancer] [--focus REGEX]
                                [--skip REGEX] [--shards N] [--nodes N] [--keep] [--name cNAME]
                                [--cluster harness|kind]
 
@@ -20,7 +20,11 @@ test of `[sig-network] Netpol` (TCP, UDP, and the two SCTP-named ones that probe
 the summary names them as "not run here" with that reason; `dns` = the sig-network DNS tests
 outside Conformance (the "DNS configMap" ones rewrite kube-system/coredns, "configurable pod
 resolv.conf" names a server pod in dnsConfig); `topology` = Topology Hints and Traffic Distribution
-on 6 nodes in 3 zones. --focus/--skip replace the suite's.
+on 6 nodes in 3 zones; `loadbalancer` = every `[Feature:LoadBalancer]` test of sig-network against the
+addresses podwire assigns itself: after the install a LoadBalancerPool on the outside host's subnet
+(.200-.250, clear of the harness's hosts), and e2e.test runs in the outside host's network namespace
+(a client on that LAN, reaching the addresses by ARP) with a kubeconfig naming the API server's
+underlay address (its certificate covers it). --focus/--skip replace the suite's.
 
 `--cluster kind` runs the same selection on the kind path instead (e2e/kind.py): a private dockerd in
 its own network namespace, `kind create cluster --config manifests/kind-config.yaml` (1 control-plane,
@@ -28,7 +32,8 @@ its own network namespace, `kind create cluster --config manifests/kind-config.y
 image-archive`, and e2e.test run inside the engine's network namespace, where kind publishes the
 API server on 127.0.0.1 and the nodes' addresses are on kind's bridge. Its summary is
 e2e/results/<suite>-kind-<UTC time>.md; the cluster goes (engine, containers, namespace, data root)
-also when a step fails. `topology` does not run there: it needs 6 nodes in zones.
+also when a step fails. `topology` does not run there: it needs 6 nodes in zones; nor `loadbalancer`:
+it needs the harness's outside host and a pool on its subnet.
 
 Why it is built so:
 * The tests to run are chosen here, from `e2e.test --list-tests` and the focus/skip regexes,
@@ -47,6 +52,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import ipaddress
 import json
 import os
 import re
@@ -57,6 +63,8 @@ import threading
 import time
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
+
+import yaml
 
 from e2e import build, images
 from e2e import netns as ns
@@ -84,6 +92,15 @@ NOT_RUN_HERE: dict[str, tuple[tuple[str, str], ...]] = {
         (r"\[Feature:PerformanceDNS\]", "a scale test: 10,000 Services in 2 namespaces, beyond what one "
                                           "2-core machine shared with other work holds for a run"),
     ),
+    "loadbalancer": (
+        # loadbalancer.go getSubnetPrefix: "assumes a flat network assigned to the nodes, common on cloud
+        # providers": a client address inside the first worker's InternalIP/16 counts as masqueraded.
+        (r"ExternalTrafficPolicy: Local .*should work for type=LoadBalancer$",
+         "its source-IP check fails any client inside the first worker's InternalIP /16 (172.30.0.0/16 here) "
+         "as \"Source IP was NOT preserved\"; the client is e2e.test on the outside host 172.30.0.100, "
+         "which every harness subnet puts inside that /16, so the check cannot tell a preserved source "
+         "from a masqueraded one"),
+    ),
 }
 
 SUITES = {
@@ -107,15 +124,29 @@ SUITES = {
     ),
     # What needs nodes in zones (topology.kubernetes.io/zone): hints and trafficDistribution.
     "topology": (r"\[sig-network\] (Topology Hints|Traffic Distribution) ", ""),
+    # What needs LoadBalancer addresses that answer (podwire's pools and ARP announcement).
+    "loadbalancer": (
+        r"\[sig-network\] .*\[Feature:LoadBalancer\]",
+        "|".join(rx for rx, _ in NOT_RUN_HERE["loadbalancer"]),
+    ),
 }
 # Images a suite's tests use, when not all of TEST_IMAGE_CONFIGS (each is ~240 MB per node to import).
 SUITE_IMAGES = {"netpol": (images.AGNHOST,),  # the 9 pods of each Netpol test run agnhost
-                "topology": (images.AGNHOST,)}
+                "topology": (images.AGNHOST,),
+                "loadbalancer": (images.AGNHOST,)}  # backends, exec pods and pause pods: all agnhost
 # Nodes per suite (default 3): the multi-node Traffic Distribution tests want 3 zones with 2 nodes each.
 SUITE_NODES = {"topology": 6}
 # e2e.test processes side by side when --shards is not given. A Netpol test spends its ~50 s waiting on
 # 81 pod execs (3 workers, 1 s connect timeouts), not on CPU: 3 shards of 9 pods each ran fine here.
-SUITE_SHARDS = {"netpol": 3}
+# loadbalancer: the two rolling-update tests each take ~15 min of waiting (5 DaemonSet updates, pods that
+# delay their shutdown 60 s); three shards keep them apart and the rest beside them.
+SUITE_SHARDS = {"netpol": 3, "loadbalancer": 3}
+# Suites whose e2e.test runs in the outside host's network namespace: it must reach LoadBalancer
+# addresses as a client on the nodes' LAN does, by ARP (the root namespace gets no routes or addresses).
+FROM_OUTSIDE = {"loadbalancer"}
+# The pool on the outside host's subnet: hosts .200-.250. topology.py puts the gateway at .1, the
+# control plane at .2, nodes from .11 (at most 80), the outside host at .100.
+LB_POOL_HOSTS = (200, 250)
 
 
 # -- choosing the tests (pure) ---------------------------------------------------------------
@@ -170,6 +201,9 @@ def kind_refusal(suite: str, nodes: int | None) -> str | None:
     if suite == "topology":
         return ("the topology suite needs 6 nodes in 3 zones; manifests/kind-config.yaml makes 3 nodes "
                 "without zone labels (use the harness: --cluster harness)")
+    if suite in FROM_OUTSIDE:
+        return (f"the {suite} suite runs e2e.test on the harness's outside host with a LoadBalancerPool on "
+                "its subnet; the kind path has neither (use the harness: --cluster harness)")
     if nodes is not None:
         return ("--nodes is the harness's: a kind cluster has manifests/kind-config.yaml's nodes "
                 "(1 control-plane, 2 workers)")
@@ -287,6 +321,52 @@ def wait_coredns(cluster, timeout: int = 300) -> None:
                     timeout=timeout + 20)
 
 
+def lb_pool_range(plan) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """First and last address of the loadbalancer suite's pool: LB_POOL_HOSTS of the outside host's
+    subnet (a TopologyPlan), refused when one of the plan's hosts or the gateway falls inside it."""
+    outside = next(h for h in plan.hosts if h.role == "outside")
+    net = plan.subnets[outside.subnet]
+    first, last = net[LB_POOL_HOSTS[0]], net[LB_POOL_HOSTS[1]]
+    taken = [h.address.ip for h in plan.hosts if h.subnet == outside.subnet] + [outside.gateway]
+    clash = [str(ip) for ip in taken if first <= ip <= last]
+    if clash:
+        raise ValueError(f"the pool {first}-{last} holds harness addresses: {', '.join(clash)}")
+    return first, last
+
+
+LB_POOL_NAME = "e2e-loadbalancer"
+
+
+def lb_pool_manifest(first, last) -> dict:
+    return {"apiVersion": "podwire.io/v1alpha1", "kind": "LoadBalancerPool",
+            "metadata": {"name": LB_POOL_NAME}, "spec": {"addresses": [f"{first}-{last}"]}}
+
+
+def create_lb_pool(cluster) -> str:
+    """The loadbalancer suite's pool, created as a user would (kubectl apply); returns its range."""
+    first, last = lb_pool_range(cluster.topology.plan)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(lb_pool_manifest(first, last)))
+    return f"{first}-{last}"
+
+
+def kubeconfig_with_server(doc: dict, server: str) -> dict:
+    """A kubeconfig (parsed) whose every cluster entry names `server` instead."""
+    clusters = [{**c, "cluster": {**c["cluster"], "server": server}} for c in doc.get("clusters") or []]
+    if not clusters:
+        raise ValueError("the kubeconfig names no cluster")
+    return {**doc, "clusters": clusters}
+
+
+def outside_kubeconfig(cluster, path: Path) -> Path:
+    """The admin kubeconfig for a process in the outside host: the API server at its underlay address
+    (the forwarder on the root namespace's 127.0.0.1 is out of reach there; the serving certificate
+    names the control-plane host's address, e2e/control_plane.py _make_pki)."""
+    doc = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    path.write_text(yaml.safe_dump(kubeconfig_with_server(doc, cluster.control_plane.internal_server)))
+    path.chmod(0o600)
+    return path
+
+
 def route_control_plane_to_pods(cluster) -> None:
     cp = cluster.topology.cp
     for node in cluster.nodes:
@@ -334,19 +414,22 @@ def list_tests(bin_dir: Path) -> list[str]:
     return parse_list(r.stdout)
 
 
-def run_shards(cluster, shards: list[list[str]], out_dir: Path, extra: list[str], wrap=None) -> list:
+def run_shards(cluster, shards: list[list[str]], out_dir: Path, extra: list[str], wrap=None,
+               kubeconfig: Path | None = None) -> list:
     """e2e.test per shard, at once except the last [Serial] one; returns the JSON reports.
-    `wrap(argv)`: where e2e.test runs (kind: in the engine's network namespace)."""
+    `wrap(argv)`: where e2e.test runs (kind: in the engine's network namespace; loadbalancer: in the
+    outside host's), with `kubeconfig` (default the cluster's) valid from there."""
     bin_dir = cluster.bin_dir
+    kubeconfig = kubeconfig or cluster.kubeconfig
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-           "KUBECONFIG": str(cluster.kubeconfig)}
+           "KUBECONFIG": str(kubeconfig)}
     waves = [[s for s in shards if "[Serial]" not in s[0]], [s for s in shards if "[Serial]" in s[0]]]
     reports, i = [], -1
     for wave in waves:
         procs = []
         for names in wave:
             i += 1
-            argv = [str(bin_dir / "e2e.test"), f"--kubeconfig={cluster.kubeconfig}", "--provider=skeleton",
+            argv = [str(bin_dir / "e2e.test"), f"--kubeconfig={kubeconfig}", "--provider=skeleton",
                     f"--ginkgo.focus={exact_focus(names)}", f"--ginkgo.json-report={out_dir}/shard-{i}.json",
                     "--ginkgo.timeout=4h", "--ginkgo.no-color", "--ginkgo.v", f"--report-dir={out_dir}/shard-{i}",
                     "--e2e-output-dir", str(out_dir / f"shard-{i}"), *extra]
@@ -428,7 +511,7 @@ def main(argv=None) -> int:
     summary = run(args.name or "conf", focus, skip, args.suite, shards=shards, keep=args.keep, results=args.results,
                   extra=args.e2e_arg, test_images=SUITE_IMAGES.get(args.suite, tuple(images.TEST_IMAGE_CONFIGS)),
                   excluded=NOT_RUN_HERE.get(args.suite, ()), nodes=args.nodes or SUITE_NODES.get(args.suite, 3),
-                  podwire_image=args.podwire_image)
+                  podwire_image=args.podwire_image, from_outside=args.suite in FROM_OUTSIDE)
     print(summary["markdown"])
     return 0 if summary["counts"]["failed"] == 0 else 1
 
@@ -445,10 +528,12 @@ def choose(bin_dir: Path, focus: str, skip: str, excluded) -> tuple[list[str], d
     return selected, not_run
 
 
-def run_tests(cluster, selected: list[str], shards: int, work: Path, extra, wrap=None) -> tuple[list[Outcome], int]:
+def run_tests(cluster, selected: list[str], shards: int, work: Path, extra, wrap=None,
+              kubeconfig: Path | None = None) -> tuple[list[Outcome], int]:
     """The selected tests in shards; one outcome each, and how many shards ran."""
     groups = shard(selected, shards)
-    return outcomes(run_shards(cluster, groups, work, list(extra), wrap=wrap), selected), len(groups)
+    return outcomes(run_shards(cluster, groups, work, list(extra), wrap=wrap, kubeconfig=kubeconfig),
+                    selected), len(groups)
 
 
 def finish(cluster, keep: bool, kept: str) -> None:
@@ -478,8 +563,10 @@ def summarize(title: str, suite: str, cluster: str, stamp: dict, res: list[Outco
 
 def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: bool = False,
         results: Path | None = RESULTS, extra=(), nodes: int = 3, work_dir: Path | None = None,
-        test_images=tuple(images.TEST_IMAGE_CONFIGS), excluded=(), podwire_image: Path | None = None) -> dict:
+        test_images=tuple(images.TEST_IMAGE_CONFIGS), excluded=(), podwire_image: Path | None = None,
+        from_outside: bool = False) -> dict:
     """Cluster up, podwire installed, the selected tests run, summary written (when `results`).
+    `from_outside`: a LoadBalancerPool on the outside host's subnet, and e2e.test in that host.
     `test_images`: which of the e2e images to import (all by default; each ~240 MB per node).
     `excluded`: (regex, reason) pairs; the tests the focus matches and the skip removes that one of
     them names are listed in the summary as not run here, with the reason."""
@@ -507,10 +594,16 @@ def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: 
         stamp = versions(cluster)
         if podwire_image:  # the working tree says nothing about an image made earlier
             stamp["podwire"] = f"image {podwire_image} (given; the checkout's HEAD was {stamp['podwire']})"
+        wrap, kubeconfig = None, None
+        if from_outside:
+            outside = cluster.topology.outside
+            stamp["load balancer"] = (f"LoadBalancerPool {LB_POOL_NAME} {create_lb_pool(cluster)}; e2e.test on "
+                                      f"the outside host {outside.ip} (network namespace {outside.netns})")
+            wrap, kubeconfig = outside.argv, outside_kubeconfig(cluster, work / "outside.kubeconfig")
         ready = time.monotonic()
         print(f"e2e.conformance: cluster ready in {ready - started:.0f}s; running e2e.test", file=sys.stderr,
               flush=True)
-        res, groups = run_tests(cluster, selected, shards, work, extra)
+        res, groups = run_tests(cluster, selected, shards, work, extra, wrap=wrap, kubeconfig=kubeconfig)
         stamp["focus"] = f"`{focus}`" + (f", skip `{skip}`" if skip else "")
         stamp["run time"] = (f"{time.monotonic() - ready:.0f} s e2e.test ({groups} shards), "
                              f"{ready - started:.0f} s setup")
