@@ -35,7 +35,8 @@ def pool(name, *addresses, selector=None, auto=True, created="2026-01-01T00:00:0
 
 def svc(name, ns="default", *, families=("IPv4",), policy=None, ann=None, labels=None, ports=((80, "TCP"),),
         local=False, selector=None, current=(), created="2026-01-02T00:00:00Z", lb_ip=None, **spec_extra):
-    spec = {"type": "LoadBalancer", "ipFamilies": list(families), "ports": [{"port": p, "protocol": pr} for p, pr in ports],
+    spec = {"type": "LoadBalancer", "ipFamilies": list(families),
+            "ports": [{"port": p, "protocol": pr} for p, pr in ports],
             "selector": selector or {"app": name}, **spec_extra}
     if policy:
         spec["ipFamilyPolicy"] = policy
@@ -189,7 +190,8 @@ def test_single_stack_gets_its_primary_family_only():
 
 def test_require_dual_stack_is_all_or_nothing():
     d, _ = allocate([pool("v4", "10.0.0.0/30")],
-                    [svc("a", families=("IPv4", "IPv6"), policy="RequireDualStack"), svc("b", created="2026-01-09T00:00:00Z")])
+                    [svc("a", families=("IPv4", "IPv6"), policy="RequireDualStack"),
+                     svc("b", created="2026-01-09T00:00:00Z")])
     assert not d["default/a"].ok and d["default/a"].reason == NO_POOL and not d["default/a"].addresses
     assert addrs(d, "default/b") == ["10.0.0.1"]  # a gave back the IPv4 address it could have had
 

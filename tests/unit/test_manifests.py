@@ -138,7 +138,8 @@ NAMESPACED_CALLS = {
     "create_namespaced_lease": ("coordination.k8s.io", "leases", {"create"}),
     "replace_namespaced_lease": ("coordination.k8s.io", "leases", {"update"}),
 }
-CALL = re.compile(r"\b(?:core|discovery|net|coord|custom|self\.(?:api|core|custom)|api|core_v1|client\.\w+Api\([^)]*\))\."
+CALL = re.compile(r"\b(?:core|discovery|net|coord|custom|self\.(?:api|core|custom)|api|core_v1"
+                  r"|client\.\w+Api\([^)]*\))\."
                   r"((?:list|watch|read|get|create|patch|replace|delete)_\w+)")
 
 
