@@ -55,8 +55,9 @@ class KindView:
         self.kind = kind
         self.kubeconfig = kind.kubeconfig
         network = json.loads(kind.engine.docker("network", "inspect", "kind"))[0]
-        gateway = next(c["Gateway"] for c in network["IPAM"]["Config"] if ":" not in c.get("Gateway", ":"))
-        self.topology = Topology(DockerHost(kind, ipaddress.IPv4Address(gateway)))
+        v4 = next(c for c in network["IPAM"]["Config"] if ":" not in c.get("Gateway", ":"))
+        self.topology = Topology(DockerHost(kind, ipaddress.IPv4Address(v4["Gateway"])))
+        self.subnet = ipaddress.IPv4Network(v4["Subnet"])
         self.nodes = sorted(
             (KindNode(c["Name"], ipaddress.IPv4Interface(c["IPv4Address"]).ip) for c in network["Containers"].values()),
             key=lambda n: n.name)
@@ -71,13 +72,22 @@ class KindView:
 
 class KindDemo(Demo):
     def deploy(self) -> None:
-        from e2e.demo import SERVER
+        from e2e.demo import LB_POOL, SERVER
 
         # kind taints its control-plane node; the demo spreads one server per node over all three
         self.c.kubectl("taint", "nodes", "--all", "node-role.kubernetes.io/control-plane:NoSchedule-", check=False)
-        self.c.kubectl("apply", "-f", "-", input=SERVER % {"image": images.BUSYBOX})
+        self.kubectl("wait", "--for=condition=established", "crd/loadbalancerpools.podwire.io", "--timeout=60s",
+                     timeout=70)
+        self.c.kubectl("apply", "-f", "-", input=LB_POOL % {"range": kind_lb_range(self.c.subnet)} + "---\n"
+                       + SERVER % {"image": images.BUSYBOX})
         self.kubectl("rollout", "status", "deployment/web", "--timeout=120s", timeout=140)
         self.kubectl("wait", "--for=condition=Ready", "pod/client", "--timeout=120s", timeout=140)
+
+
+def kind_lb_range(subnet: ipaddress.IPv4Network) -> str:
+    """The top of kind's Docker network (172.18.255.200-250 on the usual /16), as MetalLB's kind guide
+    picks: Docker hands out addresses from the bottom, and the Docker host reaches these by ARP."""
+    return f"{subnet[-56]}-{subnet[-6]}"
 
 
 def load_busybox(kind: KindCluster) -> None:

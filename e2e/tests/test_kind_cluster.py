@@ -44,7 +44,8 @@ def test_kind_cluster_with_podwire_passes_the_demo_checks_and_leaves_nothing(pod
             print(f"\nkind e2e timings (s): {kind.timings}")
     failed = [f"{label}: {detail}" for label, ok, detail in results if not ok]
     assert not failed, "\n".join(failed)
-    assert len(results) >= 13  # every check ran: 3 pod->pod, DNS, Service, 3 NodePorts, egress, 3 policy, spread
+    assert len(results) >= 14  # every check ran: 3 pod->pod, DNS, Service, 3 NodePorts, EXTERNAL-IP, egress,
+    # 3 policy, spread
     assert errors == []
     assert kind.engine.leftovers() == []
     assert dockerd.root_namespace_view() == before
