@@ -1,1 +1,1 @@
-"""LoadBalancer addresses: allocation, per-Service Lease election and ARP/NDP announcement."""
+"""LoadBalancer addresses: pools, the allocator, per-address Lease election and ARP/NDP answers."""
