@@ -69,6 +69,11 @@ demo:
 demo-one-node: dist
 	$(PYTHON) scripts/demo_one_node.py
 
+# Traefik, MetalLB, the Gateway API conformance suite and their images (issue 14), cached; `go` runs niced.
+.PHONY: edge-images
+edge-images:
+	$(PYTHON) -m e2e.edge_images
+
 bench: dist
 	$(PYTHON) bench/cni_latency.py
 

@@ -126,7 +126,9 @@ KIND = Source("kind", "sigs.k8s.io/kind", KIND_VERSION)
 # version; without them the module graph does not resolve (`go install ...@v3.6.12` fails).
 TRAEFIK = Source(
     "traefik", "github.com/traefik/traefik/v3", TRAEFIK_VERSION,
-    ldflags=(f"-X github.com/traefik/traefik/v3/pkg/version.Version={TRAEFIK_VERSION}",),
+    # as its release workflow (.github/workflows/release.yaml) stamps v3.6.x; the date stays unset (reproducible)
+    ldflags=(f"-X github.com/traefik/traefik/v3/pkg/version.Version={TRAEFIK_VERSION}",
+             "-X github.com/traefik/traefik/v3/pkg/version.Codename=ramequin"),
     gomod_lines=(
         "replace github.com/abbot/go-http-auth => github.com/containous/go-http-auth "
         "v0.4.1-0.20200324110947-a37a7636d23e",

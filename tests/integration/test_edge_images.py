@@ -72,6 +72,7 @@ def test_image_entrypoint_runs_and_reports_its_version(tarballs, netns, tmp_path
 def test_echo_basic_answers_with_the_request_and_its_pod(tarballs, netns, tmp_path):
     config, binary = image_file(tarballs[edge_images.ECHO_BASIC], tmp_path)
     assert config["User"] == "65532:65532"
+    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
     env = {"HTTP_PORT": "8080", "H2C_PORT": "8081", "POD_NAME": "echo-1", "NAMESPACE": "infra"}
     proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns}", str(binary)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
