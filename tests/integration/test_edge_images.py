@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tarfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,30 @@ def test_warm_call_writes_nothing(tarballs):
     again = edge_images.edge_images()
     assert {name: path.stat().st_mtime_ns for name, path in again.items()} == before
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.root
+def test_images_run_in_a_real_containerd(tarballs, tmp_path):
+    """As a node would: imported by name into containerd (a private one, in a namespace of our own), run."""
+    from tests.integration.test_image import running_containerd
+
+    netns = "pwt-" + uuid.uuid4().hex[:8]
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        with running_containerd(netns, tmp_path / "ctrd", str(tarballs[edge_images.TRAEFIK])) as ctr:
+            for name in (edge_images.METALLB_CONTROLLER, edge_images.CONFORMANCE_COREDNS):
+                ctr("images", "import", "--snapshotter", "native", str(tarballs[name]), timeout=180)
+
+            def run(name: str, *args: str) -> str:
+                done = ctr("run", "--rm", "--snapshotter", "native", name, "pwt-" + uuid.uuid4().hex[:8], *args,
+                           check=False)
+                return done.stdout + done.stderr
+
+            # ctr's arguments replace the entrypoint (a pod's replace only Cmd): name the binary
+            assert re.search(r"Version:\s+v3\.6\.12\s+Codename:\s+ramequin",
+                             run(edge_images.TRAEFIK, "/traefik", "version"))
+            assert "CoreDNS-1.12.4" in run(edge_images.CONFORMANCE_COREDNS, "/coredns", "-version")
+            # no arguments: the image's own entrypoint
+            assert "MetalLB controller starting version 0.15.2" in run(edge_images.METALLB_CONTROLLER)
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
