@@ -380,7 +380,7 @@ def podwire_commit() -> str:
 
     commit = out(["git", "rev-parse", "--short=12", "HEAD"])
     dirty = out(["git", "status", "--porcelain", "--", "cni_plugin", "ipam", "netkit", "node_daemon", "policy", "proxy",
-                 "packaging", "manifests"])
+                 "loadbalancer", "packaging", "manifests"])
     if dirty:  # the image is built from the working tree, which other engineers share
         commit += " + uncommitted changes in " + ", ".join(line.split()[-1] for line in dirty.splitlines())
     return commit
