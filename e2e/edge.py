@@ -405,7 +405,8 @@ class Edge:
             served, other = self.peer_cert(TLS_HOST), self.peer_cert("other.example")
             plain, plain_seen = self.not_found(TLS_HOST)  # the Ingress names websecure only
             return (ok and served == ours and other != ours and plain,
-                    f"https {seen}, verified with our CA; certificate for SNI {TLS_HOST} "
+                    f"https {seen}{', chain and name verified with our CA' if ok else ''}; "
+                    f"certificate for SNI {TLS_HOST} "
                     f"{'is ours' if served == ours else 'is NOT ours: ' + served[:16]}, for other.example "
                     f"{'Traefik default' if other != ours else 'ours too (not chosen by SNI)'}; "
                     f"plain http://{TLS_HOST}/ -> {plain_seen}")
@@ -423,8 +424,18 @@ class Edge:
         return self.check("Gateway API: Gateway edge (class traefik) has the podwire address, HTTPRoute to foo",
                           probe)
 
+    def check_rbac(self) -> tuple[bool, str]:
+        """The ClusterRole grants what both providers use: a missing verb shows as client-go's `forbidden`
+        errors in Traefik's log (its informers retry forever, so routing alone would not tell)."""
+        def probe() -> tuple[bool, str]:
+            log = self.kubectl("-n", TRAEFIK_NS, "logs", f"deployment/{TRAEFIK}", timeout=30)
+            refused = [line for line in log.splitlines() if "forbidden" in line]
+            return not refused, (f"{len(refused)} refusals, first: {refused[0][-300:]}" if refused
+                                 else f"no RBAC refusal in {len(log.splitlines())} log lines")
+        return self.check("Traefik's ClusterRole: nothing refused", probe)
+
     def run_checks(self) -> None:
-        for check in (self.check_hosts, self.check_paths, self.check_tls, self.check_gateway):
+        for check in (self.check_hosts, self.check_paths, self.check_tls, self.check_gateway, self.check_rbac):
             check()
 
     def show(self) -> None:

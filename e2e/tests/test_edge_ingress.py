@@ -35,7 +35,7 @@ def traefik(tmp_path_factory):
         print("\nedge timings (s):", e.timings, {label: took for label, _, _, took in e.results})
 
 
-@pytest.mark.parametrize("check", ["check_hosts", "check_paths", "check_tls", "check_gateway"])
+@pytest.mark.parametrize("check", ["check_hosts", "check_paths", "check_tls", "check_gateway", "check_rbac"])
 @pytest.mark.root
 @pytest.mark.cluster
 @pytest.mark.slow
