@@ -1,7 +1,7 @@
 # podwire developer entry points. The README's two commands are `make demo` and `make test`.
 PYTHON ?= python3
 SOURCES := $(shell find cni_plugin ipam netkit -name '*.py') packaging/podwire.spec
-DAEMON_SOURCES := $(shell find node_daemon proxy policy netkit -name '*.py') packaging/podwire-daemon.spec packaging/daemon_entry.py
+DAEMON_SOURCES := $(shell find node_daemon proxy policy loadbalancer netkit -name '*.py') packaging/podwire-daemon.spec packaging/daemon_entry.py
 
 .PHONY: check lint types unit dist dist-daemon image kind test demo demo-one-node bench bench-all clean
 
