@@ -12,7 +12,6 @@ key) must be answered by one node, and for an unshared address the two are the s
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -165,6 +164,3 @@ class Announcer:
             self.leases.release(lease_name(ip), ADDRESS_PURPOSE)
         self.holding = set()
 
-
-def parse_address(text: str) -> IPAddress:
-    return ipaddress.ip_address(text)

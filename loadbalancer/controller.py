@@ -14,10 +14,11 @@ import datetime
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from .allocate import allocate
 from .from_api import Invalid, Release, pool_from_api, service_from_api
 from .model import CONDITION, FINALIZER, Decision, LBService, Pool, PoolProblem
 
@@ -185,13 +186,14 @@ class Allocator:
                 releases[s.key] = s
             else:
                 ours.append(s)
-        decisions, problems = allocate_all(pools, ours)
-        for p in problems:
-            obj, pool, _ = pool_objs[p.pool]
-            pool_objs[p.pool] = (obj, pool, p)
-            self._note(f"pool/{p.pool}", f"LoadBalancerPool {p.pool}: {p.message}")
+        decisions, problems = allocate(pools, ours)
+        for problem in problems:
+            obj, pool, _ = pool_objs[problem.pool]
+            pool_objs[problem.pool] = (obj, pool, problem)
+            self._note(f"pool/{problem.pool}", f"LoadBalancerPool {problem.pool}: {problem.message}")
         now = now_text()
-        for key, outcome in [*decisions.items(), *releases.items()]:
+        outcomes: list[tuple[str, Decision | Release]] = [*decisions.items(), *releases.items()]
+        for key, outcome in outcomes:
             writes = service_writes(objs[key], outcome, now)
             if writes:
                 after = self.writer.apply(writes)
@@ -207,17 +209,11 @@ class Allocator:
                 owner = next((p.name for p in pools if a in p), None)
                 if owner:
                     used[owner] = used.get(owner, 0) + 1
-        for name, (obj, pool, problem) in pool_objs.items():
-            want = pool_status(obj, pool, problem, used.get(name, 0))
+        for name, (obj, pool, reported) in pool_objs.items():
+            want = pool_status(obj, pool, reported, used.get(name, 0))
             have = obj.get("status") or {}
             if {k: have.get(k) for k in want} != want:
                 self.writer.pool_status(obj, want)
-
-
-def allocate_all(pools: Iterable[Pool], services: Iterable[LBService]):
-    from .allocate import allocate
-
-    return allocate(pools, services)
 
 
 class Writer:
