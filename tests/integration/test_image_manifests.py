@@ -85,10 +85,20 @@ def MANIFEST_TEXT() -> str:  # noqa: N802
     ("list", "networkpolicies.networking.k8s.io", True), ("watch", "networkpolicies.networking.k8s.io", True),
     ("update", "nodes/status", False), ("get", "secrets", False), ("get", "pods", False),
     ("patch", "pods", False), ("get", "namespaces", False), ("create", "networkpolicies.networking.k8s.io", False),
-    ("create", "events", False), ("patch", "services", False), ("patch", "services/status", False),
+    # LoadBalancer: the cleanup finalizer, the status, Events, the pools; Leases in its own namespace only
+    ("create", "events", True), ("patch", "services", True), ("update", "services/status", True),
+    ("patch", "services/status", False), ("delete", "services", False), ("update", "services", False),
+    ("list", "loadbalancerpools.podwire.io", True), ("watch", "loadbalancerpools.podwire.io", True),
+    ("update", "loadbalancerpools.podwire.io/status", True), ("create", "loadbalancerpools.podwire.io", False),
+    ("update", "loadbalancerpools.podwire.io", False),
+    ("podwire:create", "leases.coordination.k8s.io", True), ("podwire:update", "leases.coordination.k8s.io", True),
+    ("podwire:get", "leases.coordination.k8s.io", True), ("podwire:delete", "leases.coordination.k8s.io", False),
+    ("kube-system:create", "leases.coordination.k8s.io", False),
+    ("kube-system:update", "leases.coordination.k8s.io", False),
 ])
 def test_service_account_may_do_exactly_what_the_daemon_does(applied, verb, resource, allowed):
-    argv = ["auth", "can-i", verb]
+    namespace, _, verb = verb.rpartition(":")  # "ns:verb": in that namespace only
+    argv = ["auth", "can-i", verb] + (["-n", namespace] if namespace else [])
     if "/" in resource:  # `can-i patch nodes/status` would mean the Node named "status"
         resource, sub = resource.split("/")
         argv += [resource, f"--subresource={sub}"]
