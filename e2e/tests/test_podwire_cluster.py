@@ -51,7 +51,8 @@ def test_the_demo_checks_pass(demo):
     demo.run_checks()
     failed = [f"{label}: {detail}" for label, ok, detail in demo.results if not ok]
     assert not failed, failed
-    assert len(demo.results) == 10
+    assert len(demo.results) == 11
+    assert any(label.startswith("LoadBalancer: EXTERNAL-IP") for label, _, _ in demo.results)
 
 
 def test_deleting_a_podwire_pod_does_not_interrupt_pod_traffic(demo):
