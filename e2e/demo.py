@@ -16,6 +16,11 @@ the conformance command's).
 5. NetworkPolicy, as a learner types it: namespace demo-policy with a backend, a frontend and another pod;
    other → backend connects, then a policy lets only `app: frontend` into backend's port: frontend → backend
    still connects, other → backend gets no answer within 2 s.
+6. Ingress and Gateway API, as a learner types them: Gateway API's CRDs and Traefik (`make edge-images`'
+   image, built here when missing) behind a LoadBalancer Service; a second app `shop`; one Ingress by host
+   name (web.demo.example, shop.demo.example; another host 404) and by path (demo.example/web, /shop), and
+   a Gateway + HTTPRoute (gw.demo.example -> shop), each reached with curl from the outside host through
+   the address podwire gave Traefik's Service. `--no-ingress` leaves this part out.
 The last lines name every check that failed.
 Tears everything down unless --keep (then `python3 -m e2e.cluster down --name demo`).
 """
@@ -23,6 +28,7 @@ Tears everything down unless --keep (then `python3 -m e2e.cluster down --name de
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import shlex
 import subprocess
@@ -40,7 +46,10 @@ HTTPD_CONTAINER = """\
       - name: httpd
         image: %(image)s
         imagePullPolicy: IfNotPresent
-        command: [sh, -c, "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        command:   # its hostname at /, /web and /shop (the Ingress routes by path, rewriting nothing)
+        - sh
+        - -c
+        - "mkdir -p /www && for f in index.html web shop; do hostname > /www/$f; done && exec httpd -f -p 8080 -h /www"
         ports: [{containerPort: 8080}]
 """
 CLIENT_POD = """\
@@ -115,6 +124,67 @@ spec:
     ports: [{protocol: TCP, port: 8080}]
 """
 CONNECT_TIMEOUT = 2  # seconds: a dropped connection reads as "no answer" after this
+
+# The way in through an Ingress controller: a second app, one Ingress routing by host name and by path,
+# and the same through Gateway API. Traefik (e2e/edge.py's objects) sits behind a LoadBalancer Service.
+SHOP_APP = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+""" + HTTPD_CONTAINER + """\
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop}
+spec:
+  selector: {app: shop}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+INGRESS_HOSTS = {"web.demo.example": "web", "shop.demo.example": "shop"}
+INGRESS_PATH_HOST = "demo.example"
+GATEWAY_HOST = "gw.demo.example"
+INGRESS = """\
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: demo}
+spec:
+  ingressClassName: traefik
+  rules:
+  - host: web.demo.example
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]
+  - host: shop.demo.example
+    http:
+      paths: [{path: /, pathType: Prefix, backend: {service: {name: shop, port: {number: 80}}}}]
+  - host: demo.example
+    http:
+      paths:
+      - {path: /web, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+      - {path: /shop, pathType: Prefix, backend: {service: {name: shop, port: {number: 80}}}}
+"""
+GATEWAY = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: demo}
+spec:
+  gatewayClassName: traefik
+  listeners: [{name: http, protocol: HTTP, port: 8000}]   # Traefik's web entrypoint (its Service's port 80)
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop}
+spec:
+  parentRefs: [{name: demo}]
+  hostnames: [gw.demo.example]
+  rules: [{backendRefs: [{name: shop, port: 80}]}]
+"""
+INGRESS_SETTLE = 40.0  # seconds: Traefik applies a change after its informers and a 2 s provider throttle
 
 # Answers each TCP connection with the peer's address: what the outside host sees as our source.
 ECHO_SOURCE = ("import socketserver\n"
@@ -292,6 +362,95 @@ class Demo:
         self.check("policy: other -> backend denied by backend-allow-frontend", ok,
                    out if ok else f"connected ({out}): the policy is not enforced")
 
+    # -- Ingress and Gateway API: Traefik behind a LoadBalancer, as a learner types it -------------
+
+    def outside_typed(self, *cmd: str) -> tuple[bool, str]:
+        """Runs and prints a command on the outside host (a machine on the nodes' LAN)."""
+        print("outside$ " + " ".join(map(shell_word, cmd)), flush=True)
+        ok, out = self.outside(*cmd)
+        print(out, flush=True)
+        return ok, out
+
+    def curl_outside(self, address: str, host: str, path: str = "/") -> tuple[bool, str]:
+        """GET http://host/path from the outside host, host resolved to `address`: (ok, body's last line or
+        the status code)."""
+        r = subprocess.run(self.c.topology.outside.argv(
+            ["curl", "-s", "-m", "3", "-w", "\n%{http_code}", "--resolve", f"{host}:80:{address}",
+             f"http://{host}{path}"]), capture_output=True, text=True, timeout=30)
+        body, _, code = r.stdout.strip().rpartition("\n")
+        return r.returncode == 0, (body.strip().splitlines() or [code])[-1] if code == "200" else code
+
+    def routes(self, address: str, want: dict[tuple[str, str], str], seconds: float = INGRESS_SETTLE
+               ) -> tuple[bool, str]:
+        """Every (host, path) answered by a pod of its app ("404" for the status), within `seconds`; then once
+        more as the learner types it. (all right, "host/path -> who answered" for each)."""
+        def probe(show: bool) -> tuple[bool, str]:
+            seen = []
+            for (host, path), app in want.items():
+                if show:
+                    self.outside_typed("curl", "-s", "--resolve", f"{host}:80:{address}", f"http://{host}{path}")
+                _, who = self.curl_outside(address, host, path)
+                seen.append((who == app if app == "404" else who.startswith(f"{app}-"), f"{host}{path} -> {who}"))
+            return all(ok for ok, _ in seen), ", ".join(text for _, text in seen)
+
+        self.retry(lambda: probe(False), seconds)
+        return probe(True)
+
+    def run_ingress_checks(self, traefik_image: Path) -> None:
+        from e2e import edge, edge_images  # edge imports this module
+
+        self.c.import_image(traefik_image)  # what `kind load` does; nothing is pulled here
+        print("# Gateway API's CRDs (standard channel), then Traefik: RBAC, IngressClass and GatewayClass "
+              "traefik, a Deployment and a LoadBalancer Service", flush=True)
+        ok, out = self.typed("apply", "--server-side", "-f", str(edge_images.gateway_api_crds("standard")),
+                             timeout=120)
+        if not ok:
+            raise RuntimeError(f"kubectl apply (Gateway API CRDs): {out}")
+        self.kubectl("wait", "--for=condition=established", "crd", "--all", "--timeout=60s", timeout=70)
+        traefik_yaml = self.c.dir / "traefik.yaml"
+        traefik_yaml.write_text(edge.to_yaml(edge.traefik_objects()))
+        ok, out = self.typed("apply", "-f", str(traefik_yaml))
+        if not ok:
+            raise RuntimeError(f"kubectl apply (Traefik): {out}")
+        self.typed("-n", edge.TRAEFIK_NS, "rollout", "status", f"deployment/{edge.TRAEFIK}", "--timeout=180s",
+                   timeout=200)
+        address = self.retry(lambda: (lambda v: (bool(v), v))(self.kubectl(
+            "-n", edge.TRAEFIK_NS, "get", "service", edge.TRAEFIK, "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}").strip()), 30)[1]
+        self.typed("-n", edge.TRAEFIK_NS, "get", "service", edge.TRAEFIK)
+        first, last = lb_range(self.c).split("-")
+        in_pool = bool(address) and int(ipaddress.ip_address(first)) <= int(ipaddress.ip_address(address)) <= \
+            int(ipaddress.ip_address(last))
+        self.check(f"Ingress controller: Traefik's Service has EXTERNAL-IP {address or '<pending>'} from the pool",
+                   in_pool, f"pool {first}-{last}")
+        if not in_pool:
+            return
+
+        print("# a second app, shop; one Ingress: by host name (web.demo.example, shop.demo.example) and by path "
+              "(demo.example/web, /shop)", flush=True)
+        for what, manifest in (("shop", SHOP_APP % {"image": images.BUSYBOX}), ("Ingress", INGRESS)):
+            ok, out = self.typed("apply", "-f", "-", manifest=manifest)
+            if not ok:
+                raise RuntimeError(f"kubectl apply ({what}): {out}")
+        self.typed("rollout", "status", "deployment/shop", "--timeout=120s", timeout=140)
+        ok, out = self.routes(address, {**{(h, "/"): app for h, app in INGRESS_HOSTS.items()},
+                                        ("other.demo.example", "/"): "404"})
+        self.check("Ingress by host name, from outside through the Traefik address", ok, out)
+        ok, out = self.routes(address, {(INGRESS_PATH_HOST, "/web"): "web", (INGRESS_PATH_HOST, "/shop"): "shop"})
+        self.check("Ingress by path, from outside through the Traefik address", ok, out)
+        self.typed("get", "ingress", "demo")
+
+        print("# the same way in with Gateway API: a Gateway of class traefik and an HTTPRoute to shop", flush=True)
+        ok, out = self.typed("apply", "-f", "-", manifest=GATEWAY)
+        if not ok:
+            raise RuntimeError(f"kubectl apply (Gateway): {out}")
+        gw = self.retry(lambda: (lambda v: (v == address, v))(self.kubectl(
+            "get", "gateway", "demo", "-o", "jsonpath={.status.addresses[0].value}").strip()), INGRESS_SETTLE)[1]
+        self.typed("get", "gateway", "demo")
+        ok, out = self.routes(address, {(GATEWAY_HOST, "/"): "shop"})
+        self.check(f"Gateway API: Gateway demo at {gw or '<no address>'}, HTTPRoute {GATEWAY_HOST} -> shop",
+                   ok and gw == address, out)
+
 
 LB_POOL = """\
 apiVersion: podwire.io/v1alpha1
@@ -314,17 +473,24 @@ def demo_targets():
     return build.targets_for(kube_proxy=False, conformance=False)
 
 
-def plan(image: Path | None, missing: list[str], shape: str) -> list[str]:
+def plan(image: Path | None, missing: list[str], shape: str, ingress: bool = True,
+         traefik_missing: bool = False) -> list[str]:
     """The demo's steps, as the first lines show them: building only what is missing."""
     steps = [] if image else ["podwire image: frozen plugin + daemon, OCI tarball (minutes the first time)"]
     if missing:
         steps.append(f"Kubernetes binaries: {len(missing)} to build, {', '.join(missing)} "
                      "(many minutes the first time)")
-    return steps + [f"cluster: control plane + 3 full nodes, shape {shape}, no CNI, no kube-proxy",
-                    "install: kubectl apply -f manifests/podwire.yaml",
-                    "web server: 3 replicas behind a LoadBalancer Service, and a client pod",
-                    "checks: pod to pod, Service by DNS name, NodePort and EXTERNAL-IP from outside, egress",
-                    f"NetworkPolicy: namespace {POLICY_NS}, backend, frontend and other"]
+    if ingress and traefik_missing:
+        steps.append("Traefik: built from its Go module, its image made (about 30 min on 2 cores, once; "
+                     "--no-ingress skips the Ingress part)")
+    steps += [f"cluster: control plane + 3 full nodes, shape {shape}, no CNI, no kube-proxy",
+              "install: kubectl apply -f manifests/podwire.yaml",
+              "web server: 3 replicas behind a LoadBalancer Service, and a client pod",
+              "checks: pod to pod, Service by DNS name, NodePort and EXTERNAL-IP from outside, egress",
+              f"NetworkPolicy: namespace {POLICY_NS}, backend, frontend and other"]
+    if ingress:
+        steps.append("Ingress and Gateway API: Traefik behind a LoadBalancer, routes by host name and path")
+    return steps
 
 
 def main(argv=None) -> int:
@@ -334,12 +500,17 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     ap.add_argument("--name", default="demo")
     ap.add_argument("--podwire-image", type=Path, help="podwire's image tarball made earlier (make demo: make image's)")
+    ap.add_argument("--no-ingress", dest="ingress", action="store_false",
+                    help="leave out the Ingress part (no Traefik: a cold first run saves its ~30 min build)")
     args = ap.parse_args(argv)
 
+    from e2e import edge_images
     from e2e.cluster import Cluster
 
     todo = build.missing(demo_targets())
-    progress = Progress("==", plan(args.podwire_image, [t.binary for t in todo], args.shape))
+    traefik_todo = build.missing(edge_images.targets_for({edge_images.TRAEFIK})) if args.ingress else []
+    progress = Progress("==", plan(args.podwire_image, [t.binary for t in todo], args.shape, args.ingress,
+                                   bool(traefik_todo)))
     step = iter(range(len(progress.steps)))
 
     def begin() -> None:
@@ -356,6 +527,9 @@ def main(argv=None) -> int:
     if todo:
         begin()
         build.ensure_built(demo_targets())  # prints its own progress
+    if traefik_todo:
+        begin()
+    traefik = edge_images.edge_images({edge_images.TRAEFIK})[edge_images.TRAEFIK] if args.ingress else None
     cluster = Cluster(args.name, args.shape, 3, full_nodes=True)
     demo = Demo(cluster)
     try:
@@ -375,6 +549,10 @@ def main(argv=None) -> int:
         demo.run_checks()
         begin()
         demo.run_policy_checks()
+        if traefik:
+            begin()
+            with Ticker(progress, sys.stdout):
+                demo.run_ingress_checks(traefik)
     except Exception as e:  # report, keep the cluster for a look when asked, tear down otherwise
         demo.check("demo ran to the end", False, str(e)[:2000])
         print(diagnostics(cluster)[-4000:])

@@ -83,11 +83,18 @@ def binaries() -> set[str]:
     return {spec.binary for spec in specs()}
 
 
-def edge_images() -> dict[str, Path]:
-    """Every edge image (name → tarball), building binaries and tarballs that are missing."""
-    wanted = binaries()
-    build.ensure_built([t for t in build.TARGETS + build.EDGE_TARGETS if t.binary in wanted])
-    return {spec.name: images.ensure_image(spec) for spec in specs()}
+def targets_for(names) -> list[build.Target]:
+    """The build.py targets that the images called `names` hold."""
+    wanted = {spec.binary for spec in specs() if spec.name in names}
+    return [t for t in build.TARGETS + build.EDGE_TARGETS if t.binary in wanted]
+
+
+def edge_images(names=None) -> dict[str, Path]:
+    """Edge images (name → tarball; all unless `names`: the demo needs Traefik alone), building the
+    binaries and tarballs that are missing."""
+    chosen = [spec for spec in specs() if names is None or spec.name in names]
+    build.ensure_built(targets_for({spec.name for spec in chosen}))
+    return {spec.name: images.ensure_image(spec) for spec in chosen}
 
 
 def conformance_binary() -> Path:
