@@ -17,6 +17,9 @@ Rules (what MetalLB and Cilium users expect):
   externalTrafficPolicy: Local only by Services with the same selector (one node answers for the
   address: it must have the endpoints of all of them);
 - of two overlapping pools the older serves, the newer is reported Conflicting and unused;
+- a pool overlapping a Service or pod CIDR is reported OverlapsCluster and unused (the cluster
+  routes those addresses inside); a node's own address in a pool is never handed out (the pool
+  says so: ContainsNodeAddresses), and a Service asking for one is refused (AddressOfNode);
 - an IPv4 CIDR pool skips its network and broadcast addresses, an IPv6 one its subnet-router
   anycast address (the range form "a-b" gives every address from a to b).
 """
@@ -31,8 +34,13 @@ from .model import (
     IN_USE,
     INVALID,
     NO_POOL,
+    NODE_ADDRESS,
     NOT_IN_POOL,
     PARTLY,
+    POOL_CONFLICTING,
+    POOL_HAS_NODE_ADDRESSES,
+    POOL_OVERLAPS_CLUSTER,
+    ClusterAddresses,
     Decision,
     IPAddress,
     LBService,
@@ -42,30 +50,52 @@ from .model import (
 )
 
 FAMILY = {4: "IPv4", 6: "IPv6"}
+NO_CLUSTER = ClusterAddresses()  # nothing known to keep out (unit tests, a cluster not yet listed)
 
 
-def usable_pools(pools: Iterable[Pool]) -> tuple[list[Pool], list[PoolProblem]]:
+def _overlaps_network(p: Pool, net) -> bool:
+    return any(r.version == net.version and int(r.first) <= int(net[-1]) and int(net[0]) <= int(r.last)
+               for r in p.ranges)
+
+
+def usable_pools(pools: Iterable[Pool], cluster: ClusterAddresses = NO_CLUSTER
+                 ) -> tuple[list[Pool], list[PoolProblem]]:
     """Pools in the order they serve (oldest first, then by name), without those that overlap
-    an older one."""
+    an older one or a network of the cluster; pools holding node addresses serve, with a note."""
     usable: list[Pool] = []
     problems: list[PoolProblem] = []
     for p in sorted(pools, key=lambda p: (p.created, p.name)):
+        inside = next((what for net, what in cluster.networks if _overlaps_network(p, net)), None)
         clash = next((q for q in usable if any(r.overlaps(s) for r in p.ranges for s in q.ranges)), None)
-        if clash is not None:
-            problems.append(PoolProblem(p.name, "Conflicting", f"overlaps pool {clash.name}, which is older"))
+        if inside is not None:
+            problems.append(PoolProblem(p.name, POOL_OVERLAPS_CLUSTER,
+                                        f"overlaps the {inside}: the cluster routes those addresses inside"))
+        elif clash is not None:
+            problems.append(PoolProblem(p.name, POOL_CONFLICTING, f"overlaps pool {clash.name}, which is older"))
         else:
             usable.append(p)
+            nodes = [f"{ip} (node {name})" for ip, name in cluster.nodes if ip in p]
+            if nodes:
+                problems.append(PoolProblem(p.name, POOL_HAS_NODE_ADDRESSES,
+                                            f"holds node addresses, never assigned: {', '.join(nodes[:8])}"
+                                            + (f" and {len(nodes) - 8} more" if len(nodes) > 8 else ""),
+                                            fatal=False))
     return usable, problems
 
 
 class _Holders:
     """Who holds each address in this allocation, and the used addresses per family as ints."""
 
-    def __init__(self):
+    def __init__(self, cluster: ClusterAddresses = NO_CLUSTER):
         self.by_ip: dict[IPAddress, list[LBService]] = {}
         self.used: dict[int, set[int]] = {4: set(), 6: set()}
+        self.nodes = {ip: name for ip, name in cluster.nodes}
+        for ip in self.nodes:  # never handed out, never kept
+            self.used[ip.version].add(int(ip))
 
     def can_share(self, ip: IPAddress, svc: LBService) -> bool:
+        if ip in self.nodes:
+            return False
         for h in self.by_ip.get(ip, ()):
             if h.key == svc.key:
                 continue
@@ -92,7 +122,8 @@ class _Holders:
         hs[:] = [h for h in hs if h.key != svc.key]
         if not hs:
             self.by_ip.pop(ip, None)
-            self.used[ip.version].discard(int(ip))
+            if ip not in self.nodes:
+                self.used[ip.version].discard(int(ip))
 
 
 def _serving(pools: Sequence[Pool], svc: LBService, *, explicit: bool) -> list[Pool]:
@@ -138,6 +169,8 @@ def _claim(svc: LBService, family: int, pools: Sequence[Pool], holders: _Holders
     asked = [ip for ip in svc.requested if ip.version == family]
     if asked:
         ip = asked[0]
+        if ip in holders.nodes:
+            return None, NODE_ADDRESS, f"{ip} is the address of node {holders.nodes[ip]}"
         if not any(ip in p for p in _serving(pools, svc, explicit=True)):
             return None, NOT_IN_POOL, f"{ip} is in no pool this Service may use"
         if not holders.can_share(ip, svc):
@@ -161,11 +194,12 @@ def _claim(svc: LBService, family: int, pools: Sequence[Pool], holders: _Holders
     return None, EXHAUSTED, f"no free {FAMILY[family]} address in {names}"
 
 
-def allocate(pools: Iterable[Pool], services: Iterable[LBService]) -> tuple[dict[str, Decision], list[PoolProblem]]:
-    """Every Service's decision (by namespace/name) and the pools that cannot serve."""
-    usable, problems = usable_pools(pools)
+def allocate(pools: Iterable[Pool], services: Iterable[LBService], cluster: ClusterAddresses = NO_CLUSTER
+             ) -> tuple[dict[str, Decision], list[PoolProblem]]:
+    """Every Service's decision (by namespace/name) and what is wrong with pools."""
+    usable, problems = usable_pools(pools, cluster)
     services = sorted(services, key=lambda s: (s.created, s.key))
-    holders = _Holders()
+    holders = _Holders(cluster)
     kept: dict[str, list[IPAddress]] = {}
     for svc in services:  # pass 1: what Services already show stays theirs while it is valid
         if svc.request_error:

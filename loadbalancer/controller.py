@@ -14,13 +14,13 @@ import datetime
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from kubernetes.client.exceptions import ApiException
 
-from .allocate import allocate
+from .allocate import NO_CLUSTER, allocate
 from .from_api import Invalid, Release, pool_from_api, service_from_api
-from .model import CONDITION, FINALIZER, Decision, LBService, Pool, PoolProblem
+from .model import CONDITION, FINALIZER, POOL_INVALID, ClusterAddresses, Decision, LBService, Pool, PoolProblem
 
 log = logging.getLogger(__name__)
 
@@ -111,24 +111,53 @@ def service_writes(obj: dict, outcome: Decision | Release, now: str) -> list:
     return out
 
 
-def pool_status(obj: dict, pool: Pool | None, problem: PoolProblem | None, assigned: int) -> dict:
-    """A pool's status as it should read (Ready, or why not; how many addresses are assigned)."""
-    if problem is not None:
-        cond = {"type": "Ready", "status": "False", "reason": problem.reason, "message": problem.message[:1000]}
+def pool_status(obj: dict, pool: Pool | None, problems: list[PoolProblem], assigned: int) -> dict:
+    """A pool's status as it should read: Ready (or why not), Degraded when it serves but keeps
+    some of its addresses back (node addresses), how many addresses are assigned."""
+    fatal = next((p for p in problems if p.fatal), None)
+    if fatal is not None:
+        cond = {"type": "Ready", "status": "False", "reason": fatal.reason, "message": fatal.message[:1000]}
     else:
         cond = {"type": "Ready", "status": "True", "reason": "Serving", "message": ""}
-    status: dict = {"assigned": assigned, "conditions": [cond]}
+    conditions = [cond]
+    degraded = next((p for p in problems if not p.fatal), None)
+    if degraded is not None and fatal is None:
+        conditions.append({"type": "Degraded", "status": "True", "reason": degraded.reason,
+                           "message": degraded.message[:1000]})
+    status: dict = {"assigned": assigned, "conditions": conditions}
     if pool is not None:
         status["addresses"] = str(sum(r.size for r in pool.ranges))  # text: an IPv6 /64 overflows int64
     return status
+
+
+def pool_event(have: dict, want: dict) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Event to record when a pool's condition changed, else None:
+    a pool that stops serving, serves again, or starts keeping addresses back says so once."""
+    def conds(status) -> dict:
+        found = status.get("conditions") if isinstance(status, dict) else None
+        return {c.get("type"): c for c in found or [] if isinstance(c, dict)}
+
+    old, new = conds(have), conds(want)
+    for kind in ("Ready", "Degraded"):
+        o, n = old.get(kind) or {}, new.get(kind)
+        if n is None or (o.get("status"), o.get("reason"), o.get("message")) == (n["status"], n["reason"],
+                                                                                n["message"]):
+            continue
+        if kind == "Ready" and n["status"] == "True":
+            if o:  # it serves again after a problem (a new pool's first status is no news)
+                return "Normal", n["reason"], "the pool serves again"
+            continue
+        return "Warning", n["reason"], n["message"]
+    return None
 
 
 class Allocator:
     """The controller's sync: read the caches, allocate, write the differences. Not thread safe:
     called from one SyncRunner."""
 
-    def __init__(self, services, pools, writer: "Writer"):
+    def __init__(self, services, pools, writer: "Writer", cluster: Callable[[], ClusterAddresses] = lambda: NO_CLUSTER):
         self.services, self.pools, self.writer = services, pools, writer  # informers (.list())
+        self.cluster = cluster  # what pools must not hand out (Nodes, ServiceCIDRs), read per sync
         self._refused: dict[str, str] = {}  # object key -> last reason logged (log once per change)
         # Service key -> the object as our last write left it: newer than the cache until the watch
         # delivers it, so a sync in between neither writes the same again nor decides on a stale copy
@@ -158,17 +187,16 @@ class Allocator:
 
     def sync(self) -> None:
         pools: list[Pool] = []
-        pool_objs: dict[str, tuple[dict, Pool | None, PoolProblem | None]] = {}
+        pool_objs: dict[str, tuple[dict, Pool | None, list[PoolProblem]]] = {}
         for obj in self.pools.list():
             try:
                 p = pool_from_api(obj)
                 pools.append(p)
-                pool_objs[p.name] = (obj, p, None)
-                self._refused.pop(f"pool/{p.name}", None)
+                pool_objs[p.name] = (obj, p, [])
             except Invalid as e:
                 self._note(f"pool/{e.key}", str(e))
                 if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict):
-                    pool_objs[e.key] = (obj, None, PoolProblem(e.key, "Invalid", e.why))
+                    pool_objs[e.key] = (obj, None, [PoolProblem(e.key, POOL_INVALID, e.why)])
         objs: dict[str, dict] = {}
         ours: list[LBService] = []
         releases: dict[str, Release] = {}
@@ -186,11 +214,14 @@ class Allocator:
                 releases[s.key] = s
             else:
                 ours.append(s)
-        decisions, problems = allocate(pools, ours)
+        decisions, problems = allocate(pools, ours, self.cluster())
         for problem in problems:
-            obj, pool, _ = pool_objs[problem.pool]
-            pool_objs[problem.pool] = (obj, pool, problem)
-            self._note(f"pool/{problem.pool}", f"LoadBalancerPool {problem.pool}: {problem.message}")
+            pool_objs[problem.pool][2].append(problem)
+        for name, (_, pool, found) in pool_objs.items():
+            if pool is not None and not found:
+                self._refused.pop(f"pool/{name}", None)
+            elif pool is not None:
+                self._note(f"pool/{name}", f"LoadBalancerPool {name}: {found[0].message}")
         now = now_text()
         outcomes: list[tuple[str, Decision | Release]] = [*decisions.items(), *releases.items()]
         for key, outcome in outcomes:
@@ -212,8 +243,11 @@ class Allocator:
         for name, (obj, pool, reported) in pool_objs.items():
             want = pool_status(obj, pool, reported, used.get(name, 0))
             have = obj.get("status") or {}
-            if {k: have.get(k) for k in want} != want:
-                self.writer.pool_status(obj, want)
+            if {k: have.get(k) for k in want} != want and self.writer.pool_status(obj, want):
+                event = pool_event(have, want)
+                if event is not None:
+                    self.writer.event(Event("", name, str(obj["metadata"].get("uid") or ""), *event),
+                                      kind="LoadBalancerPool")
 
 
 class Writer:
@@ -262,27 +296,37 @@ class Writer:
                 return None
         return after
 
-    def event(self, e: Event) -> None:
-        (log.info if e.type == "Normal" else log.warning)("Service %s/%s: %s: %s", e.namespace, e.name, e.reason,
-                                                          e.message)
+    def event(self, e: Event, kind: str = "Service") -> None:
+        """An Event on a Service, or on a LoadBalancerPool (cluster-scoped: recorded in `default`,
+        as kubectl describe looks for it)."""
+        what = f"{e.namespace}/{e.name}" if e.namespace else e.name
+        (log.info if e.type == "Normal" else log.warning)("%s %s: %s: %s", kind, what, e.reason, e.message)
         now = now_text()
-        body = {"metadata": {"generateName": f"{e.name}.", "namespace": e.namespace},
-                "involvedObject": {"apiVersion": "v1", "kind": "Service", "namespace": e.namespace,
-                                   "name": e.name, "uid": e.uid},
+        involved = ({"apiVersion": "v1", "kind": "Service", "namespace": e.namespace, "name": e.name, "uid": e.uid}
+                    if kind == "Service" else
+                    {"apiVersion": "podwire.io/v1alpha1", "kind": kind, "name": e.name, "uid": e.uid})
+        body = {"metadata": {"generateName": f"{e.name}.", "namespace": e.namespace or "default"},
+                "involvedObject": involved,
                 "reason": e.reason, "message": e.message[:1000], "type": e.type, "count": 1,
                 "firstTimestamp": now, "lastTimestamp": now,
                 "source": {"component": COMPONENT, "host": self.identity},
                 "reportingComponent": "podwire.io/loadbalancer", "reportingInstance": self.identity[:128]}
-        self.core.create_namespaced_event(e.namespace, body, _preload_content=False)
+        try:  # best effort: the condition holds the same; a lost Event is not worth a rewrite
+            self.core.create_namespaced_event(e.namespace or "default", body, _preload_content=False)
+        except Exception as err:  # noqa: BLE001
+            log.warning("%s %s: Event not recorded: %s: %s", kind, what, type(err).__name__, str(err)[:200])
 
-    def pool_status(self, obj: dict, status: dict) -> None:
+    def pool_status(self, obj: dict, status: dict) -> bool:
+        """Writes a pool's status; True when it took."""
         name = obj["metadata"]["name"]
         body = {**obj, "status": status}
         try:
             self.custom.replace_cluster_custom_object_status("podwire.io", "v1alpha1", "loadbalancerpools", name,
                                                              body, _preload_content=False)
+            return True
         except ApiException as e:
             if e.status not in (404, 409):
                 log.warning("LoadBalancerPool %s: status write failed: %s %s", name, e.status, e.reason)
         except Exception as e:  # noqa: BLE001
             log.warning("LoadBalancerPool %s: status write failed: %s: %s", name, type(e).__name__, e)
+        return False

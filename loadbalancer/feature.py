@@ -125,6 +125,9 @@ class _Sync:
 
 def start(host) -> list:
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from .from_api import cluster_addresses
 
     cfg = host.cfg
     core, discovery = client.CoreV1Api(host.api), client.DiscoveryV1Api(host.api)
@@ -154,7 +157,28 @@ def start(host) -> list:
                                 "lb-leases", leases.observe, label_selector=LEASE_LABEL)
     host.on_node(trigger)
 
-    allocator = Allocator(services, pools, writer)
+    # the Service CIDRs (ServiceCIDR, GA in 1.33): pools must not overlap them. An API server that
+    # does not serve the kind leaves only the nodes' and the configured pod CIDRs to check against.
+    net = client.NetworkingV1Api(host.api)
+    service_cidrs = None
+    try:
+        net.list_service_cidr(limit=1, _request_timeout=10)
+        service_cidrs = host.watch(net.list_service_cidr, "lb-servicecidrs", trigger)
+    except ApiException as e:
+        if e.status not in (403, 404):
+            service_cidrs = host.watch(net.list_service_cidr, "lb-servicecidrs", trigger)
+        else:  # an informer would retry forever and hold the allocator back: go on without
+            log.warning("ServiceCIDRs %s: pools are checked against pod CIDRs and node addresses only",
+                        "not served by this API server" if e.status == 404 else
+                        "not readable (the manifest's ClusterRole grants list, watch)")
+    except Exception:  # noqa: BLE001 - unreachable now: assume it is served, the informer retries
+        service_cidrs = host.watch(net.list_service_cidr, "lb-servicecidrs", trigger)
+
+    def cluster():
+        return cluster_addresses(host.nodes.list(), service_cidrs.list() if service_cidrs else (),
+                                 cfg.cluster_cidrs)
+
+    allocator = Allocator(services, pools, writer, cluster)
     announcer = Announcer(cfg.node_name, leases, services, slices, host.nodes,
                           Responders(None))
     alloc_sync = _Sync(lambda fresh: allocator.sync() if fresh else None, cfg.resync_interval,
@@ -162,13 +186,15 @@ def start(host) -> list:
     announce_sync = _Sync(announcer.sync, cfg.resync_interval)
     syncs = [alloc_sync, announce_sync]
 
+    informers = [i for i in (services, pools, slices, lease_informer, service_cidrs) if i is not None]
+
     def synced() -> bool:
-        return all(i.synced.is_set() for i in (services, pools, slices, lease_informer, host.nodes))
+        return all(i.synced.is_set() for i in (*informers, host.nodes))
 
     runners += [SyncRunner(alloc_sync, name="lb-allocator", min_interval=0.2, resync_interval=TICK, ready=synced),
                 SyncRunner(announce_sync, name="lb-announcer", min_interval=0.2, resync_interval=TICK,
                            ready=synced)]
-    for part in (services, pools, slices, lease_informer, *runners):
+    for part in (*informers, *runners):
         part.start()
 
     class _Stop:
@@ -179,4 +205,4 @@ def start(host) -> list:
             leases.release(ALLOCATOR_LEASE, "allocator")
 
     # stopped in this order: runners (nothing takes a lease again), releases, informers
-    return [*runners, _Stop(), services, pools, slices, lease_informer]
+    return [*runners, _Stop(), *informers]

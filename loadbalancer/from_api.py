@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policy.selector import EVERYTHING, SelectorError, parse_selector
-from proxy.from_api import is_name, parse_ip
+from proxy.from_api import is_name, parse_ip, parse_network
 
 from .model import (
     ANN_IPS,
@@ -23,6 +23,7 @@ from .model import (
     FINALIZER,
     OUR_CLASS,
     AddressRange,
+    ClusterAddresses,
     LBService,
     Pool,
 )
@@ -210,3 +211,57 @@ def service_from_api(obj: Any) -> LBService | Release | None:
         sharing_key=sharing, ports=frozenset(ports), local=spec.get("externalTrafficPolicy") == "Local",
         selector=tuple(sorted((str(k), str(v)) for k, v in selector.items())),
         current=tuple(current), request_error=error)
+
+
+MAX_CLUSTER_ENTRIES = 16  # per object: a Node has a few addresses and pod CIDRs, a ServiceCIDR two CIDRs
+
+
+def _name(meta: Any) -> str:
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) and is_name(name) else "?"
+
+
+def cluster_addresses(nodes: Any, service_cidrs: Any, cluster_cidrs: Any = ()) -> ClusterAddresses:
+    """What pools must not hand out, from Nodes (status.addresses of kind InternalIP/ExternalIP,
+    spec.podCIDRs), ServiceCIDR objects (spec.cidrs) and the daemon's configured cluster CIDRs.
+    Values that do not parse are skipped: this only narrows what is handed out, and a node whose
+    address we cannot read is no reason to stop allocating for everyone."""
+    networks: list = []
+    addrs: list = []
+
+    def network(text: Any, what: str) -> None:
+        try:
+            net = parse_network(text)
+        except ValueError:
+            return
+        networks.append((net, f"{what} {net}"))
+
+    for cidr in cluster_cidrs or ():
+        network(str(cidr), "pod CIDR (the cluster's)")
+    for obj in service_cidrs or ():
+        if isinstance(obj, dict) and isinstance(obj.get("spec"), dict):
+            cidrs = obj["spec"].get("cidrs")
+            for text in (cidrs if isinstance(cidrs, list) else [])[:MAX_CLUSTER_ENTRIES]:
+                network(text, f"Service CIDR (ServiceCIDR {_name(obj.get('metadata'))})")
+    for obj in nodes or ():
+        if not isinstance(obj, dict):
+            continue
+        name = _name(obj.get("metadata"))
+        spec, status = obj.get("spec"), obj.get("status")
+        pod_cidrs = spec.get("podCIDRs") if isinstance(spec, dict) else None
+        for text in (pod_cidrs if isinstance(pod_cidrs, list) else [])[:MAX_CLUSTER_ENTRIES]:
+            network(text, f"pod CIDR of node {name}")
+        found = status.get("addresses") if isinstance(status, dict) else None
+        for a in (found if isinstance(found, list) else [])[:MAX_CLUSTER_ENTRIES]:
+            if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP"):
+                try:
+                    addrs.append((parse_ip(a.get("address")), name))
+                except ValueError:
+                    pass
+    # a node's pod CIDR lies inside the cluster's: keep the wider one only, it names the clash
+    networks.sort(key=lambda n: (n[0].version, n[0].prefixlen))
+    kept: list = []
+    for net, what in networks:
+        if not any(k.version == net.version and net.subnet_of(k) for k, _ in kept):
+            kept.append((net, what))
+    return ClusterAddresses(tuple(kept), tuple(sorted(set(addrs), key=lambda a: (a[0].version, int(a[0]), a[1]))))

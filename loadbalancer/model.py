@@ -32,6 +32,12 @@ EXHAUSTED = "PoolExhausted"
 IN_USE = "AddressInUse"  # requested address held by a Service it cannot share with
 NOT_IN_POOL = "AddressNotInPool"  # requested address outside every pool this Service may use
 INVALID = "InvalidRequest"  # the annotations cannot be read
+NODE_ADDRESS = "AddressOfNode"  # requested address is a node's own
+# Pool problems: Invalid, Conflicting (overlaps an older pool), OverlapsCluster (a Service or pod
+# CIDR: such an address is routed inside the cluster) make a pool unusable; ContainsNodeAddresses
+# does not: those addresses are only never handed out (two hosts answering ARP for one address)
+POOL_INVALID, POOL_CONFLICTING, POOL_OVERLAPS_CLUSTER = "Invalid", "Conflicting", "OverlapsCluster"
+POOL_HAS_NODE_ADDRESSES = "ContainsNodeAddresses"
 
 
 @dataclass(frozen=True)
@@ -130,8 +136,24 @@ class Decision:
 @dataclass(frozen=True)
 class PoolProblem:
     pool: str
-    reason: str  # "Invalid" | "Conflicting"
+    reason: str  # one of the POOL_* reasons
     message: str
+    fatal: bool = True  # the pool serves nothing (False: it serves, minus what the message names)
+
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+@dataclass(frozen=True)
+class ClusterAddresses:
+    """What a pool must not hand out: networks routed inside the cluster (Service CIDRs, pod
+    CIDRs), each with what it is, and the nodes' own addresses, each with its node's name."""
+
+    networks: tuple[tuple[IPNetwork, str], ...] = ()
+    nodes: tuple[tuple[IPAddress, str], ...] = ()
+
+    def node_of(self, ip: IPAddress) -> str | None:
+        return next((n for a, n in self.nodes if a == ip), None)
 
 
 def usable_addresses(r: AddressRange, used: set[int]) -> Iterator[int]:

@@ -91,6 +91,8 @@ def MANIFEST_TEXT() -> str:  # noqa: N802
     ("list", "loadbalancerpools.podwire.io", True), ("watch", "loadbalancerpools.podwire.io", True),
     ("update", "loadbalancerpools.podwire.io/status", True), ("create", "loadbalancerpools.podwire.io", False),
     ("update", "loadbalancerpools.podwire.io", False),
+    ("list", "servicecidrs.networking.k8s.io", True), ("watch", "servicecidrs.networking.k8s.io", True),
+    ("create", "servicecidrs.networking.k8s.io", False),
     ("podwire:create", "leases.coordination.k8s.io", True), ("podwire:update", "leases.coordination.k8s.io", True),
     ("podwire:get", "leases.coordination.k8s.io", True), ("podwire:delete", "leases.coordination.k8s.io", False),
     ("kube-system:create", "leases.coordination.k8s.io", False),

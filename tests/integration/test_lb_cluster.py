@@ -50,6 +50,7 @@ LB_RBAC_RULES = [
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["podwire.io"], "resources": ["loadbalancerpools"], "verbs": ["list", "watch"]},
     {"apiGroups": ["podwire.io"], "resources": ["loadbalancerpools/status"], "verbs": ["update"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["servicecidrs"], "verbs": ["list", "watch"]},
 ]
 LEASE_RULES = [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                 "verbs": ["get", "list", "watch", "create", "update"]}]
@@ -225,6 +226,57 @@ def test_requested_shared_exhausted_and_released(bed, svcs):
     freed = address_of(bed, fill[0])
     bed.core.delete_namespaced_service(fill[0], "default")
     assert address_of(bed, last) == freed
+
+
+def _pool(bed, name) -> dict:
+    return bed.custom.get_cluster_custom_object("podwire.io", "v1alpha1", "loadbalancerpools", name)
+
+
+def _pool_condition(bed, name, kind) -> dict:
+    return next((c for c in (_pool(bed, name).get("status") or {}).get("conditions") or []
+                 if c.get("type") == kind), {})
+
+
+def test_pools_inside_the_cluster_refused_node_addresses_kept_back(bed, svcs):
+    """Bad input: a pool over the Service CIDR is refused (its Ready condition and a Warning Event say why,
+    the other pools serve on); a pool holding the nodes' addresses serves without them, and a Service
+    asking for a node's address is refused with its reason."""
+    import ipaddress
+
+    from kubernetes import client as k8s
+
+    [cidr] = [c for sc in k8s.NetworkingV1Api(bed.core.api_client).list_service_cidr().items for c in sc.spec.cidrs]
+    net = ipaddress.ip_network(cidr)
+    tag = secrets.token_hex(2)
+    inside, nodes = f"inside-{tag}", f"nodes-{tag}"
+    node_ips = sorted(str(n.ip) for n in bed.cluster.nodes)
+    for name, entry in ((inside, f"{net[200]}-{net[210]}"), (nodes, f"{node_ips[0]}-{node_ips[-1]}")):
+        bed.custom.create_cluster_custom_object("podwire.io", "v1alpha1", "loadbalancerpools", {
+            "apiVersion": "podwire.io/v1alpha1", "kind": "LoadBalancerPool", "metadata": {"name": name},
+            "spec": {"addresses": [entry], "autoAssign": False}})
+    try:
+        ready = eventually(lambda: (lambda c: c if c.get("reason") == "OverlapsCluster" else None)(
+            _pool_condition(bed, inside, "Ready")), timeout=30, what="the pool over the Service CIDR is refused")
+        assert ready["status"] == "False" and f"Service CIDR (ServiceCIDR kubernetes) {net}" in ready["message"]
+        events = eventually(lambda: [e for e in bed.core.list_namespaced_event(
+            "default", field_selector=f"involvedObject.name={inside}").items if e.reason == "OverlapsCluster"],
+            timeout=15, what="an Event on the refused pool")
+        assert events[0].type == "Warning" and events[0].involved_object.kind == "LoadBalancerPool"
+        degraded = eventually(lambda: _pool_condition(bed, nodes, "Degraded") or None, timeout=15,
+                              what="the pool with node addresses says so")
+        assert degraded["reason"] == "ContainsNodeAddresses"
+        assert all(ip in degraded["message"] for ip in node_ips)
+        assert _pool_condition(bed, nodes, "Ready")["status"] == "True"
+        asks = svcs("node", bed.pods[0], annotations={"podwire.io/loadbalancer-ips": node_ips[0]})
+        cond = eventually(lambda: (lambda c: c if c.get("reason") == "AddressOfNode" else None)(
+            condition(bed, asks)), timeout=30, what="a Service asking for a node's address is refused")
+        assert cond["status"] == "False" and node_ips[0] in cond["message"]
+        events = bed.core.list_namespaced_event("default", field_selector=f"involvedObject.name={asks}").items
+        assert any(e.reason == "AddressOfNode" and e.type == "Warning" for e in events)
+        assert _pool_condition(bed, "lan", "Ready")["status"] == "True"  # the good pool serves on
+    finally:
+        for name in (inside, nodes):
+            bed.custom.delete_cluster_custom_object("podwire.io", "v1alpha1", "loadbalancerpools", name)
 
 
 def _until_reached(bed, ip, limit=60.0) -> float:

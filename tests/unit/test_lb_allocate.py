@@ -300,3 +300,79 @@ def test_malformed_services_are_invalid(bad):
 def test_status_ingress_garbage_is_ignored():
     s = svc("a", current=("not-an-ip", "10.0.0.3"))
     assert [str(a) for a in s.current] == ["10.0.0.3"]
+
+
+# -- pools and the cluster's own addresses --------------------------------------------------------
+
+NODES = [{"metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"]},
+          "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.5"},
+                                   {"type": "ExternalIP", "address": "192.168.1.6"},
+                                   {"type": "Hostname", "address": "n1"}]}},
+         {"metadata": {"name": "n2"}, "status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.7"}]}}]
+SERVICE_CIDRS = [{"metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16", "fd00:10:96::/112"]}}]
+
+
+def cluster(cluster_cidrs=("10.244.0.0/16",)):
+    from loadbalancer.from_api import cluster_addresses
+
+    return cluster_addresses(NODES, SERVICE_CIDRS, cluster_cidrs)
+
+
+def test_cluster_addresses_read_from_nodes_servicecidrs_and_config():
+    c = cluster()
+    assert [what for _, what in c.networks] == [
+        "pod CIDR (the cluster's) 10.244.0.0/16", "Service CIDR (ServiceCIDR kubernetes) 10.96.0.0/16",
+        "pod CIDR of node n1 fd00:10:244:1::/64", "Service CIDR (ServiceCIDR kubernetes) fd00:10:96::/112"]
+    assert c.nodes == ((ip("192.168.1.5"), "n1"), (ip("192.168.1.6"), "n1"), (ip("192.168.1.7"), "n2"))
+    # node n1's IPv4 pod CIDR is inside the cluster's: the wider one names the clash
+
+
+@pytest.mark.parametrize("junk", [None, "x", [None, 5, {"status": "x"}, {"metadata": {"name": "../x"},
+                                  "spec": {"podCIDRs": ["not-a-cidr", 7]},
+                                  "status": {"addresses": [{"type": "InternalIP", "address": "1.2.3.4%eth0"},
+                                                           {"type": "InternalIP", "address": ["x"]}, "junk"]}}]])
+def test_cluster_addresses_skip_what_does_not_parse(junk):
+    from loadbalancer.from_api import cluster_addresses
+
+    c = cluster_addresses(junk, junk, ())
+    assert c.networks == () and c.nodes == ()
+    assert cluster_addresses([{"metadata": {"name": "../x"}, "status": {"addresses": [
+        {"type": "InternalIP", "address": "10.0.0.1"}]}}], [], ()).nodes == ((ip("10.0.0.1"), "?"),)
+
+
+@pytest.mark.parametrize("entry, what", [
+    ("10.96.10.0/24", "Service CIDR (ServiceCIDR kubernetes) 10.96.0.0/16"),
+    ("10.95.255.250-10.96.0.3", "Service CIDR (ServiceCIDR kubernetes) 10.96.0.0/16"),
+    ("10.244.7.1", "pod CIDR (the cluster's) 10.244.0.0/16"),
+    ("fd00:10:244:1::10-fd00:10:244:1::20", "pod CIDR of node n1 fd00:10:244:1::/64"),
+])
+def test_pool_overlapping_a_cluster_network_is_refused_and_serves_nothing(entry, what):
+    d, problems = allocate([pool("bad", entry, created="2026-01-01T00:00:00Z"), pool("lan", "192.168.1.200/30")],
+                           [svc("a", families=("IPv4", "IPv6"), policy="PreferDualStack")], cluster())
+    [problem] = problems
+    assert (problem.pool, problem.reason, problem.fatal) == ("bad", "OverlapsCluster", True)
+    assert what in problem.message
+    assert addrs(d, "default/a") == ["192.168.1.201"]  # from lan only; other Services untouched
+
+
+def test_node_addresses_in_a_pool_are_never_assigned_nor_kept_nor_granted():
+    from loadbalancer.model import NODE_ADDRESS
+
+    lan = pool("lan", "192.168.1.5-192.168.1.8")
+    services = [svc("kept", current=["192.168.1.6"], created="2026-01-01T00:00:00Z"),  # now a node's: replaced
+                svc("asks", ann={ANN_IPS: "192.168.1.7"}), svc("auto", created="2026-01-03T00:00:00Z"),
+                svc("none", created="2026-01-04T00:00:00Z")]
+    d, problems = allocate([lan], services, cluster())
+    [problem] = problems
+    assert (problem.reason, problem.fatal) == ("ContainsNodeAddresses", False)
+    assert problem.message == ("holds node addresses, never assigned: 192.168.1.5 (node n1), 192.168.1.6 (node n1), "
+                               "192.168.1.7 (node n2)")
+    assert addrs(d, "default/kept") == ["192.168.1.8"]
+    assert (d["default/asks"].ok, d["default/asks"].reason) == (False, NODE_ADDRESS)
+    assert d["default/asks"].message == "192.168.1.7 is the address of node n2"
+    assert d["default/auto"].reason == EXHAUSTED and d["default/none"].reason == EXHAUSTED
+
+
+def test_without_cluster_knowledge_the_same_pool_hands_out_everything():
+    d, problems = allocate([pool("lan", "192.168.1.5-192.168.1.8")], [svc("a")])
+    assert problems == [] and addrs(d, "default/a") == ["192.168.1.5"]  # the guard above is what refuses

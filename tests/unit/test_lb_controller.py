@@ -9,8 +9,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from loadbalancer.announce import Announced, eligible, endpoint_nodes_from_slice, lease_name
-from loadbalancer.controller import Event, Finalizers, Status, pool_status, service_writes
-from loadbalancer.from_api import Release
+from loadbalancer.controller import Allocator, Event, Finalizers, Status, pool_event, pool_status, service_writes
+from loadbalancer.from_api import Release, cluster_addresses
 from loadbalancer.lease import Leases
 from loadbalancer.model import CONDITION, FINALIZER, Decision, PoolProblem
 
@@ -69,8 +69,75 @@ def test_release_clears_address_and_condition_then_finalizer():
 
 
 def test_pool_status():
-    assert pool_status({}, None, PoolProblem("p", "Conflicting", "overlaps q"), 0)["conditions"][0]["reason"] \
+    assert pool_status({}, None, [PoolProblem("p", "Conflicting", "overlaps q")], 0)["conditions"][0]["reason"] \
         == "Conflicting"
+    # a pool that keeps node addresses back still serves, and says what it keeps back
+    st = pool_status({}, None, [PoolProblem("p", "ContainsNodeAddresses", "10.0.0.5 (node n1)", fatal=False)], 3)
+    assert [(c["type"], c["status"], c["reason"]) for c in st["conditions"]] == [
+        ("Ready", "True", "Serving"), ("Degraded", "True", "ContainsNodeAddresses")]
+    assert st["assigned"] == 3
+
+
+def test_pool_events_on_change_only():
+    serving = pool_status({}, None, [], 0)
+    overlaps = pool_status({}, None, [PoolProblem("p", "OverlapsCluster", "overlaps the Service CIDR")], 0)
+    nodes = pool_status({}, None, [PoolProblem("p", "ContainsNodeAddresses", "10.0.0.5 (node n1)", fatal=False)], 0)
+    assert pool_event({}, serving) is None  # a new pool that serves: no news
+    assert pool_event({}, overlaps) == ("Warning", "OverlapsCluster", "overlaps the Service CIDR")
+    assert pool_event(overlaps, overlaps) is None
+    assert pool_event(overlaps, serving) == ("Normal", "Serving", "the pool serves again")
+    assert pool_event(serving, nodes) == ("Warning", "ContainsNodeAddresses", "10.0.0.5 (node n1)")
+    assert pool_event({"conditions": "junk"}, nodes)[0] == "Warning"
+
+
+class Listed:
+    def __init__(self, items):
+        self.items = items
+
+    def list(self):
+        return self.items
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.statuses, self.events, self.services = [], [], []
+
+    def apply(self, writes):
+        self.services.append(writes)
+        return None
+
+    def pool_status(self, obj, status):
+        self.statuses.append((obj["metadata"]["name"], status))
+        return True
+
+    def event(self, e, kind="Service"):
+        self.events.append((kind, e.name, e.type, e.reason, e.message))
+
+
+def test_allocator_refuses_pools_inside_the_cluster_and_keeps_node_addresses_back():
+    """The controller's sync over cached objects: a pool overlapping the Service CIDR is refused with
+    a status and an Event, a pool holding a node's address serves without it."""
+    nodes = [{"metadata": {"name": "n1"}, "spec": {"podCIDRs": ["10.244.1.0/24"]},
+              "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.10"},
+                                       {"type": "Hostname", "address": "n1"}]}}]
+    cidrs = [{"metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16"]}}]
+    pools = [{"metadata": {"name": "bad", "uid": "u-bad", "creationTimestamp": "2026-01-01T00:00:00Z"},
+              "spec": {"addresses": ["10.96.200.0/28"]}},
+             {"metadata": {"name": "lan", "uid": "u-lan", "creationTimestamp": "2026-01-01T00:00:00Z"},
+              "spec": {"addresses": ["172.18.0.10-172.18.0.11"]}}]
+    svc = {"metadata": {"name": "web", "namespace": "d", "uid": "s", "resourceVersion": "1",
+                        "creationTimestamp": "2026-01-02T00:00:00Z"},
+           "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}, "status": {}}
+    writer = RecordingWriter()
+    Allocator(Listed([svc]), Listed(pools), writer, lambda: cluster_addresses(nodes, cidrs)).sync()
+    status = dict(writer.statuses)
+    assert status["bad"]["conditions"][0]["reason"] == "OverlapsCluster"
+    assert "Service CIDR (ServiceCIDR kubernetes) 10.96.0.0/16" in status["bad"]["conditions"][0]["message"]
+    assert status["lan"]["conditions"][1]["reason"] == "ContainsNodeAddresses"
+    assert ("LoadBalancerPool", "bad", "Warning", "OverlapsCluster") in [e[:4] for e in writer.events]
+    [writes] = writer.services
+    shown = next(w for w in writes if isinstance(w, Status)).body["status"]["loadBalancer"]
+    assert shown == {"ingress": [{"ip": "172.18.0.11", "ipMode": "VIP"}]}  # .10 is node n1's
 
 
 def test_eligibility_under_local_prefers_nodes_with_endpoints():

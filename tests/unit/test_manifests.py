@@ -130,6 +130,7 @@ API_CALLS = {
     "create_namespaced_event": ("", "events", {"create"}),
     "list_cluster_custom_object": ("podwire.io", "loadbalancerpools", {"list", "watch"}),
     "replace_cluster_custom_object_status": ("podwire.io", "loadbalancerpools/status", {"update"}),
+    "list_service_cidr": ("networking.k8s.io", "servicecidrs", {"list", "watch"}),
 }
 # ... and in the daemon's own namespace (the Role): the LoadBalancer's Leases
 NAMESPACED_CALLS = {
