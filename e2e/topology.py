@@ -15,6 +15,11 @@ between the subnets in the routed shape), ``outside`` (a client outside the clus
 last subnet). Each host is a `Host` (or `Node`) with its own netns named
 ``pwe-<cluster>-<host>``; the root namespace gets no links, routes or addresses.
 
+Families (``ipv4``, ``ipv6``, ``dual``): every subnet has an IPv6 twin, ``fd00:172:30:N::/64``
+for ``172.30.N.0/24``, and a host's IPv6 address reads like its IPv4 one (``172.30.1.11`` is
+``fd00:172:30:1::11``). A host's `address` and `gateway` are its primary family's (IPv4 unless
+ipv6-only); `addresses` and `gateways` hold every family's, primary first.
+
 `plan()` is pure (addresses and wiring); `Topology.up()` applies it, recording every
 namespace in the ledger, so teardown — also after a failure half-way — removes them all.
 """
@@ -25,16 +30,43 @@ import dataclasses
 import ipaddress
 import subprocess
 from pathlib import Path
+from typing import Any, Union
 
 from e2e import netns as ns
 from e2e.ledger import Ledger, UpDown
 
 SHAPES = ("l2", "routed")
+FAMILIES = ("ipv4", "ipv6", "dual")
 SUBNETS = {
     "l2": [ipaddress.ip_network("172.30.0.0/24")],
     "routed": [ipaddress.ip_network("172.30.1.0/24"), ipaddress.ip_network("172.30.2.0/24")],
 }
 CP_HOST_INDEX, OUTSIDE_HOST_INDEX, NODE_BASE_INDEX = 2, 100, 10
+
+Interface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+def ipv6_twin(net: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    """172.30.N.0/24 -> fd00:172:30:N::/64 (the octets written as hex digits read the same)."""
+    a, b, c, _ = str(net.network_address).split(".")
+    return ipaddress.IPv6Network(f"fd00:{a}:{b}:{c}::/64")
+
+
+def host_address(net: Network, index: int) -> Interface:
+    """The index-th host of a subnet: 172.30.1.11/24, or fd00:172:30:1::11/64 (index written in
+    decimal digits, read as hex, so it matches the IPv4 address by eye)."""
+    if net.version == 4:
+        return ipaddress.ip_interface(f"{net[index]}/{net.prefixlen}")
+    return ipaddress.ip_interface(f"{net.network_address + int(str(index), 16)}/{net.prefixlen}")
+
+
+def family_versions(family: str) -> tuple[int, ...]:
+    """The IP versions of a family choice, primary first (dual: IPv4 primary, as kind's)."""
+    if family not in FAMILIES:
+        raise ValueError(f"ip family must be one of {FAMILIES}, not {family!r}")
+    return {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}[family]
 
 
 # -- the pure plan -----------------------------------------------------------------------
@@ -45,16 +77,33 @@ class HostPlan:
     name: str  # short name: "cp", "node1", "outside"
     role: str  # "control-plane" | "node" | "outside"
     subnet: int  # index into the shape's subnets (= index of its bridge)
-    address: ipaddress.IPv4Interface
-    gateway: ipaddress.IPv4Address
+    address: Any  # Interface of the primary family (typed Any: IPv4-only callers read .ip as IPv4)
+    gateway: Any  # Address of the primary family
+    addresses: tuple = ()  # every family's Interface, primary first (empty: `address` alone)
+    gateways: tuple = ()
+
+    def __post_init__(self):
+        if not self.addresses:
+            object.__setattr__(self, "addresses", (self.address,))
+            object.__setattr__(self, "gateways", (self.gateway,))
 
 
 @dataclasses.dataclass(frozen=True)
 class TopologyPlan:
     cluster: str
     shape: str
-    subnets: tuple[ipaddress.IPv4Network, ...]
+    subnets: tuple  # the primary family's subnets, by bridge index
     hosts: tuple[HostPlan, ...]
+    family: str = "ipv4"
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        return family_versions(self.family)
+
+    def subnets_of(self, subnet: int) -> tuple:
+        """Every family's subnet of bridge `subnet`, primary first."""
+        v4 = SUBNETS[self.shape][subnet]
+        return tuple(v4 if v == 4 else ipv6_twin(v4) for v in self.versions)
 
     def netns(self, host: str) -> str:
         return f"pwe-{self.cluster}-{host}"
@@ -70,26 +119,33 @@ class TopologyPlan:
     def bridge(self, subnet: int) -> str:
         return f"br{subnet}"
 
-    def gateway(self, subnet: int) -> ipaddress.IPv4Interface:
-        net = self.subnets[subnet]
-        return ipaddress.IPv4Interface(f"{net[1]}/{net.prefixlen}")
+    def gateway(self, subnet: int):
+        """The primary family's gateway interface of bridge `subnet` (on the router or the bridge)."""
+        return self.gateways(subnet)[0]
+
+    def gateways(self, subnet: int) -> tuple:
+        return tuple(host_address(net, 1) for net in self.subnets_of(subnet))
 
 
-def plan(cluster: str, shape: str = "l2", nodes: int = 3) -> TopologyPlan:
+def plan(cluster: str, shape: str = "l2", nodes: int = 3, family: str = "ipv4") -> TopologyPlan:
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {SHAPES}, not {shape!r}")
     if not (1 <= nodes <= 80):
         raise ValueError("between 1 and 80 nodes")
+    versions = family_versions(family)
     subnets = SUBNETS[shape]
 
     def host(name, role, subnet, index):
-        net = subnets[subnet]
-        return HostPlan(name, role, subnet, ipaddress.IPv4Interface(f"{net[index]}/{net.prefixlen}"), net[1])
+        nets = [subnets[subnet] if v == 4 else ipv6_twin(subnets[subnet]) for v in versions]
+        addresses = tuple(host_address(net, index) for net in nets)
+        gateways = tuple(host_address(net, 1).ip for net in nets)
+        return HostPlan(name, role, subnet, addresses[0], gateways[0], addresses, gateways)
 
     hosts = [host("cp", "control-plane", 0, CP_HOST_INDEX)]
     hosts += [host(f"node{i}", "node", (i - 1) % len(subnets), NODE_BASE_INDEX + i) for i in range(1, nodes + 1)]
     hosts.append(host("outside", "outside", len(subnets) - 1, OUTSIDE_HOST_INDEX))
-    return TopologyPlan(cluster, shape, tuple(subnets), tuple(hosts))
+    primary = tuple(n if versions[0] == 4 else ipv6_twin(n) for n in subnets)
+    return TopologyPlan(cluster, shape, primary, tuple(hosts), family)
 
 
 # -- hosts -------------------------------------------------------------------------------
@@ -111,6 +167,11 @@ class Host:
     @property
     def ip(self) -> ipaddress.IPv4Address:
         return self.plan.address.ip
+
+    @property
+    def ips(self) -> tuple:
+        """Every family's address, primary first."""
+        return tuple(a.ip for a in self.plan.addresses)
 
     def argv(self, argv) -> list[str]:
         """argv wrapped to run inside this host's network namespace."""
@@ -143,16 +204,27 @@ class Node(Host):
 # -- applying the plan -------------------------------------------------------------------
 
 
+def add_address(netns: str, ifname: str, address) -> None:
+    """An address on a link; IPv6 without duplicate address detection (a fresh namespace's
+    addresses would be tentative, unusable, for a second or two; nothing else uses them)."""
+    nodad = ["nodad"] if ipaddress.ip_interface(str(address)).version == 6 else []
+    ns.run(["ip", "-n", netns, "addr", "add", str(address), "dev", ifname, *nodad])
+
+
 def wire(netns: str, ifname: str, underlay: str, peer: str, bridge: str, address, mtu: int | None = None) -> None:
-    """A veth `ifname` (up, with `address`) in `netns`, its peer `peer` enslaved to `bridge` in
-    the `underlay` namespace. Also e2e/netbed.py's node wiring."""
+    """A veth `ifname` (up, with `address`: one, or a tuple of one per family) in `netns`, its peer
+    `peer` enslaved to `bridge` in the `underlay` namespace. Also e2e/netbed.py's node wiring."""
     assert len(peer) <= 15, peer
     mtu_args = ["mtu", mtu] if mtu else []
     ns.run(["ip", "-n", netns, "link", "add", ifname, *mtu_args, "type", "veth",
             "peer", "name", peer, *mtu_args, "netns", underlay])
-    ns.run(["ip", "-n", netns, "addr", "add", str(address), "dev", ifname])
+    for a in address if isinstance(address, tuple) else (address,):
+        add_address(netns, ifname, a)
     ns.run(["ip", "-n", netns, "link", "set", ifname, "up"])
     ns.run(["ip", "-n", underlay, "link", "set", peer, "master", bridge, "up"])
+
+
+FORWARDING = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}  # per namespace
 
 
 class Topology(UpDown):
@@ -191,6 +263,11 @@ class Topology(UpDown):
     def _netns(self, name: str) -> None:
         self.ledger.netns(name)  # recorded first: a half-made namespace is still removed
         ns.create_netns(name)
+        if 6 in self.plan.versions:
+            # no duplicate address detection in this namespace: link-local addresses, which NDP
+            # answers come from, would be tentative for a second after every link comes up
+            for scope in ("all", "default"):
+                ns.sysctl(name, f"net.ipv6.conf.{scope}.accept_dad", 0)
 
     def up(self) -> "Topology":
         p = self.plan
@@ -205,18 +282,22 @@ class Topology(UpDown):
             ns.run(["ip", "-n", under, "link", "set", br, "up"])
         if p.router_netns:
             self._netns(p.router_netns)
-            ns.sysctl(p.router_netns, "net.ipv4.ip_forward", 1)
+            for v in p.versions:
+                ns.sysctl(p.router_netns, FORWARDING[v], 1)
             for i, _ in enumerate(p.subnets):
-                self._wire(p.router_netns, f"eth{i}", f"r-{i}", i, p.gateway(i))
+                self._wire(p.router_netns, f"eth{i}", f"r-{i}", i, p.gateways(i))
         else:
-            ns.run(["ip", "-n", under, "addr", "add", str(p.gateway(0)), "dev", p.bridge(0)])
+            for gw in p.gateways(0):
+                add_address(under, p.bridge(0), gw)
         for host in self.hosts.values():
             host.dir.mkdir(parents=True, exist_ok=True)
             self._netns(host.netns)
-            self._wire(host.netns, "eth0", f"v-{host.name}", host.plan.subnet, host.plan.address)
-            ns.run(["ip", "-n", host.netns, "route", "add", "default", "via", str(host.plan.gateway)])
+            self._wire(host.netns, "eth0", f"v-{host.name}", host.plan.subnet, host.plan.addresses)
+            for gw in host.plan.gateways:
+                ns.run(["ip", "-n", host.netns, f"-{gw.version}", "route", "add", "default", "via", str(gw)])
             if isinstance(host, Node):
-                ns.sysctl(host.netns, "net.ipv4.ip_forward", 1)
+                for v in p.versions:
+                    ns.sysctl(host.netns, FORWARDING[v], 1)
         return self
 
     def _wire(self, netns: str, ifname: str, peer: str, subnet: int, address) -> None:

@@ -148,6 +148,26 @@ def test_routed_shape_needs_an_overlay_for_pod_traffic(tmp_path):
     assert ns.list_netns("pwe-pwr-") == []
 
 
+@pytest.mark.parametrize("shape", ["l2", "routed"])
+@pytest.mark.parametrize("family", ["ipv6", "dual"])
+def test_underlay_carries_each_family_of_the_plan(tmp_path, shape, family):
+    """Every host reaches every other in each family of the plan: on one bridge, or through the router,
+    which forwards IPv6 as well; an ipv6-only underlay has no IPv4 at all."""
+    name = f"pwf{shape[0]}{family[0]}"
+    with Topology(plan(name, shape, 2, family), tmp_path / "topo") as topo:
+        node1, node2, outside = topo.node("node1"), topo.node("node2"), topo.outside
+        assert [a.version for a in node1.ips] == ([6] if family == "ipv6" else [4, 6])
+        for a, b in ((node1, node2), (node2, topo.cp), (outside, node1), (node1, outside)):
+            for ip in b.ips:
+                assert a.ping(ip), f"{a.name} -> {b.name} {ip}"
+        addrs = node1.run(["ip", "-j", "addr", "show", "dev", "eth0"]).stdout
+        v4 = [i for link in json.loads(addrs) for i in link["addr_info"] if i["family"] == "inet"]
+        assert bool(v4) == (family == "dual")
+        if shape == "routed":
+            assert node1.ips[-1] not in ipaddress.ip_network(f"{node2.ips[-1]}/64", strict=False)
+    assert ns.list_netns(f"pwe-{name}-") == []
+
+
 def _mounts_mentioning(text: str) -> list[str]:
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if text in line]
 

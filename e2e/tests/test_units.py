@@ -105,6 +105,23 @@ def test_routed_plan_alternates_nodes_between_subnets():
 def test_plan_rejects_unknown_shapes():
     with pytest.raises(ValueError):
         topology.plan("x", "mesh", 2)
+    with pytest.raises(ValueError):
+        topology.plan("x", "l2", 2, "ipv5")
+
+
+def test_ipv6_plan_mirrors_the_ipv4_one_and_dual_has_both_ipv4_first():
+    v4, v6, dual = (topology.plan("x", "routed", 3, f) for f in ("ipv4", "ipv6", "dual"))
+    for a, b in zip(v4.hosts, v6.hosts, strict=True):  # the same host reads the same in both families
+        assert str(b.address) == "fd00:" + str(a.address.ip).replace(".", ":").rsplit(":", 1)[0] \
+            + "::" + str(a.address.ip).rsplit(".", 1)[1] + "/64"
+        assert b.addresses == (b.address,) and b.gateway.version == 6
+    assert [str(n) for n in v6.subnets] == ["fd00:172:30:1::/64", "fd00:172:30:2::/64"]
+    node2 = {h.name: h for h in dual.hosts}["node2"]
+    assert [str(a) for a in node2.addresses] == ["172.30.2.12/24", "fd00:172:30:2::12/64"]
+    assert [str(g) for g in node2.gateways] == ["172.30.2.1", "fd00:172:30:2::1"]
+    assert node2.address == node2.addresses[0] and dual.subnets == v4.subnets  # IPv4 primary, as kind's
+    assert [str(g) for g in dual.gateways(0)] == ["172.30.1.1/24", "fd00:172:30:1::1/64"]
+    assert v4.hosts == topology.plan("x", "routed", 3).hosts  # the default is what it always was
 
 
 def test_apiserver_certificate_has_the_sans_clients_use():
