@@ -18,6 +18,7 @@ With PODWIRE_E2E_KEEP_LOGS=<dir>, `down` first copies every host's logs to <dir>
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import os
@@ -30,7 +31,7 @@ from e2e import build, cgroups
 from e2e import netns as ns
 from e2e.control_plane import ControlPlane, ControlPlaneConfig
 from e2e.ledger import Ledger
-from e2e.topology import Node, Topology, plan
+from e2e.topology import FAMILIES, Node, Topology, plan
 
 
 def base_dir() -> Path:
@@ -41,7 +42,7 @@ class Cluster:
     def __init__(self, name: str = "dev", shape: str = "l2", nodes: int = 3, *, bin_dir: Path | None = None,
                  register_nodes: bool = True, config: ControlPlaneConfig = ControlPlaneConfig(),
                  owner: ns.Proc | None = None, full_nodes: bool = False, kube_proxy: bool = False,
-                 coredns: bool = True, containerd: dict[str, str] | None = None):
+                 coredns: bool = True, containerd: dict[str, str] | None = None, ip_family: str = "ipv4"):
         if len(f"pwe-{name}-") > 12 or not name.isalnum():
             raise ValueError("cluster name: a few alphanumerics (it prefixes namespace names)")
         self.name = name
@@ -57,7 +58,14 @@ class Cluster:
         self.runtimes: dict = {}  # node name -> NodeRuntime (full nodes, in the process that made them)
         self.owner = owner  # a process whose death means the cluster is abandoned (pytest)
         self.ledger = Ledger(self.dir / "ledger.json")
-        self.topology = Topology(plan(name, shape, nodes), self.dir, self.ledger)
+        # ipv4 | ipv6 | dual: the underlay, the Service and pod ranges, the Nodes' addresses. Full
+        # nodes (kubelet, CoreDNS) are IPv4 only so far (issue 15)
+        if ip_family != "ipv4" and full_nodes:
+            raise ValueError(f"ip family {ip_family}: full nodes are IPv4 only so far (registered nodes work)")
+        self.ip_family = ip_family
+        if config.family != ip_family:
+            config = dataclasses.replace(config, family=ip_family)
+        self.topology = Topology(plan(name, shape, nodes, ip_family), self.dir, self.ledger)
         unknown = sorted(set(self.containerd) - {n.name for n in self.nodes})
         if unknown:
             raise ValueError(f"containerd for nodes this cluster does not have: {unknown}")
@@ -145,7 +153,8 @@ class Cluster:
                     for node in self.nodes:
                         register_node(api, node)
                     for node in self.nodes:
-                        node.pod_cidr = wait_pod_cidr(api, node.name)
+                        node.pod_cidrs = wait_pod_cidrs(api, node.name)
+                        node.pod_cidr = node.pod_cidrs[0]
                 finally:
                     api.close()
             self._save_state()
@@ -206,9 +215,11 @@ class Cluster:
         state = {
             "name": self.name,
             "shape": self.topology.plan.shape,
+            "ip_family": self.ip_family,
             "full_nodes": self.full_nodes,
             "containerd": self.containerd,
-            "nodes": {n.name: {"ip": str(n.ip), "pod_cidr": n.pod_cidr and str(n.pod_cidr)} for n in self.nodes},
+            "nodes": {n.name: {"ip": str(n.ip), "pod_cidr": n.pod_cidr and str(n.pod_cidr),
+                               "pod_cidrs": [str(c) for c in n.pod_cidrs]} for n in self.nodes},
             "control_plane": self.control_plane.to_json(),
             "bin_dir": str(self.bin_dir),
             "node_procs": {n: {k: p.to_json() for k, p in rt.procs.items()} for n, rt in self.runtimes.items()},
@@ -228,6 +239,8 @@ class Cluster:
         for node in self.nodes:
             cidr = state["nodes"].get(node.name, {}).get("pod_cidr")
             node.pod_cidr = ipaddress.ip_network(cidr) if cidr else None
+            node.pod_cidrs = tuple(ipaddress.ip_network(c) for c in state["nodes"].get(node.name, {})
+                                   .get("pod_cidrs", [cidr] if cidr else []))
         return True
 
     @classmethod
@@ -236,7 +249,8 @@ class Cluster:
         state_file = base_dir() / name / "state.json"
         state = json.loads(state_file.read_text())
         cluster = cls(name, state["shape"], len(state["nodes"]), bin_dir=Path(state["bin_dir"]),
-                      full_nodes=state.get("full_nodes", False), containerd=state.get("containerd"))
+                      full_nodes=state.get("full_nodes", False), containerd=state.get("containerd"),
+                      ip_family=state.get("ip_family", "ipv4"))
         cluster._load_state()
         return cluster
 
@@ -267,24 +281,29 @@ def register_node(api, node: Node) -> None:
         "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux"}},
     })
     core.patch_node_status(node.name, {"status": {"addresses": [
-        {"type": "InternalIP", "address": str(node.ip)},
+        *({"type": "InternalIP", "address": str(ip)} for ip in node.ips),  # a kubelet's --node-ip=v4,v6
         {"type": "Hostname", "address": node.name},
     ]}})
 
 
-def wait_pod_cidr(api, name: str, timeout: float = 60) -> ipaddress.IPv4Network:
-    """Wait until the controller-manager assigned spec.podCIDR to Node `name`."""
+def wait_pod_cidrs(api, name: str, timeout: float = 60) -> tuple:
+    """Wait until the controller-manager assigned spec.podCIDRs (one per family) to Node `name`."""
     from kubernetes import client
 
     core = client.CoreV1Api(api)
     deadline = time.monotonic() + timeout
     while True:
-        cidr = core.read_node(name).spec.pod_cidr
-        if cidr:
-            return ipaddress.ip_network(cidr)
+        cidrs = core.read_node(name).spec.pod_cidrs
+        if cidrs:
+            return tuple(ipaddress.ip_network(c) for c in cidrs)
         if time.monotonic() > deadline:
             raise TimeoutError(f"node {name} got no podCIDR in {timeout}s")
         time.sleep(0.2)
+
+
+def wait_pod_cidr(api, name: str, timeout: float = 60):
+    """The primary family's podCIDR of Node `name`, once assigned."""
+    return wait_pod_cidrs(api, name, timeout)[0]
 
 
 # -- CLI ------------------------------------------------------------------------------------
@@ -309,6 +328,8 @@ def main(argv=None) -> int:
             p.add_argument("tarballs", nargs="+", type=Path, help="OCI image tarballs")
         if cmd == "up":
             p.add_argument("--shape", choices=("l2", "routed"), default="l2")
+            p.add_argument("--ip-family", choices=FAMILIES, default="ipv4",
+                           help="the underlay, Service and pod ranges (ipv6, dual: registered nodes only so far)")
             p.add_argument("--nodes", type=int, default=3)
             p.add_argument("--full", action="store_true",
                            help="full nodes: containerd + kubelet per node (e2e/node_runtime.py)")
@@ -329,7 +350,7 @@ def main(argv=None) -> int:
         owner = ns.Proc.of(args.owner_pid, "owner") if args.owner_pid else None
         cluster = Cluster(args.name, args.shape, args.nodes, owner=owner, full_nodes=args.full,
                           kube_proxy=args.kube_proxy, coredns=not args.no_coredns,
-                          containerd=dict(args.containerd)).up()
+                          containerd=dict(args.containerd), ip_family=args.ip_family).up()
         if args.cni == "podwire":
             from e2e.node_runtime import install_podwire_cni
 

@@ -29,7 +29,7 @@ import yaml
 
 from e2e import netns as ns
 from e2e.pki import Pki
-from e2e.topology import Host
+from e2e.topology import Host, family_versions
 
 APISERVER_PORT = 6443
 FORWARDER = Path(__file__).with_name("forwarder.py")
@@ -42,10 +42,42 @@ class ControlPlaneConfig:
     node_cidr_mask_size: int = 24
     dns_domain: str = "cluster.local"
     etcd: Path | None = None  # the etcd binary; None = the one the builder made
+    family: str = "ipv4"  # ipv4 | ipv6 | dual (topology.FAMILIES): which of the ranges below are used
+    # kind's IPv6 defaults: a /112 of Services (the API server allows at most 2^20 of them) and
+    # a /56 of pods in /64s, one per node
+    service_cidr6: ipaddress.IPv6Network = ipaddress.IPv6Network("fd00:10:96::/112")
+    cluster_cidr6: ipaddress.IPv6Network = ipaddress.IPv6Network("fd00:10:244::/56")
+    node_cidr_mask_size6: int = 64
 
     @property
-    def kubernetes_service_ip(self) -> ipaddress.IPv4Address:
-        return self.service_cidr[1]
+    def versions(self) -> tuple[int, ...]:
+        return family_versions(self.family)
+
+    @property
+    def service_cidrs(self) -> tuple:
+        """The Service ranges, primary family first (the order --service-cluster-ip-range takes)."""
+        return tuple(self.service_cidr if v == 4 else self.service_cidr6 for v in self.versions)
+
+    @property
+    def cluster_cidrs(self) -> tuple:
+        return tuple(self.cluster_cidr if v == 4 else self.cluster_cidr6 for v in self.versions)
+
+    @property
+    def kubernetes_service_ip(self):
+        """The `kubernetes` Service's ClusterIP: the first address of the primary range."""
+        return self.service_cidrs[0][1]
+
+    def node_cidr_mask_flags(self) -> list[str]:
+        if len(self.versions) == 2:
+            return [f"--node-cidr-mask-size-ipv4={self.node_cidr_mask_size}",
+                    f"--node-cidr-mask-size-ipv6={self.node_cidr_mask_size6}"]
+        size = self.node_cidr_mask_size if self.versions == (4,) else self.node_cidr_mask_size6
+        return [f"--node-cidr-mask-size={size}"]
+
+
+def host_port(ip, port: int) -> str:
+    """host:port as URLs and dialers want it ([v6]:port)."""
+    return f"[{ip}]:{port}" if ipaddress.ip_address(str(ip)).version == 6 else f"{ip}:{port}"
 
 
 def kubeconfig(server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, user: str) -> dict:
@@ -90,7 +122,7 @@ class ControlPlane:
     @property
     def internal_server(self) -> str:
         """The API server URL as seen from the underlay (nodes, later kubelets)."""
-        return f"https://{self.host.ip}:{APISERVER_PORT}"
+        return f"https://{host_port(self.host.ip, APISERVER_PORT)}"
 
     def kubeconfig_for(self, name: str, cn: str, orgs=(), server: str | None = None) -> Path:
         """Issue a client certificate and write <name>.kubeconfig (e.g. for a kubelet)."""
@@ -119,14 +151,14 @@ class ControlPlane:
         return self
 
     def _make_pki(self) -> None:
-        c, ip = self.config, str(self.host.ip)
+        c = self.config
         self.pki.create()
         domain = c.dns_domain
         self.pki.issue(
             "apiserver", "kube-apiserver", client=False,
             server_names=("kubernetes", "kubernetes.default", "kubernetes.default.svc",
                           f"kubernetes.default.svc.{domain}", "localhost"),
-            server_ips=("127.0.0.1", ip, str(c.kubernetes_service_ip)),
+            server_ips=("127.0.0.1", *map(str, self.host.ips), *(str(n[1]) for n in c.service_cidrs)),
         )
         self.pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", orgs=("system:masters",))
         self.pki.issue("admin", "kubernetes-admin", orgs=("system:masters",))
@@ -161,7 +193,10 @@ class ControlPlane:
         c, p = self.config, self.pki.path
         self._spawn("kube-apiserver", [
             self.bin / "kube-apiserver",
-            f"--advertise-address={self.host.ip}", "--bind-address=0.0.0.0", f"--secure-port={APISERVER_PORT}",
+            # "::" listens on both families (Go sockets are dual-stack); the advertised address is the
+            # primary family's, as the `kubernetes` Service's endpoint must be of its family
+            f"--advertise-address={self.host.ip}", f"--bind-address={'::' if 6 in c.versions else '0.0.0.0'}",
+            f"--secure-port={APISERVER_PORT}",
             "--etcd-servers=http://127.0.0.1:2379",
             f"--tls-cert-file={p('apiserver.crt')}", f"--tls-private-key-file={p('apiserver.key')}",
             f"--client-ca-file={p('ca.crt')}",
@@ -170,7 +205,7 @@ class ControlPlane:
             "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
             f"--service-account-issuer=https://kubernetes.default.svc.{c.dns_domain}",
             f"--service-account-key-file={p('sa.pub')}", f"--service-account-signing-key-file={p('sa.key')}",
-            f"--service-cluster-ip-range={c.service_cidr}",
+            f"--service-cluster-ip-range={','.join(map(str, c.service_cidrs))}",
             "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true", "--enable-bootstrap-token-auth=true",
             "--profiling=false", "--v=1",
@@ -185,7 +220,8 @@ class ControlPlane:
         try:
             self._spawn(
                 "forwarder",
-                [sys.executable, FORWARDER, "--fd", listener.fileno(), "--connect", f"{self.host.ip}:{APISERVER_PORT}"],
+                [sys.executable, FORWARDER, "--fd", listener.fileno(), "--connect",
+                 host_port(self.host.ip, APISERVER_PORT)],
                 pass_fds=(listener.fileno(),),
             )
         finally:
@@ -209,8 +245,8 @@ class ControlPlane:
             "--use-service-account-credentials=true",
             f"--root-ca-file={p('ca.crt')}", f"--service-account-private-key-file={p('sa.key')}",
             f"--cluster-signing-cert-file={p('ca.crt')}", f"--cluster-signing-key-file={p('ca.key')}",
-            "--allocate-node-cidrs=true", f"--cluster-cidr={c.cluster_cidr}",
-            f"--node-cidr-mask-size={c.node_cidr_mask_size}", f"--service-cluster-ip-range={c.service_cidr}",
+            "--allocate-node-cidrs=true", f"--cluster-cidr={','.join(map(str, c.cluster_cidrs))}",
+            *c.node_cidr_mask_flags(), f"--service-cluster-ip-range={','.join(map(str, c.service_cidrs))}",
             "--profiling=false", "--v=1",
         ])
 

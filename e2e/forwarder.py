@@ -62,6 +62,7 @@ def main(argv=None) -> None:
     parser.add_argument("--connect", required=True, help="host:port to connect to (from this netns)")
     args = parser.parse_args(argv)
     host, _, port = args.connect.rpartition(":")
+    host = host.strip("[]")  # [v6]:port
     listener = socket.socket(fileno=args.fd)
     listener.setblocking(False)
     asyncio.run(serve(listener, host, int(port)))

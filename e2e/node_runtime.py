@@ -528,6 +528,7 @@ def start_nodes(cluster, timeout: float = 120, kube_proxy: bool = False,
                     cidr = None
                 if cidr:
                     rt.node.pod_cidr = ipaddress.ip_network(cidr)
+                    rt.node.pod_cidrs = (rt.node.pod_cidr,)
                     break
                 if time.monotonic() > deadline:
                     raise NodeRuntimeError(f"{rt.node.name} not registered with a podCIDR in {timeout}s:\n"

@@ -199,6 +199,7 @@ class Node(Host):
     """
 
     pod_cidr: ipaddress.IPv4Network | None = None
+    pod_cidrs: tuple = ()  # every family's podCIDR, primary first (pod_cidr is the first)
 
 
 # -- applying the plan -------------------------------------------------------------------

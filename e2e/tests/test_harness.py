@@ -168,6 +168,43 @@ def test_underlay_carries_each_family_of_the_plan(tmp_path, shape, family):
     assert ns.list_netns(f"pwe-{name}-") == []
 
 
+@pytest.mark.parametrize("family", ["ipv6", "dual"])
+def test_control_plane_in_each_family(k8s_bin, family):
+    """`Cluster(ip_family=...)`: Service and pod ranges of the family (pod /64s for IPv6), Nodes with an
+    InternalIP per family, a dual-stack Service with a ClusterIP of each, the `kubernetes` Service of the
+    primary family, and the API server answering nodes over IPv6."""
+    from kubernetes import client
+
+    with Cluster(f"f{family[0]}{os.getpid() % 10000}", "l2", 2, bin_dir=k8s_bin, ip_family=family,
+                 owner=ns.this_process("pytest")) as c:
+        versions = [6] if family == "ipv6" else [4, 6]
+        for node in c.nodes:
+            assert [n.version for n in node.pod_cidrs] == versions
+            assert [n.prefixlen for n in node.pod_cidrs] == [24 if v == 4 else 64 for v in versions]
+        api = c.api_client()
+        try:
+            core = client.CoreV1Api(api)
+            node = core.read_node("node1")
+            assert [a.address for a in node.status.addresses if a.type == "InternalIP"] == \
+                [str(ip) for ip in c.node("node1").ips]
+            kubernetes = core.read_namespaced_service("kubernetes", "default")
+            assert ipaddress.ip_address(kubernetes.spec.cluster_ip).version == versions[0]
+            svc = core.create_namespaced_service("default", {
+                "metadata": {"name": "both"},
+                "spec": {"ipFamilyPolicy": "PreferDualStack", "ports": [{"port": 80}]}})
+            assert [ipaddress.ip_address(ip).version for ip in svc.spec.cluster_ips] == versions
+            ranges = {ipaddress.ip_network(cidr) for sc in client.NetworkingV1Api(api).list_service_cidr().items
+                      for cidr in sc.spec.cidrs}
+            assert ranges == set(c.control_plane.config.service_cidrs)
+        finally:
+            api.close()
+        ca = c.control_plane.pki.path("ca.crt")
+        cp6 = next(ip for ip in c.topology.cp.ips if ip.version == 6)
+        for node in c.nodes:
+            out = node.run(["curl", "-sS", "--max-time", "5", "--cacert", ca, f"https://[{cp6}]:6443/readyz"]).stdout
+            assert out == "ok", node.name
+
+
 def _mounts_mentioning(text: str) -> list[str]:
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if text in line]
 
