@@ -58,10 +58,7 @@ class Cluster:
         self.runtimes: dict = {}  # node name -> NodeRuntime (full nodes, in the process that made them)
         self.owner = owner  # a process whose death means the cluster is abandoned (pytest)
         self.ledger = Ledger(self.dir / "ledger.json")
-        # ipv4 | ipv6 | dual: the underlay, the Service and pod ranges, the Nodes' addresses. Full
-        # nodes (kubelet, CoreDNS) are IPv4 only so far (issue 15)
-        if ip_family != "ipv4" and full_nodes:
-            raise ValueError(f"ip family {ip_family}: full nodes are IPv4 only so far (registered nodes work)")
+        # ipv4 | ipv6 | dual: the underlay, the Service and pod ranges, the Nodes' addresses
         self.ip_family = ip_family
         if config.family != ip_family:
             config = dataclasses.replace(config, family=ip_family)
@@ -329,7 +326,7 @@ def main(argv=None) -> int:
         if cmd == "up":
             p.add_argument("--shape", choices=("l2", "routed"), default="l2")
             p.add_argument("--ip-family", choices=FAMILIES, default="ipv4",
-                           help="the underlay, Service and pod ranges (ipv6, dual: registered nodes only so far)")
+                           help="the families of the underlay, the Service and pod ranges, the nodes")
             p.add_argument("--nodes", type=int, default=3)
             p.add_argument("--full", action="store_true",
                            help="full nodes: containerd + kubelet per node (e2e/node_runtime.py)")

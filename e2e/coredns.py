@@ -20,12 +20,13 @@ The image is built locally (e2e/images.py: COREDNS).
 
 from __future__ import annotations
 
+import ipaddress
 import textwrap
 
 import yaml
 
 from e2e import images
-from e2e.node_runtime import CLUSTER_DNS, CLUSTER_DOMAIN
+from e2e.node_runtime import CLUSTER_DNS, CLUSTER_DOMAIN, cluster_dns
 
 NAMESPACE = "kube-system"
 
@@ -57,7 +58,17 @@ COREFILE = textwrap.dedent(f"""\
 CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
 
 
-def manifests(replicas: int = 2, image: str = images.COREDNS) -> list[dict]:
+def dns_service_ips(cluster_ips=None) -> dict:
+    """kube-dns's address fields: one ClusterIP (IPv4 or IPv6-only clusters), or one per family
+    (dual-stack: RequireDualStack, primary first, as kubeadm's dual-stack kube-dns). Pure."""
+    ips = [str(ip) for ip in (cluster_ips or [CLUSTER_DNS])]
+    if len(ips) == 1:
+        return {"clusterIP": ips[0]}
+    return {"clusterIP": ips[0], "clusterIPs": ips, "ipFamilyPolicy": "RequireDualStack",
+            "ipFamilies": [f"IPv{ipaddress.ip_address(ip).version}" for ip in ips]}
+
+
+def manifests(replicas: int = 2, image: str = images.COREDNS, cluster_ips=None) -> list[dict]:
     """kubeadm's ServiceAccount, RBAC, ConfigMap, Deployment and kube-dns Service (the only
     departure: the image name is the locally built one, and nothing can be pulled). Pure."""
     labels = {"k8s-app": "kube-dns"}
@@ -128,7 +139,7 @@ def manifests(replicas: int = 2, image: str = images.COREDNS) -> list[dict]:
          "metadata": {"labels": {**labels, "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "CoreDNS"},
                       "name": "kube-dns", "namespace": NAMESPACE,
                       "annotations": {"prometheus.io/port": "9153", "prometheus.io/scrape": "true"}},
-         "spec": {"clusterIP": str(CLUSTER_DNS), "ports": [
+         "spec": {**dns_service_ips(cluster_ips), "ports": [
              {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
              {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
              {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153},
@@ -136,10 +147,10 @@ def manifests(replicas: int = 2, image: str = images.COREDNS) -> list[dict]:
     ]
 
 
-def manifest_yaml(replicas: int = 2) -> str:
-    return yaml.safe_dump_all(manifests(replicas), sort_keys=False)
+def manifest_yaml(replicas: int = 2, cluster_ips=None) -> str:
+    return yaml.safe_dump_all(manifests(replicas, cluster_ips=cluster_ips), sort_keys=False)
 
 
 def deploy(cluster, replicas: int = 2) -> None:
-    """kubectl apply the CoreDNS manifests (idempotent)."""
-    cluster.kubectl("apply", "-f", "-", input=manifest_yaml(replicas))
+    """kubectl apply the CoreDNS manifests (idempotent), kube-dns in the cluster's families."""
+    cluster.kubectl("apply", "-f", "-", input=manifest_yaml(replicas, cluster_dns(cluster.control_plane.config)))

@@ -79,7 +79,13 @@ KUBELET_SYSCTLS = {"vm/overcommit_memory": 1, "vm/panic_on_oom": 0, "kernel/pani
 # Host trees each node sees as its own copy-on-write overlay (writes stay in the node dir).
 PRIVATE_TREES = ("/etc", "/opt", "/var/lib", "/var/log")
 CNI_CONF_DIR, CNI_BIN_DIR = "/etc/cni/net.d", "/opt/cni/bin"  # as seen inside a node
-CLUSTER_DNS = ipaddress.ip_address("10.96.0.10")
+CLUSTER_DNS = ipaddress.ip_address("10.96.0.10")  # the IPv4 cluster's; cluster_dns() for any family
+
+
+def cluster_dns(config) -> list[str]:
+    """kube-dns's ClusterIPs, primary family first: the 10th address of each Service range (10.96.0.10,
+    fd00:10:96::a as kubeadm and kind make them). Pure."""
+    return [str(net[10]) for net in config.service_cidrs]
 CLUSTER_DOMAIN = "cluster.local"
 # Nodes spread over three zones of one region, round robin by node number (node1 zone-a, node2
 # zone-b, node3 zone-c, node4 zone-a, ...), as kind users label them: the kubelet sets them at
@@ -208,7 +214,8 @@ def kubelet_config(rt: "NodeRuntime", client_ca: Path) -> dict:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        "address": str(rt.node.ip),
+        # "::" serves both families (the API server reaches a dual-stack node on its primary address)
+        "address": "::" if any(ip.version == 6 for ip in rt.node.ips) else str(rt.node.ip),
         "port": 10250,
         "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1",
@@ -228,7 +235,7 @@ def kubelet_config(rt: "NodeRuntime", client_ca: Path) -> dict:
         # Three kubelets see one machine's disk and memory: evict only when it is really full.
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
                          "nodefs.inodesFree": "1%"},
-        "clusterDNS": [str(CLUSTER_DNS)],
+        "clusterDNS": cluster_dns(rt.cp.config),
         "clusterDomain": CLUSTER_DOMAIN,
         "resolvConf": str(rt.dir / "resolv.conf"),
         "podLogsDir": str(rt.dir / "pod-logs"),
@@ -246,7 +253,7 @@ def kubelet_config(rt: "NodeRuntime", client_ca: Path) -> dict:
     }
 
 
-def kube_proxy_config(rt: "NodeRuntime", kubeconfig: Path, cluster_cidr) -> dict:
+def kube_proxy_config(rt: "NodeRuntime", kubeconfig: Path, cluster_cidrs) -> dict:
     """KubeProxyConfiguration (nftables) for the optional kube-proxy anchor. Pure.
 
     masqueradeAll: the control plane has no route to pod CIDRs, so a pod's traffic to the
@@ -261,7 +268,7 @@ def kube_proxy_config(rt: "NodeRuntime", kubeconfig: Path, cluster_cidr) -> dict
         "clientConnection": {"kubeconfig": str(kubeconfig)},
         "hostnameOverride": rt.node.name,
         "bindAddress": str(rt.node.ip),
-        "clusterCIDR": str(cluster_cidr),
+        "clusterCIDR": ",".join(map(str, cluster_cidrs if isinstance(cluster_cidrs, tuple) else (cluster_cidrs,))),
         "healthzBindAddress": "127.0.0.1:10256",
         "metricsBindAddress": "127.0.0.1:10249",
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
@@ -435,7 +442,8 @@ class NodeRuntime:
         config.write_text(yaml.safe_dump(kubelet_config(self, self.cp.pki.path("ca.crt"))))
         self._kubelet_argv = [
             self.bin / "kubelet", f"--config={config}", f"--kubeconfig={kubeconfig}",
-            f"--root-dir={self.dir / 'kubelet'}", f"--hostname-override={name}", f"--node-ip={self.node.ip}",
+            f"--root-dir={self.dir / 'kubelet'}", f"--hostname-override={name}",
+            f"--node-ip={','.join(map(str, self.node.ips))}",  # one per family, primary first
             "--v=1",
             "--node-labels=" + ",".join(f"{k}={v}" for k, v in topology_labels(name).items()),
         ]
@@ -448,7 +456,7 @@ class NodeRuntime:
         name = self.node.name
         kubeconfig = self.cp.kubeconfig_for(f"kube-proxy-{name}", "system:kube-proxy")
         config = self.dir / "kube-proxy.yaml"
-        config.write_text(yaml.safe_dump(kube_proxy_config(self, kubeconfig, self.cp.config.cluster_cidr)))
+        config.write_text(yaml.safe_dump(kube_proxy_config(self, kubeconfig, self.cp.config.cluster_cidrs)))
         self._spawn("kube-proxy", [self.bin / "kube-proxy", f"--config={config}", "--v=1"])
 
     def _check_alive(self) -> None:
@@ -483,10 +491,11 @@ def podwire_conflist(rt: NodeRuntime, mtu: int = 1500) -> dict:
     node's other logs (hosts/<node>/logs/podwire-cni.log: kept by PODWIRE_E2E_KEEP_LOGS)."""
     if rt.node.pod_cidr is None:
         raise ValueError(f"{rt.node.name} has no podCIDR yet")
+    cidrs = rt.node.pod_cidrs or (rt.node.pod_cidr,)
     state = rt.dir / "podwire"
     settings = cniconf.CniSettings(log_file=str(rt.node.dir / "logs" / "podwire-cni.log"), data_dir=str(state / "ipam"))
     # the plugin's state per node too (its default is one /var/lib directory for every "node")
-    return cniconf.conflist((rt.node.pod_cidr,), mtu, settings, state_dir=str(state / "state"))
+    return cniconf.conflist(tuple(cidrs), mtu, settings, state_dir=str(state / "state"))
 
 
 # -- all nodes -------------------------------------------------------------------------------
@@ -521,14 +530,14 @@ def start_nodes(cluster, timeout: float = 120, kube_proxy: bool = False,
             while True:
                 rt._check_alive()
                 try:
-                    cidr = core.read_node(rt.node.name).spec.pod_cidr
+                    cidrs = core.read_node(rt.node.name).spec.pod_cidrs
                 except client.ApiException as err:
                     if err.status != 404:
                         raise
-                    cidr = None
-                if cidr:
-                    rt.node.pod_cidr = ipaddress.ip_network(cidr)
-                    rt.node.pod_cidrs = (rt.node.pod_cidr,)
+                    cidrs = None
+                if cidrs:
+                    rt.node.pod_cidrs = tuple(ipaddress.ip_network(c) for c in cidrs)
+                    rt.node.pod_cidr = rt.node.pod_cidrs[0]
                     break
                 if time.monotonic() > deadline:
                     raise NodeRuntimeError(f"{rt.node.name} not registered with a podCIDR in {timeout}s:\n"

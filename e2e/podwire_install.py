@@ -53,13 +53,34 @@ def diagnostics(cluster) -> str:
     return "\n".join(out)
 
 
+def manifest_for(cluster_cidrs) -> str:
+    """manifests/podwire.yaml with its config's `cluster_cidrs` set to the cluster's pod ranges, as a
+    user of a cluster with other ranges (IPv6, dual-stack) edits it. The file as it is for the
+    default (kind's 10.244.0.0/16). Pure."""
+    import yaml
+
+    text = MANIFEST.read_text()
+    docs = list(yaml.safe_load_all(text))
+    config = next(d for d in docs if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == "podwire-config")
+    settings = json.loads(config["data"]["config.json"])
+    wanted = [str(c) for c in cluster_cidrs]
+    if settings["cluster_cidrs"] == wanted:
+        return text
+    settings["cluster_cidrs"] = wanted
+    config["data"]["config.json"] = json.dumps(settings, indent=2)
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
 def install(cluster, image_tar: Path | None = None) -> None:
     image_tar = image_tar or build_image()
     cluster.import_image(image_tar)
     _kubectl(cluster, "create", "namespace", "podwire")
     _kubectl(cluster, "-n", "podwire", "create", "configmap", "podwire-apiserver",
              f"--from-literal=host={cluster.topology.cp.ip}", "--from-literal=port=6443")
-    _kubectl(cluster, "apply", "-f", str(MANIFEST))
+    r = cluster.kubectl("apply", "-f", "-", check=False, timeout=120,
+                        input=manifest_for(cluster.control_plane.config.cluster_cidrs))
+    if r.returncode != 0:
+        raise InstallError(f"kubectl apply -f manifests/podwire.yaml:\n{r.stdout}\n{r.stderr}")
     try:
         _kubectl(cluster, "-n", "podwire", "rollout", "status", "daemonset/podwire", "--timeout=180s", timeout=200)
         _kubectl(cluster, "wait", "--for=condition=Ready", "nodes", "--all", "--timeout=120s", timeout=140)

@@ -28,14 +28,14 @@ RECORDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def corefile(listen: list[ipaddress.IPv4Address], records: dict[str, tuple[str, ...]] = RECORDS) -> str:
+def corefile(listen: list, records: dict[str, tuple[str, ...]] = RECORDS) -> str:
     """The upstream's Corefile, bound to `listen` only (the namespace may hold more than the
     gateway). The names of `records` and their addresses' reverse zones (/8 each) are served from
     a hosts table (A and PTR); any other name is NXDOMAIN, as the internet answers a name that
     does not exist. Two server blocks because `template` runs before `hosts` in one. Pure."""
     if not listen:
         raise ValueError("no address to listen on")
-    bind = "    bind " + " ".join(str(ipaddress.IPv4Address(a)) for a in listen) + "\n"
+    bind = "    bind " + " ".join(str(ipaddress.ip_address(a)) for a in listen) + "\n"
     zones, lines = [], []
     for address, names in records.items():
         ip = ipaddress.IPv4Address(address)
@@ -55,9 +55,9 @@ def gateway_netns(plan) -> str:
     return plan.router_netns or plan.underlay_netns
 
 
-def gateways(plan) -> list[ipaddress.IPv4Address]:
-    """Every gateway address a host has (one per subnet), in subnet order."""
-    return sorted({h.gateway for h in plan.hosts})
+def gateways(plan) -> list:
+    """Every gateway address a host has (one per subnet and family), IPv4 first, in subnet order."""
+    return sorted({g for h in plan.hosts for g in h.gateways}, key=lambda g: (g.version, int(g)))
 
 
 def start(topology, coredns_bin: Path, directory: Path) -> ns.Proc:

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from e2e import coredns, images
+from e2e.control_plane import ControlPlaneConfig
 from e2e.node_runtime import (
     KUBELET_SYSCTLS,
     NodeRuntime,
@@ -26,15 +27,29 @@ from node_daemon import cniconf
 
 
 class FakeControlPlane:
-    config = None
+    config = ControlPlaneConfig()
 
 
-def runtime(tmp_path, name="node2", containerd="2.2") -> NodeRuntime:
-    p = plan("k1", "l2", 3)
+def runtime(tmp_path, name="node2", containerd="2.2", family="ipv4") -> NodeRuntime:
+    p = plan("k1", "l2", 3, family)
     hp = next(h for h in p.hosts if h.name == name)
     node = Node(hp, p.netns(name), tmp_path / "hosts" / name, ledger=None)
     node.pod_cidr = ipaddress.ip_network("10.244.2.0/24")
-    return NodeRuntime(node, "k1", FakeControlPlane(), tmp_path / "bin", containerd)
+    cp = FakeControlPlane()
+    cp.config = ControlPlaneConfig(family=family)
+    return NodeRuntime(node, "k1", cp, tmp_path / "bin", containerd)
+
+
+def test_kubelet_in_each_family(tmp_path):
+    """The node's addresses of every family (--node-ip), kube-dns's of every family, primary first."""
+    ca = tmp_path / "ca.crt"
+    v4 = kubelet_config(runtime(tmp_path, family="ipv4"), ca)
+    assert (v4["address"], v4["clusterDNS"]) == ("172.30.0.12", ["10.96.0.10"])
+    v6 = kubelet_config(runtime(tmp_path, family="ipv6"), ca)
+    assert (v6["address"], v6["clusterDNS"]) == ("::", ["fd00:10:96::a"])
+    dual = runtime(tmp_path, family="dual")
+    assert kubelet_config(dual, ca)["clusterDNS"] == ["10.96.0.10", "fd00:10:96::a"]
+    assert [str(ip) for ip in dual.node.ips] == ["172.30.0.12", "fd00:172:30::12"]  # --node-ip, in order
 
 
 def test_containerd_config_keeps_everything_of_a_node_in_its_directory(tmp_path):

@@ -96,3 +96,13 @@ def test_upstream_corefile_refuses_bad_records(records):
 def test_upstream_corefile_needs_an_address():
     with pytest.raises(ValueError):
         upstream_dns.corefile([])
+
+
+def test_kube_dns_has_a_cluster_ip_per_family_primary_first():
+    assert coredns.dns_service_ips() == {"clusterIP": "10.96.0.10"}
+    assert coredns.dns_service_ips(["fd00:10:96::a"]) == {"clusterIP": "fd00:10:96::a"}
+    assert coredns.dns_service_ips(["10.96.0.10", "fd00:10:96::a"]) == {
+        "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:10:96::a"],
+        "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}
+    svc = next(o for o in coredns.manifests(cluster_ips=["fd00:10:96::a", "10.96.0.10"]) if o["kind"] == "Service")
+    assert svc["spec"]["ipFamilies"] == ["IPv6", "IPv4"] and svc["spec"]["ports"][0]["port"] == 53
