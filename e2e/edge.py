@@ -271,21 +271,24 @@ class Edge:
 
     # -- install --------------------------------------------------------------------------------
 
-    def install(self) -> None:
+    def install(self, *, channel: str = "standard", objects: list[dict] | None = None,
+                images: tuple[str, ...] = (edge_images.TRAEFIK, edge_images.ECHO_BASIC)) -> None:
         """Images into the nodes, a pool, the Gateway API CRDs, Traefik; returns once Traefik is ready and its
-        Service has an address (self.address)."""
+        Service has an address (self.address). `channel`, `objects` (default traefik_objects()) and `images`:
+        for e2e/gateway_conformance.py, which installs Traefik as its own conformance run does."""
         tarballs = edge_images.edge_images()  # warm after `make edge-images`: no build
-        for name in (edge_images.TRAEFIK, edge_images.ECHO_BASIC):
+        for name in images:
             self.timed(f"import {name.split('/')[-1]}", lambda n=name: self.c.import_image(tarballs[n]))
         self.kubectl("wait", "--for=condition=established", "crd/loadbalancerpools.podwire.io", "--timeout=60s",
                      timeout=70)
         self.kubectl("apply", "-f", "-", input=LB_POOL % {"range": lb_range(self.c)})
-        crds = edge_images.gateway_api_crds("standard")
-        # server-side: the HTTPRoute CRD is too large for client-side apply's last-applied annotation
-        self.kubectl("apply", "--server-side", "-f", str(crds), timeout=120)
+        crds = edge_images.gateway_api_crds(channel)
+        # server-side: the HTTPRoute CRD is too large for client-side apply's last-applied annotation;
+        # the experimental directory is a kustomization (-k)
+        self.kubectl("apply", "--server-side", "-k" if channel == "experimental" else "-f", str(crds), timeout=180)
         self.kubectl("wait", "--for=condition=established", "crd", "--all", "--timeout=60s", timeout=70)
         created = time.monotonic()
-        self.apply(traefik_objects())
+        self.apply(traefik_objects() if objects is None else objects)
         self.address = self.wait_for_address()
         self.timings["Service created -> address in status"] = round(time.monotonic() - created, 1)
         self.kubectl("-n", TRAEFIK_NS, "rollout", "status", f"deployment/{TRAEFIK}", "--timeout=180s", timeout=200)
