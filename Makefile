@@ -61,10 +61,12 @@ test: check dist
 
 # The demo builds only what it runs (no e2e.test, no test images) and says what it builds, for how
 # long and what is left; podwire's image is made first (PyInstaller, then the OCI tarball).
+# IPFAMILY=ipv6 or dual: the cluster in those families (underlay, Services, pods; every check per family)
+IPFAMILY ?= ipv4
 demo:
 	@echo "== make demo: podwire's image first (make image: PyInstaller for what changed, then the OCI tarball)"
 	@$(MAKE) --no-print-directory image
-	$(PYTHON) -m e2e.demo --podwire-image dist/podwire-image.tar
+	$(PYTHON) -m e2e.demo --podwire-image dist/podwire-image.tar --ip-family $(IPFAMILY)
 
 demo-one-node: dist
 	$(PYTHON) scripts/demo_one_node.py

@@ -81,6 +81,7 @@ kind: Service
 metadata: {name: web}
 spec:
   type: LoadBalancer
+  ipFamilyPolicy: PreferDualStack   # an address of each family on a dual-stack cluster
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
 ---
@@ -191,9 +192,12 @@ ECHO_SOURCE = ("import socketserver\n"
                "class H(socketserver.StreamRequestHandler):\n"
                "    def handle(self):\n"
                "        self.rfile.readline()\n"
-               "        self.wfile.write(b'HTTP/1.0 200 OK\\r\\n\\r\\n' + self.client_address[0].encode())\n"
-               "socketserver.TCPServer.allow_reuse_address = True\n"
-               "socketserver.TCPServer(('0.0.0.0', 9000), H).serve_forever()\n")
+               "        peer = self.client_address[0].removeprefix('::ffff:')\n"
+               "        self.wfile.write(b'HTTP/1.0 200 OK\\r\\n\\r\\n' + peer.encode())\n"
+               "import socket\n"
+               "class S(socketserver.TCPServer):\n"
+               "    address_family, allow_reuse_address = socket.AF_INET6, True\n"
+               "S(('::', 9000), H).serve_forever()\n")
 
 
 def shell_word(arg: str) -> str:
@@ -231,7 +235,7 @@ class Demo:
     def http_get(self, host: str, port: int) -> tuple[bool, str]:
         """GET / from the client pod; the body's last line. busybox's nc, not its wget: the static
         busybox's wget crashes in glibc's resolver without NSS libraries, even for literal IPs."""
-        if not host[0].isdigit():  # a DNS name: busybox's nslookup speaks DNS itself
+        if not is_address(host):  # a DNS name: busybox's nslookup speaks DNS itself
             host = f"$(nslookup {host} | awk '/^Address/ {{a=$2}} END {{print a}}')"
         return self.exec_client("sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port} | tail -1")
 
@@ -247,7 +251,7 @@ class Demo:
         # manifests/podwire.yaml brought the CRD: its kind is served once the API server has it established
         self.kubectl("wait", "--for=condition=established", "crd/loadbalancerpools.podwire.io", "--timeout=60s",
                      timeout=70)
-        manifest = LB_POOL % {"range": lb_range(self.c)} + "---\n" + SERVER % {"image": images.BUSYBOX}
+        manifest = lb_pool(self.c) + "---\n" + SERVER % {"image": images.BUSYBOX}
         kubectl = [str(self.c.bin_dir / "kubectl"), "--kubeconfig", str(self.c.kubeconfig)]
         r = subprocess.run([*kubectl, "apply", "-f", "-"],
                            input=manifest, capture_output=True, text=True, timeout=60)
@@ -261,9 +265,12 @@ class Demo:
         servers = {p["metadata"]["name"]: (p["status"]["podIP"], p["spec"]["nodeName"]) for p in pods}
         self.check("server pods on different nodes", len({n for _, n in servers.values()}) == 3,
                    ", ".join(f"{name} on {node}" for name, (_, node) in sorted(servers.items())))
-        for name, (ip, node) in sorted(servers.items()):
-            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] == name, r[1]))(self.http_get(ip, 8080)))
-            self.check(f"pod -> pod {ip} on {node}", ok, out)
+        for p in sorted(pods, key=lambda p: p["metadata"]["name"]):
+            name, node = p["metadata"]["name"], p["spec"]["nodeName"]
+            for ip in [a["ip"] for a in p["status"].get("podIPs") or [{"ip": p["status"]["podIP"]}]]:
+                ok, out = self.retry(lambda ip=ip, name=name: (lambda r: (r[0] and r[1] == name, r[1]))(
+                    self.http_get(ip, 8080)))
+                self.check(f"pod -> pod {ip} on {node}", ok, out)
 
         svc = json.loads(self.kubectl("get", "service", "web", "-o", "json"))
         cluster_ip, node_port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["nodePort"]
@@ -279,28 +286,37 @@ class Demo:
                    f"answered by {', '.join(sorted(seen)) or 'nobody'}")
 
         for node in self.c.nodes:
-            url = f"http://{node.ip}:{node_port}"
-            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] in servers, r[1]))(
-                self.outside("curl", "-s", "-m", "3", url)))
-            self.check(f"NodePort from outside the cluster via {node.name} {url}", ok, out)
+            for node_ip in node.ips:  # every family's address
+                url = f"http://{url_host(node_ip)}:{node_port}"
+                ok, out = self.retry(lambda url=url: (lambda r: (r[0] and r[1] in servers, r[1]))(
+                    self.outside("curl", "-s", "-m", "3", url)))
+                self.check(f"NodePort from outside the cluster via {node.name} {url}", ok, out)
 
-        ip = self.retry(lambda: (lambda v: (bool(v), v))(self.kubectl(
-            "get", "service", "web", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}")), 30)[1]
+        wanted = len(self.c.topology.outside.ips)  # one address per family of the outside host's subnet
+        ips = self.retry(lambda: (lambda v: (len(v) >= wanted, v))(self.kubectl(
+            "get", "service", "web", "-o", "jsonpath={.status.loadBalancer.ingress[*].ip}").split()), 30)[1]
         print(self.kubectl("get", "service", "web"), flush=True)
-        ok, out = (False, "no EXTERNAL-IP") if not ip else self.retry(
-            lambda: (lambda r: (r[0] and r[1] in servers, r[1]))(self.outside("curl", "-s", "-m", "3", f"http://{ip}/")))
-        self.check(f"LoadBalancer: EXTERNAL-IP {ip or '<pending>'} from the pool, from outside the cluster", ok, out)
+        for ip in ips or [""]:
+            ok, out = (False, "no EXTERNAL-IP") if not ip else self.retry(
+                lambda ip=ip: (lambda r: (r[0] and r[1] in servers, r[1]))(
+                    self.outside("curl", "-s", "-m", "3", f"http://{url_host(ip)}/")))
+            self.check(f"LoadBalancer: EXTERNAL-IP {ip or '<pending>'} from the pool, from outside the cluster",
+                       ok, out)
 
-        outside_ip = self.c.topology.outside.ip
         server = subprocess.Popen(self.c.topology.outside.argv([sys.executable, "-c", ECHO_SOURCE]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             client = json.loads(self.kubectl("get", "pod", "client", "-o", "json"))
-            node_ip = {str(n.ip) for n in self.c.nodes if n.name == client["spec"]["nodeName"]}
-            ok, out = self.retry(lambda: (lambda r: (r[0] and r[1] in node_ip, r[1]))(
-                self.http_get(str(outside_ip), 9000)))
-            self.check(f"egress: the outside host sees the pod ({client['status']['podIP']}) as its node",
-                       ok and out in node_ip, f"source {out}, node {''.join(node_ip)}")
+            node = next(n for n in self.c.nodes if n.name == client["spec"]["nodeName"])
+            for outside_ip in self.c.topology.outside.ips:
+                node_ip = str(next(a for a in node.ips if a.version == outside_ip.version))
+                ok, out = self.retry(lambda o=outside_ip, n=node_ip: (lambda r: (r[0] and r[1] == n, r[1]))(
+                    self.http_get(str(o), 9000)))
+                pod_ip = next((a["ip"] for a in client["status"].get("podIPs") or []
+                               if ipaddress.ip_address(a["ip"]).version == outside_ip.version),
+                              client["status"]["podIP"])
+                self.check(f"egress: the outside host sees the pod ({pod_ip}) as its node",
+                           ok and out == node_ip, f"source {out}, node {node_ip}")
         finally:
             server.kill()
             server.wait()
@@ -375,7 +391,7 @@ class Demo:
         """GET http://host/path from the outside host, host resolved to `address`: (ok, body's last line or
         the status code)."""
         r = subprocess.run(self.c.topology.outside.argv(
-            ["curl", "-s", "-m", "3", "-w", "\n%{http_code}", "--resolve", f"{host}:80:{address}",
+            ["curl", "-s", "-m", "3", "-w", "\n%{http_code}", "--resolve", f"{host}:80:{url_host(address)}",
              f"http://{host}{path}"]), capture_output=True, text=True, timeout=30)
         body, _, code = r.stdout.strip().rpartition("\n")
         return r.returncode == 0, (body.strip().splitlines() or [code])[-1] if code == "200" else code
@@ -388,7 +404,8 @@ class Demo:
             seen = []
             for (host, path), app in want.items():
                 if show:
-                    self.outside_typed("curl", "-s", "--resolve", f"{host}:80:{address}", f"http://{host}{path}")
+                    self.outside_typed("curl", "-s", "--resolve", f"{host}:80:{url_host(address)}",
+                                       f"http://{host}{path}")
                 _, who = self.curl_outside(address, host, path)
                 seen.append((who == app if app == "404" else who.startswith(f"{app}-"), f"{host}{path} -> {who}"))
             return all(ok for ok, _ in seen), ", ".join(text for _, text in seen)
@@ -418,7 +435,9 @@ class Demo:
             "-n", edge.TRAEFIK_NS, "get", "service", edge.TRAEFIK, "-o",
             "jsonpath={.status.loadBalancer.ingress[0].ip}").strip()), 30)[1]
         self.typed("-n", edge.TRAEFIK_NS, "get", "service", edge.TRAEFIK)
-        first, last = lb_range(self.c).split("-")
+        family = ipaddress.ip_address(address).version if address else 4
+        first, last = next(r for r in lb_ranges(self.c)
+                           if ipaddress.ip_address(r.split("-")[0]).version == family).split("-")
         in_pool = bool(address) and int(ipaddress.ip_address(first)) <= int(ipaddress.ip_address(address)) <= \
             int(ipaddress.ip_address(last))
         self.check(f"Ingress controller: Traefik's Service has EXTERNAL-IP {address or '<pending>'} from the pool",
@@ -462,9 +481,32 @@ spec:
 
 
 def lb_range(cluster) -> str:
-    """Addresses on the outside host's own subnet, so it reaches them by ARP as on a LAN."""
-    net = cluster.topology.outside.plan.address.network
-    return f"{net[240]}-{net[250]}"
+    """Addresses on the outside host's own subnet, so it reaches them by ARP as on a LAN (its primary
+    family's; lb_ranges() has one per family)."""
+    return lb_ranges(cluster)[0]
+
+
+def lb_ranges(cluster) -> list[str]:
+    """One range per family of the outside host's subnet: .240-.250, or ::f0-::fa (NDP instead of ARP)."""
+    return [f"{a.network[240]}-{a.network[250]}" for a in cluster.topology.outside.plan.addresses]
+
+
+def lb_pool(cluster) -> str:
+    """The demo's LoadBalancerPool, with a range per family."""
+    return LB_POOL.replace('["%(range)s"]', json.dumps(lb_ranges(cluster)))
+
+
+def is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def url_host(ip) -> str:
+    """An address as the host part of a URL or of curl's --resolve: [v6]."""
+    return f"[{ip}]" if ipaddress.ip_address(str(ip)).version == 6 else str(ip)
 
 
 def demo_targets():
@@ -500,6 +542,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     ap.add_argument("--name", default="demo")
     ap.add_argument("--podwire-image", type=Path, help="podwire's image tarball made earlier (make demo: make image's)")
+    ap.add_argument("--ip-family", choices=("ipv4", "ipv6", "dual"), default="ipv4",
+                    help="the cluster's families (underlay, Services, pods): make demo IPFAMILY=dual")
     ap.add_argument("--no-ingress", dest="ingress", action="store_false",
                     help="leave out the Ingress part (no Traefik: a cold first run saves its ~30 min build)")
     args = ap.parse_args(argv)
@@ -530,7 +574,7 @@ def main(argv=None) -> int:
     if traefik_todo:
         begin()
     traefik = edge_images.edge_images({edge_images.TRAEFIK})[edge_images.TRAEFIK] if args.ingress else None
-    cluster = Cluster(args.name, args.shape, 3, full_nodes=True)
+    cluster = Cluster(args.name, args.shape, 3, full_nodes=True, ip_family=args.ip_family)
     demo = Demo(cluster)
     try:
         begin()

@@ -71,3 +71,21 @@ def test_plan_names_the_traefik_build_only_when_missing_and_no_ingress_leaves_th
     cold = demo.plan(image, [], "routed", True, True)
     assert cold[0].startswith("Traefik: built") and len(cold) == len(warm) + 1
     assert not any("Ingress" in s or "Traefik" in s for s in demo.plan(image, [], "routed", False, True))
+
+
+def test_pool_has_a_range_per_family_on_the_outside_hosts_subnet():
+    from types import SimpleNamespace
+
+    from e2e.topology import plan
+
+    def cluster(family):
+        outside = next(h for h in plan("x", "routed", 3, family).hosts if h.name == "outside")
+        return SimpleNamespace(topology=SimpleNamespace(outside=SimpleNamespace(plan=outside)))
+
+    assert demo.lb_ranges(cluster("ipv4")) == ["172.30.2.240-172.30.2.250"]
+    assert demo.lb_ranges(cluster("dual")) == ["172.30.2.240-172.30.2.250", "fd00:172:30:2::f0-fd00:172:30:2::fa"]
+    assert demo.lb_range(cluster("ipv6")) == "fd00:172:30:2::f0-fd00:172:30:2::fa"
+    pool = yaml.safe_load(demo.lb_pool(cluster("dual")))
+    assert pool["spec"]["addresses"] == demo.lb_ranges(cluster("dual"))
+    assert demo.url_host("fd00::1") == "[fd00::1]" and demo.url_host("10.0.0.1") == "10.0.0.1"
+    assert demo.is_address("fd00::1") and not demo.is_address("web.default.svc.cluster.local")
