@@ -1,6 +1,7 @@
 """Upstream Kubernetes e2e tests (sig-network) against podwire, in one command.
 
-    python3 -m e2e.conformance [--suite conformance|services|netpol|dns|topology|loadbalancer] [--focus REGEX]
+    python3 -m e2e.conformance [--suite conformance|services|netpol|dns|topology|dualstack|loadbalancer]
+                               [--ip-family ipv4|ipv6|dual] [--focus REGEX]
                                [--skip REGEX] [--shards N] [--nodes N] [--keep] [--name cNAME]
                                [--cluster harness|kind]
 
@@ -124,6 +125,8 @@ SUITES = {
     ),
     # What needs nodes in zones (topology.kubernetes.io/zone): hints and trafficDistribution.
     "topology": (r"\[sig-network\] (Topology Hints|Traffic Distribution) ", ""),
+    # Dual-stack Services, pods and endpoints: run on a dual-stack cluster (--ip-family dual)
+    "dualstack": (r"\[sig-network\] .*\[Feature:IPv6DualStack\]", ""),
     # What needs LoadBalancer addresses that answer (podwire's pools and ARP announcement).
     "loadbalancer": (
         r"\[sig-network\] .*\[Feature:LoadBalancer\]",
@@ -368,9 +371,13 @@ def outside_kubeconfig(cluster, path: Path) -> Path:
 
 
 def route_control_plane_to_pods(cluster) -> None:
+    """Routes on the control-plane host to every node's podCIDRs (each family via the node's address of
+    that family): the API server's proxy and webhooks reach pods, as on a kind node."""
     cp = cluster.topology.cp
     for node in cluster.nodes:
-        cp.run(["ip", "route", "replace", str(node.pod_cidr), "via", str(node.ip)])
+        for cidr in node.pod_cidrs or (node.pod_cidr,):
+            via = next(ip for ip in node.ips if ip.version == cidr.version)
+            cp.run(["ip", f"-{cidr.version}", "route", "replace", str(cidr), "via", str(via)])
 
 
 def podwire_commit() -> str:
@@ -469,6 +476,8 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the cluster up afterwards")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the summary goes (default e2e/results)")
     parser.add_argument("--e2e-arg", action="append", default=[], help="extra e2e.test argument (repeatable)")
+    parser.add_argument("--ip-family", choices=("ipv4", "ipv6", "dual"), default="ipv4",
+                        help="the harness cluster's families (the dualstack suite wants dual)")
     parser.add_argument("--podwire-image", type=Path,
                         help="a podwire image tarball made earlier (make image) instead of building one from the "
                              "working tree, which other engineers may be editing")
@@ -511,7 +520,8 @@ def main(argv=None) -> int:
     summary = run(args.name or "conf", focus, skip, args.suite, shards=shards, keep=args.keep, results=args.results,
                   extra=args.e2e_arg, test_images=SUITE_IMAGES.get(args.suite, tuple(images.TEST_IMAGE_CONFIGS)),
                   excluded=NOT_RUN_HERE.get(args.suite, ()), nodes=args.nodes or SUITE_NODES.get(args.suite, 3),
-                  podwire_image=args.podwire_image, from_outside=args.suite in FROM_OUTSIDE)
+                  podwire_image=args.podwire_image, from_outside=args.suite in FROM_OUTSIDE,
+                  ip_family=args.ip_family)
     print(summary["markdown"])
     return 0 if summary["counts"]["failed"] == 0 else 1
 
@@ -564,7 +574,7 @@ def summarize(title: str, suite: str, cluster: str, stamp: dict, res: list[Outco
 def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: bool = False,
         results: Path | None = RESULTS, extra=(), nodes: int = 3, work_dir: Path | None = None,
         test_images=tuple(images.TEST_IMAGE_CONFIGS), excluded=(), podwire_image: Path | None = None,
-        from_outside: bool = False) -> dict:
+        from_outside: bool = False, ip_family: str = "ipv4") -> dict:
     """Cluster up, podwire installed, the selected tests run, summary written (when `results`).
     `from_outside`: a LoadBalancerPool on the outside host's subnet, and e2e.test in that host.
     `test_images`: which of the e2e images to import (all by default; each ~240 MB per node).
@@ -578,7 +588,8 @@ def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: 
     tarballs = images.e2e_test_images(test_images)
     # The owner's death lets the next sweep (any pytest session, `up`) remove a cluster left by a
     # killed run; --keep has none, it stays until `python3 -m e2e.cluster down`.
-    cluster = Cluster(name, "l2", nodes, full_nodes=True, owner=None if keep else ns.this_process("conformance"))
+    cluster = Cluster(name, "l2", nodes, full_nodes=True, owner=None if keep else ns.this_process("conformance"),
+                      ip_family=ip_family)
     # e2e.test's logs and reports outlive the cluster (its directory goes at `down`)
     work = Path(work_dir or WORK / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     work.mkdir(parents=True, exist_ok=True)
@@ -607,6 +618,11 @@ def run(name: str, focus: str, skip: str, title: str, *, shards: int = 2, keep: 
         stamp["focus"] = f"`{focus}`" + (f", skip `{skip}`" if skip else "")
         stamp["run time"] = (f"{time.monotonic() - ready:.0f} s e2e.test ({groups} shards), "
                              f"{ready - started:.0f} s setup")
+        if ip_family != "ipv4":
+            cfg = cluster.control_plane.config
+            stamp["ip family"] = (f"{ip_family}: Services {', '.join(map(str, cfg.service_cidrs))}, "
+                                  f"pods {', '.join(map(str, cfg.cluster_cidrs))}")
+            title = f"{title} {ip_family}"
         return summarize(f"podwire: upstream e2e, {title}", title.replace(" ", "-"), "harness", stamp, res,
                          not_run, results) | {"work": work}
     finally:
