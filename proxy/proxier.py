@@ -88,14 +88,21 @@ class Proxier:
         if key is None:
             log.warning("Service without a valid metadata.name/namespace ignored")
             return
-        svc = None
+        svc, said = None, None
         if not deleted:
             try:
                 svc = service_from_api(obj)
-                self.skipped.pop(("Service", *key), None)
+                said = self.skipped.pop(("Service", *key), None)
             except Skip as e:
                 self.skipped[("Service", *key)] = e.reason
                 log.log(logging.WARNING if isinstance(e, Invalid) else logging.INFO, "no rules for %s", e)
+        if svc is not None and svc.cluster_ips and not {ip.version for ip in svc.cluster_ips} & set(self.families):
+            # e.g. an IPv6-only Service on a node whose proxy serves IPv4 (cluster_cidrs): say so, once
+            reason = (f"ClusterIPs of IPv{'/IPv'.join(sorted({str(ip.version) for ip in svc.cluster_ips}))} only, "
+                      f"and this node's proxy serves {', '.join(FAMILY_LABEL[f] for f in self.families)}")
+            if said != reason:
+                log.warning("no rules for Service %s/%s: %s", *key, reason)
+            self.skipped[("Service", *key)] = reason
         if svc is None:
             if self.services.pop(key, None) is None and key not in self.dirty:
                 return

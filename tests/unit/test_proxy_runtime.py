@@ -296,3 +296,19 @@ def test_concurrent_events_and_syncs_converge():
     want = plan_family(p.services.values(), p.slices.values(), p.node, p.config, 4)
     assert render_full(p.last_states[4].table()) == render_full(want.table())
     assert all(f"10.244.{i}.30" in render_full(p.last_states[4].table()) for i in range(20))
+
+
+def test_a_service_of_a_family_this_node_does_not_serve_is_skipped_with_a_reason(caplog):
+    """Issue 15: an IPv6-only Service on a node whose proxy serves IPv4 is named, not silently dropped."""
+    p = Proxier("n1", CONFIG, {4: FakeRunner()}, conntrack_runner=FakeConntrack(), metrics=Metrics())
+    v6 = svc("v6only", cip="fd00:96::20", ipFamilies=["IPv6"])
+    with caplog.at_level("WARNING", logger="proxy.proxier"):
+        p.on_service(v6)
+        p.on_service(v6)  # the same again: said once
+    reason = p.skipped[("Service", "default", "v6only")]
+    assert reason == "ClusterIPs of IPv6 only, and this node's proxy serves IPv4"
+    assert [r.getMessage() for r in caplog.records].count(f"no rules for Service default/v6only: {reason}") == 1
+    p.on_service(svc("both", cip=["10.96.0.30", "fd00:96::30"], ipFamilies=["IPv4", "IPv6"],
+                     ipFamilyPolicy="PreferDualStack"))
+    assert ("Service", "default", "both") not in p.skipped  # its IPv4 half is served
+    assert p.sync()
