@@ -109,7 +109,7 @@ class Bench:
                 name = f"f{i}-{impl[:2]}"
                 ip, holder, survivor = self.sbs.failover_service(impl, name)
                 r = self.sbs.failover(impl, name, ip, holder, survivor, self.poller)
-                r["memberlist_rejoined_s"] = self.sbs.settle_after_partition(r.pop("restored_at"))
+                r["memberlist_rejoined_s"] = self.sbs.settle_after_partition(r.pop("pulled_at"), r.pop("restored_at"))
                 self.samples[impl]["failover"].append(r)
                 print(f"  failover {impl:8} {ip:15} {holder} unplugged -> answered after {r['seconds']}s via "
                       f"{r['new_holder']} (ARP moved: {r['outside_arp_is_survivor']}; memberlist whole again "
@@ -127,21 +127,23 @@ class Bench:
         mac = sbs.mac_of(survivor)
         t0 = time.time()
         sbs.core.delete_namespaced_pod(pod, ns)
-        moved = None
+        moved, new_holder = None, ""
         while time.time() - t0 < 60:
             if sbs.outside_neigh(ip) == mac:
                 moved = time.time()
+                # now: MetalLB's recreated speaker takes the address back once it rejoins (the hash is stable)
+                new_holder = sbs.holder(impl, name, ip)
                 break
             time.sleep(0.1)
         got = self.poller.until_answered(ip, deadline=30, every=0.1, timeout=1.0)
         done = max(moved or 0.0, got["ok"] or 0.0)
         r = {"address": ip, "old_holder": holder, "seconds": round(done - t0, 2) if moved and got["ok"] else None,
              "arp_moved_s": round(moved - t0, 2) if moved else None,
-             "new_holder": sbs.holder(impl, name, ip), "answered_by": got.get("body", "")}
+             "new_holder": new_holder, "answered_by": got.get("body", "")}
         kind = "daemonset/podwire" if impl == "podwire" else "daemonset/speaker"
         sbs.kubectl("-n", ns, "rollout", "status", kind, "--timeout=180s", timeout=200)
         if impl == "metallb":
-            r["memberlist_rejoined_s"] = sbs.settle_after_partition(t0)  # the new speaker joined
+            r["memberlist_rejoined_s"] = sbs.settle_after_partition(t0, t0)  # the new speaker joined
         sbs.delete(name)
         return r
 
@@ -194,6 +196,7 @@ def main() -> int:
     bench.load.append(("before cluster up", load0))
     bench.note_load("installed")
     res: dict = {}
+    error = ""
     try:
         print(f"== create -> address -> connect: {args.services} Services each, interleaved", flush=True)
         bench.run_creates(args.services)
@@ -202,6 +205,9 @@ def main() -> int:
         if args.clean_stops:
             print(f"== clean stop of the holder's agent: {args.clean_stops} each", flush=True)
             bench.run_clean_stops(args.clean_stops)
+    except Exception as e:  # noqa: BLE001 - the samples so far are still written, with what broke
+        error = f"{type(e).__name__}: {e}"[:3000]
+        print(f"FAILED: {error}", file=sys.stderr)
     finally:
         res = bench.results()
         poller.close()
@@ -215,7 +221,7 @@ def main() -> int:
                      "podwire_lease_seconds": 6, "podwire_renew_seconds": 2,
                      "metallb": "v0.15.2 L2, memberlist DefaultLANConfig, --lb-class " + metallb.METALLB_CLASS,
                      "create_poll_every_s": 0.02, "failover_poll_every_s": 0.1, "attempt_timeout_s": 1.0},
-        "machine": {"cores": os.cpu_count()},
+        "machine": {"cores": os.cpu_count()}, "error": error,
     })
     out = ROOT / "bench" / "results" / f"lb_compare-{started}.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
@@ -224,7 +230,7 @@ def main() -> int:
     print(f"wrote {out.relative_to(ROOT)}; wall time {res['wall_s']:.0f}s")
     if args.json:
         print(json.dumps(res))
-    return 0
+    return 1 if error else 0
 
 
 if __name__ == "__main__":

@@ -441,8 +441,8 @@ class SideBySide:
     def failover(self, impl: str, name: str, ip: str, holder: str, survivor: str, poller: Poller) -> dict:
         """Pull the holder's cable; seconds until the outside host's connections are answered again (a new
         attempt every 100 ms), who took over, and whether the outside host's ARP entry moved to it."""
+        pulled = time.time()
         with self.cable_pulled(holder):
-            pulled = time.time()
             got = poller.until_answered(ip, deadline=60)
             new_holder = self.wait_holder(impl, name, ip, not_=holder, timeout=30) if got["ok"] else ""
             neigh = self.outside_neigh(ip)
@@ -451,22 +451,35 @@ class SideBySide:
                 "attempts": got["tries"], "answered_by": parse_who(got["body"])[0] if got["ok"] else "",
                 "survivor_pod": self.who_pods().get(survivor, ""), "old_holder": holder, "new_holder": new_holder,
                 "survivor": survivor, "outside_arp_is_survivor": neigh == self.mac_of(survivor),
-                "restored_at": restored}
+                "pulled_at": pulled, "restored_at": restored}
 
-    def settle_after_partition(self, since: float, timeout: float = 90.0) -> float:
+    def settle_after_partition(self, pulled: float, restored: float, timeout: float = 90.0) -> float | None:
         """After a cable comes back: MetalLB's speakers see each other again only when memberlist rejoins
-        (a Node change or its 1-minute ticker: speakerlist.joinMembers); until then both announce. Waits for
-        a NodeJoin logged by every speaker after `since` (wall time); returns the seconds it took."""
+        (a Node change or its 1-minute ticker: speakerlist.joinMembers); until then both announce. Waits until
+        every speaker that logged a NodeLeave since the pull (wall time) logged a NodeJoin after it (a side
+        whose suspicion was refuted in time logs neither); returns the seconds since `restored`, None if
+        that was not seen within `timeout`."""
         import datetime
-        stamp = datetime.datetime.fromtimestamp(since, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = datetime.datetime.fromtimestamp(pulled - 1, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-        def joined() -> bool:
+        def whole() -> bool:
             pods = self.core.list_namespaced_pod(METALLB_NS, label_selector="component=speaker").items
-            logs = [self.c.kubectl("-n", METALLB_NS, "logs", p.metadata.name, f"--since-time={stamp}",
-                                   check=False, timeout=30).stdout for p in pods]
-            return len(logs) == len(self.c.nodes) and all('"NodeJoin"' in log for log in logs)
-        eventually(joined, timeout=timeout, what="MetalLB's speakers rejoined memberlist")
-        return round(time.time() - since, 1)
+            if len(pods) != len(self.c.nodes) or time.time() < restored + 2:
+                return False
+            for p in pods:
+                r = self.c.kubectl("-n", METALLB_NS, "logs", p.metadata.name, f"--since-time={stamp}",
+                                   check=False, timeout=30)
+                if r.returncode != 0:
+                    return False
+                events = re.findall(r'"node event":"(NodeLeave|NodeJoin)"', r.stdout)
+                if events and events[-1] == "NodeLeave":
+                    return False
+            return True
+        try:
+            eventually(whole, timeout=timeout, what="MetalLB's speakers rejoined memberlist")
+        except AssertionError:
+            return None
+        return round(time.time() - restored, 1)
 
     # -- the outside host -----------------------------------------------------------------------
 
