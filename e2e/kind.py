@@ -43,9 +43,11 @@ class KindCluster(UpDown):
     teardown_error = KindError
     what = "kind teardown"
 
-    def __init__(self, engine: str = "kind", cluster: str = CLUSTER, owner: ns.Proc | None = None):
+    def __init__(self, engine: str = "kind", cluster: str = CLUSTER, owner: ns.Proc | None = None,
+                 config: Path = CONFIG):
         self.engine = Dockerd(engine, owner)
         self.cluster = cluster
+        self.config = Path(config)  # manifests/kind-config.yaml, or its -dual / -ipv6 variant
         self.timings: dict[str, float] = {}
 
     @property
@@ -56,7 +58,8 @@ class KindCluster(UpDown):
         """kind, kubectl and kind-up.sh find Debian's docker, this engine, our kind and kubectl."""
         env = self.engine.env([str(build.bin_dir())])
         env.update(KUBECONFIG=str(self.kubeconfig), KIND=str(build.binary("kind")),
-                   KUBECTL=str(build.binary("kubectl")), KIND_CLUSTER_NAME=self.cluster)
+                   KUBECTL=str(build.binary("kubectl")), KIND_CLUSTER_NAME=self.cluster,
+                   KIND_CONFIG=str(self.config))
         return env
 
     def run(self, argv, *, timeout: float = 600, check: bool = True, stream: bool = False,
@@ -116,7 +119,7 @@ class KindCluster(UpDown):
         self._timed("dockerd up", self.engine.up)
         image = self.load_node_image()
         self._timed("kind create cluster", lambda: self.kind(
-            "create", "cluster", "--name", self.cluster, "--config", str(CONFIG), "--image", image,
+            "create", "cluster", "--name", self.cluster, "--config", str(self.config), "--image", image,
             "--retain", "--wait", "0s", stream=True, timeout=900))
         return self
 
@@ -224,13 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cmd", choices=("image", "up", "install", "kubectl", "down"))
     parser.add_argument("--name", default="kind", help="the private engine's name (network namespace pwk-NAME)")
     parser.add_argument("--podwire-image", type=Path, default=REPO / "dist" / "podwire-image.tar")
+    parser.add_argument("--config", type=Path, default=CONFIG,
+                        help="the kind config (manifests/kind-config-dual.yaml, -ipv6.yaml: other families)")
     argv = sys.argv[1:] if argv is None else argv
     rest = argv[argv.index("--") + 1:] if "--" in argv else []  # kubectl's own arguments
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     try:
         if args.cmd == "image":
             return kind_image.main()
-        k = KindCluster(args.name)
+        k = KindCluster(args.name, config=args.config)
         if args.cmd == "up":
             try:
                 k.up()

@@ -5,6 +5,7 @@
 #   PODWIRE_IMAGE_ARCHIVE=dist/podwire-image.tar packaging/kind-up.sh
 #                                        use the OCI tarball from packaging/image.py instead of docker build
 #   KIND_CLUSTER_NAME=x  PODWIRE_IMAGE=repo/name:tag  KIND=kind  KUBECTL=kubectl   (defaults shown below)
+#   KIND_CONFIG=manifests/kind-config-dual.yaml (or -ipv6.yaml)  a dual-stack or IPv6-only cluster
 #
 # kind-config.yaml turns off kindnet and kube-proxy, so the nodes stay NotReady and Services dead until
 # podwire runs. Delete with: kind delete cluster --name "$KIND_CLUSTER_NAME"
@@ -15,6 +16,7 @@ CLUSTER=${KIND_CLUSTER_NAME:-podwire}
 IMAGE=${PODWIRE_IMAGE:-docker.io/podwire/podwire:dev}
 KIND=${KIND:-kind}
 KUBECTL=${KUBECTL:-kubectl}
+CONFIG=${KIND_CONFIG:-manifests/kind-config.yaml}
 k() { "$KUBECTL" --context "kind-$CLUSTER" "$@"; }
 
 if [ -n "${PODWIRE_IMAGE_ARCHIVE:-}" ]; then
@@ -24,7 +26,7 @@ else
 fi
 
 if ! "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-    "$KIND" create cluster --name "$CLUSTER" --config manifests/kind-config.yaml
+    "$KIND" create cluster --name "$CLUSTER" --config "$CONFIG"
 fi
 
 # what `kind load` does: import the image into every node's containerd (namespace k8s.io)
@@ -40,11 +42,17 @@ fi
 k create namespace podwire --dry-run=client -o yaml | k apply -f -
 k -n podwire create configmap podwire-apiserver --from-literal=host="$CLUSTER-control-plane" \
     --from-literal=port=6443 --dry-run=client -o yaml | k apply -f -
-if [ "$IMAGE" = docker.io/podwire/podwire:dev ]; then
-    k apply -f manifests/podwire.yaml
-else
-    sed "s|docker.io/podwire/podwire:dev|$IMAGE|g" manifests/podwire.yaml | k apply -f -
+# The daemon's cluster_cidrs (egress masquerade, the proxy's families) are the cluster's pod ranges:
+# kubeadm's podSubnet, one range per family ("10.244.0.0/16" or "10.244.0.0/16,fd00:10:244::/56").
+subnets=$(k -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}' \
+    | sed -n 's/^ *podSubnet: *//p' | tr -d '"' | head -n 1)
+if ! [[ "$subnets" =~ ^[0-9A-Fa-f:./,]+$ ]]; then
+    echo "kind-up.sh: cannot read the cluster's podSubnet (got '$subnets')" >&2
+    exit 1
 fi
+cidrs="\"${subnets//,/\",\"}\""
+sed -e "s|docker.io/podwire/podwire:dev|$IMAGE|g" \
+    -e "s|\"cluster_cidrs\": \[[^]]*\]|\"cluster_cidrs\": [$cidrs]|" manifests/podwire.yaml | k apply -f -
 
 k -n podwire rollout status daemonset/podwire --timeout=300s
 k wait --for=condition=Ready nodes --all --timeout=300s

@@ -295,6 +295,22 @@ def test_kind_config():
     assert kind["nodes"][0]["role"] == "control-plane"
 
 
+@pytest.mark.parametrize("variant, family, versions", [("dual", "dual", [4, 6]), ("ipv6", "ipv6", [6])])
+def test_kind_config_variants_for_other_families(variant, family, versions):
+    """kind-config-dual.yaml and -ipv6.yaml: what kind-config.yaml says, in those families; the Service and pod
+    ranges kind uses by default for them, one per family, in the family order kind's ipFamily implies."""
+    import ipaddress
+
+    [kind] = load(os.path.join(ROOT, "manifests", f"kind-config-{variant}.yaml"))
+    [base] = load(KIND_CONFIG)
+    net = kind["networking"]
+    assert net.pop("ipFamily") == family
+    assert {k: v for k, v in net.items() if "Subnet" not in k} == {"disableDefaultCNI": True, "kubeProxyMode": "none"}
+    for key in ("podSubnet", "serviceSubnet"):
+        assert [ipaddress.ip_network(c).version for c in net[key].split(",")] == versions
+    assert kind["nodes"] == base["nodes"]
+
+
 def test_dockerfile_copy_sources_exist():
     with open(os.path.join(ROOT, "packaging", "Dockerfile")) as f:
         text = f.read().replace("\\\n", " ")
