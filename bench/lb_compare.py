@@ -38,6 +38,7 @@ failed ~1-2 s + 4 s after it went quiet), speakers bound to the node address por
 generated `memberlist` Secret. No other settings were measured.
 
 Writes bench/results/lb_compare-<UTC>.json (raw samples, summaries, ratios podwire/MetalLB, load average).
+The machine is shared (2 cores, other engineers' clusters): compare figures of one run, and read its load.
 """
 from __future__ import annotations
 
@@ -131,8 +132,7 @@ class Bench:
         while time.time() - t0 < 60:
             if sbs.outside_neigh(ip) == mac:
                 moved = time.time()
-                # now: MetalLB's recreated speaker takes the address back once it rejoins (the hash is stable)
-                new_holder = sbs.holder(impl, name, ip)
+                new_holder = survivor  # by its MAC (MetalLB's Events lag; its recreated speaker takes it back later)
                 break
             time.sleep(0.1)
         got = self.poller.until_answered(ip, deadline=30, every=0.1, timeout=1.0)
@@ -222,6 +222,7 @@ def main() -> int:
                      "metallb": "v0.15.2 L2, memberlist DefaultLANConfig, --lb-class " + metallb.METALLB_CLASS,
                      "create_poll_every_s": 0.02, "failover_poll_every_s": 0.1, "attempt_timeout_s": 1.0},
         "machine": {"cores": os.cpu_count()}, "error": error,
+        "podwire_image": str(args.podwire_image) if args.podwire_image else "built from this checkout (make image)",
     })
     out = ROOT / "bench" / "results" / f"lb_compare-{started}.json"
     out.write_text(json.dumps(res, indent=1) + "\n")
