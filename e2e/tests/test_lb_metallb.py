@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow, pytest.ma
 RESULTS: dict[str, dict] = {}
 # failover bounds (shipped defaults): podwire's lease is 6 s (a takeover waits for it to lapse; renewals every
 # third of it); MetalLB's memberlist marks a silent node failed after ~1 s of probes + a 4 s suspicion timeout
-# with two members (measured 6.2-6.8 s for both here): a bound far above, below what either would need if
-# it fell back to something slower (podwire's allocator resync, MetalLB's one-minute rejoin).
+# with two members (bench/lb_compare.py, 4 runs: podwire 4.95-6.45 s, MetalLB 5.17-8.3 s): bounds well above,
+# below what either would need if it fell back to something slower (MetalLB's one-minute memberlist rejoin).
 FAILOVER_BOUND_S = {"podwire": 15.0, "metallb": 20.0}
 
 
