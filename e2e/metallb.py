@@ -538,16 +538,20 @@ def up_with_podwire(name: str, image: Path | None = None):
     from e2e.cluster import Cluster
     from e2e.podwire_install import build_image, install
 
-    image = image or build_image(Path("/tmp") / f"podwire-image-{name}.tar")
+    built = None if image else build_image(Path("/tmp") / f"podwire-image-{name}.tar")
     cluster = Cluster(name, "l2", 2, full_nodes=True)
-    cluster.up()
     try:
-        install(cluster, image)
-        sbs = SideBySide(cluster)
-        sbs.install()
-    except BaseException:
-        cluster.down()
-        raise
+        cluster.up()  # tears itself down when it fails
+        try:
+            install(cluster, image or built)
+            sbs = SideBySide(cluster)
+            sbs.install()
+        except BaseException:
+            cluster.down()
+            raise
+    finally:
+        if built:
+            built.unlink(missing_ok=True)  # in the nodes now
     return cluster, sbs
 
 
