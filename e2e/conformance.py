@@ -93,6 +93,7 @@ NOT_RUN_HERE: dict[str, tuple[tuple[str, str], ...]] = {
         (r"\[Feature:PerformanceDNS\]", "a scale test: 10,000 Services in 2 namespaces, beyond what one "
                                           "2-core machine shared with other work holds for a run"),
     ),
+    "dualstack": ((r"\[Feature:SCTPConnectivity\]", NO_SCTP),),
     "loadbalancer": (
         # loadbalancer.go getSubnetPrefix: "assumes a flat network assigned to the nodes, common on cloud
         # providers": a client address inside the first worker's InternalIP/16 counts as masqueraded.
@@ -126,7 +127,8 @@ SUITES = {
     # What needs nodes in zones (topology.kubernetes.io/zone): hints and trafficDistribution.
     "topology": (r"\[sig-network\] (Topology Hints|Traffic Distribution) ", ""),
     # Dual-stack Services, pods and endpoints: run on a dual-stack cluster (--ip-family dual)
-    "dualstack": (r"\[sig-network\] .*\[Feature:IPv6DualStack\]", ""),
+    "dualstack": (r"\[sig-network\] .*\[Feature:IPv6DualStack\]",
+                  "|".join(rx for rx, _ in NOT_RUN_HERE["dualstack"])),
     # What needs LoadBalancer addresses that answer (podwire's pools and ARP announcement).
     "loadbalancer": (
         r"\[sig-network\] .*\[Feature:LoadBalancer\]",
