@@ -22,6 +22,7 @@ from .plan import Underlay
 log = logging.getLogger(__name__)
 
 NUD_PERMANENT = 0x80
+IFA_F_NODAD = 0x02
 RTNH_F_ONLINK = 4
 IFF_UP = 1
 MAIN_TABLE = 254
@@ -133,8 +134,7 @@ class NetlinkDataplane:
             self._try(failures, f"delete address {a}", self.ipr.addr, "del", index=vx,
                       address=str(a.ip), prefixlen=a.network.prefixlen)
         for a in changes.add["addresses"]:
-            self._try(failures, f"add address {a}", self.ipr.addr, "replace", index=vx,
-                      address=str(a.ip), prefixlen=a.network.prefixlen)
+            self._try(failures, f"add address {a}", self.ipr.addr, "replace", index=vx, **vtep_address(a))
         for f in changes.add["fdb"]:
             self._try(failures, f"add fdb {f}", self.ipr.fdb, "append", ifindex=vx, lladdr=f.mac,
                       dst=str(f.dst), state=NUD_PERMANENT)
@@ -185,3 +185,15 @@ class NetlinkDataplane:
             if e.code in (errno.ESRCH, errno.ENOENT) and ("delete" in what):
                 return  # already gone: deleting is idempotent
             failures.append(f"{what}: {e.args[-1] if e.args else e}")
+
+
+def vtep_address(a) -> dict:
+    """IPRoute.addr arguments for a VTEP address (an ip_interface). IPv6 ones without duplicate
+    address detection: the address is unique by construction (the first of this node's podCIDR),
+    DAD over a VXLAN device that floods nothing cannot find a duplicate anyway, and a tentative
+    address is neither a source nor a destination for ~1-2 s after every (re)creation of the
+    device on a host with accept_dad on (the default)."""
+    args = {"address": str(a.ip), "prefixlen": a.network.prefixlen}
+    if a.version == 6:
+        args["flags"] = IFA_F_NODAD
+    return args

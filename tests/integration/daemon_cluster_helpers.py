@@ -1,4 +1,5 @@
-"""Shared by the daemon's real-cluster tests (test_daemon_cluster.py, test_daemon_acceptance.py).
+"""Shared by the daemon's real-cluster tests (test_daemon_cluster.py, test_daemon_acceptance.py,
+test_daemon_ipv6.py, and the proxy's, policy's and LoadBalancer's).
 
 A cluster of the e2e harness (`e2e/`) with the daemon's RBAC granted; pods as namespaces behind a
 bridge in each node, as the CNI plugin would make them; `python3 -m node_daemon` processes, one
@@ -10,12 +11,16 @@ never switches namespaces. Every helper that creates something has a matching cl
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 from e2e.netbed import nsexec, sh
 
@@ -36,14 +41,15 @@ PROXY_RBAC_RULES = [
 
 
 @contextlib.contextmanager
-def daemon_cluster(name: str, shape: str = "routed", nodes: int = 3):
-    """A running harness cluster with the daemon's (and proxy's) ClusterRoles granted to the
-    group podwire:daemons; torn down on exit, failing loudly on teardown errors."""
+def daemon_cluster(name: str, shape: str = "routed", nodes: int = 3, ip_family: str = "ipv4"):
+    """A running harness cluster (underlay, Nodes and ranges in `ip_family`: ipv4, ipv6, dual) with
+    the daemon's (and proxy's) ClusterRoles granted to the group podwire:daemons; torn down on
+    exit, failing loudly on teardown errors."""
     from e2e import build  # here, so the ping helpers serve tests without the harness too
     from e2e import cluster as cluster_mod
 
     build.ensure_built()  # as e2e's own fixture: nothing when warm, tens of minutes when cold
-    c = cluster_mod.Cluster(name, shape, nodes)
+    c = cluster_mod.Cluster(name, shape, nodes, ip_family=ip_family)
     c.up()
     try:
         grant_role(c, "podwire-daemon", RBAC_RULES, "podwire:daemons")
@@ -114,12 +120,15 @@ def ping_df(ns, ip, payload):
 
 def too_big(output: str, mtu: int) -> bool:
     """ping's report that a DF packet exceeded `mtu`: locally (the pod's own link) or an ICMP
-    fragmentation-needed from a router on the path (the node, in front of its VXLAN device)."""
-    return bool(re.search(rf"message too long, mtu={mtu}\b|Frag needed and DF set \(mtu = {mtu}\)", output))
+    fragmentation-needed from a router on the path (the node, in front of its VXLAN device); IPv6's
+    ping says the same as "mtu: N" and "Packet too big: mtu=N"."""
+    return bool(re.search(rf"message too long, mtu(=|: ){mtu}\b|Frag needed and DF set \(mtu = {mtu}\)"
+                          rf"|Packet too big: mtu={mtu}\b", output))
 
 
-def routes(node):
-    return sh("ip", "-n", node.netns, "route", "show", "proto", "212").stdout
+def routes(node, version: int = 4):
+    """The daemon's routes (its route protocol) of one IP family."""
+    return sh("ip", "-n", node.netns, f"-{version}", "route", "show", "proto", "212").stdout
 
 
 def healthy(node):
@@ -132,6 +141,11 @@ def metrics(node):
 
 
 # ---- daemons ---------------------------------------------------------------------------------
+def cluster_cidr_args(cluster) -> list[str]:
+    """`--cluster-cidr` for each of the cluster's pod ranges (the controller-manager's, every family)."""
+    return [arg for cidr in cluster.control_plane.config.cluster_cidrs for arg in ("--cluster-cidr", str(cidr))]
+
+
 def start_daemon(cluster, n, conf_dir, log_path, *extra):
     # its own identity, with only the daemon's ClusterRole (as a DaemonSet's account would)
     kubeconfig = cluster.control_plane.kubeconfig_for(
@@ -140,7 +154,7 @@ def start_daemon(cluster, n, conf_dir, log_path, *extra):
         return subprocess.Popen(
             nsexec(n.netns, sys.executable, "-m", "node_daemon", "--node-name", n.name,
                    "--kubeconfig", kubeconfig, "--cni-conf-dir", conf_dir,
-                   "--cluster-cidr", "10.244.0.0/16", "--metrics-address", METRICS,
+                   *cluster_cidr_args(cluster), "--metrics-address", METRICS,
                    "--resync-interval", "10", *extra),
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
@@ -176,3 +190,112 @@ def stop_daemons(procs, tmp_path):
             code = "killed after 20 s (stacks at the end of the log)"
         log = (tmp_path / f"{name}.log").read_text()
         assert code == 0 and "Traceback" not in log, f"{name}: exit {code}\n{log}"
+
+
+# ---- traffic and overlay state --------------------------------------------------------------
+SERVER = r"""
+import hashlib, json, socket, struct, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[2], int(sys.argv[1])))  # the server's own address: either family
+s.listen(1)
+print("listening", flush=True)
+c, peer = s.accept()
+h, n = hashlib.sha256(), 0
+while chunk := c.recv(1 << 20):
+    h.update(chunk)
+    n += len(chunk)
+# tcpi_rcv_mss: the largest segment seen from the peer (capped by our own advertised MSS)
+rcv_mss = struct.unpack_from("8xIIII", c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104))[3]
+c.close()
+print(json.dumps({"peer": peer[0], "bytes": n, "sha256": h.hexdigest(), "rcv_mss": rcv_mss}), flush=True)
+"""
+
+CLIENT = r"""
+import json, socket, struct, sys, time
+data = open(sys.argv[3], "rb").read()
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+t = time.monotonic()
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+snd_mss = struct.unpack_from("8xIIII", c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104))[2]
+c.recv(1)  # returns at the server's close, i.e. once it has read everything
+print(json.dumps({"seconds": time.monotonic() - t, "snd_mss": snd_mss}))
+"""
+
+
+def transfer(client_ns, server_ns, server_ip, payload: Path, port=5001) -> tuple[dict, dict, str]:
+    """Send `payload` over one TCP connection pod -> pod; returns (server's view, client's view,
+    the payload's SHA-256). The server reports the peer address it saw and what it received."""
+    server = subprocess.Popen(nsexec(server_ns, sys.executable, "-c", SERVER, port, server_ip),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        client = sh(*nsexec(client_ns, sys.executable, "-c", CLIENT, server_ip, port, payload), timeout=180)
+        out, _ = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    return json.loads(out.strip().splitlines()[-1]), json.loads(client.stdout), digest
+
+
+def fdb(node):
+    return sh("bridge", "-n", node.netns, "fdb", "show", "dev", "podwire.vxlan").stdout
+
+
+def neighbours(node):
+    return sh("ip", "-n", node.netns, "neigh", "show", "dev", "podwire.vxlan").stdout
+
+
+def delete_nodes(api, *names):
+    from kubernetes.client.exceptions import ApiException
+
+    for name in names:
+        try:
+            api.delete_node(name)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+class Pinger:
+    """Pings `ip` from pod `ns` every 50 ms until stop(), in back-to-back runs of
+    `ping -c 20`: each run waits for its last reply, so stopping never counts a packet that
+    is still in flight as lost (SIGINT to one long ping would)."""
+
+    def __init__(self, ns, ip):
+        self.ns, self.ip = ns, ip
+        self.sent = self.received = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            p = subprocess.run(nsexec(self.ns, "ping", "-n", "-q", "-c", "20", "-i", "0.05", "-W", "2", self.ip),
+                               capture_output=True, text=True, timeout=120)
+            m = re.search(r"(\d+) packets transmitted, (\d+) received", p.stdout)
+            if m is None:
+                self.failures.append(p.stdout + p.stderr)
+                time.sleep(0.05)
+                continue
+            self.sent += int(m[1])
+            self.received += int(m[2])
+
+    def stop(self) -> tuple[int, int]:
+        self._stop.set()
+        self._thread.join(150)
+        return self.sent, self.received
+
+
+def stop_pingers(pingers) -> dict:
+    results = {f"{p.ns}->{p.ip}": (*p.stop(), p.failures) for p in pingers}
+    return results
+
+
+def assert_no_loss(results):
+    for what, (sent, received, failures) in results.items():
+        assert not failures and sent > 0 and received == sent, f"{what}: {received}/{sent} {failures}"

@@ -29,28 +29,30 @@ Measured numbers are printed (`pytest -s` shows them) as `ACCEPTANCE ...` lines.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import ipaddress
 import json
 import os
 import re
 import secrets
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from e2e.netbed import eventually, nsexec, sh
+from e2e.netbed import eventually, sh
 from tests.integration.daemon_cluster_helpers import (
+    Pinger,
+    assert_no_loss,
     core,
     daemon_cluster,
     del_pods,
+    delete_nodes,
+    fdb,
     healthy,
     kill_leftovers,
     metrics,
+    neighbours,
     ping,
     ping_df,
     pod_in,
@@ -58,7 +60,9 @@ from tests.integration.daemon_cluster_helpers import (
     start_daemon,
     start_daemons,
     stop_daemons,
+    stop_pingers,
     too_big,
+    transfer,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.cluster, pytest.mark.slow,
@@ -117,62 +121,6 @@ def running(cluster, tmp_path_factory):
 
 
 # ---- helpers -------------------------------------------------------------------------------
-SERVER = r"""
-import hashlib, json, socket, struct, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("", int(sys.argv[1])))
-s.listen(1)
-print("listening", flush=True)
-c, peer = s.accept()
-h, n = hashlib.sha256(), 0
-while chunk := c.recv(1 << 20):
-    h.update(chunk)
-    n += len(chunk)
-# tcpi_rcv_mss: the largest segment seen from the peer (capped by our own advertised MSS)
-rcv_mss = struct.unpack_from("8xIIII", c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104))[3]
-c.close()
-print(json.dumps({"peer": peer[0], "bytes": n, "sha256": h.hexdigest(), "rcv_mss": rcv_mss}), flush=True)
-"""
-
-CLIENT = r"""
-import json, socket, struct, sys, time
-data = open(sys.argv[3], "rb").read()
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-t = time.monotonic()
-c.sendall(data)
-c.shutdown(socket.SHUT_WR)
-snd_mss = struct.unpack_from("8xIIII", c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104))[2]
-c.recv(1)  # returns at the server's close, i.e. once it has read everything
-print(json.dumps({"seconds": time.monotonic() - t, "snd_mss": snd_mss}))
-"""
-
-
-def transfer(client_ns, server_ns, server_ip, payload: Path, port=5001) -> tuple[dict, dict, str]:
-    """Send `payload` over one TCP connection pod -> pod; returns (server's view, client's view,
-    the payload's SHA-256). The server reports the peer address it saw and what it received."""
-    server = subprocess.Popen(nsexec(server_ns, sys.executable, "-c", SERVER, port),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert server.stdout.readline().strip() == "listening"
-        client = sh(*nsexec(client_ns, sys.executable, "-c", CLIENT, server_ip, port, payload), timeout=180)
-        out, _ = server.communicate(timeout=60)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
-    return json.loads(out.strip().splitlines()[-1]), json.loads(client.stdout), digest
-
-
-def fdb(node):
-    return sh("bridge", "-n", node.netns, "fdb", "show", "dev", "podwire.vxlan").stdout
-
-
-def neighbours(node):
-    return sh("ip", "-n", node.netns, "neigh", "show", "dev", "podwire.vxlan").stdout
-
-
 def node_body(name, ip=None, cidr=None, mac="0a:58:0a:00:00:01", addresses=None):
     """A Node as a kubelet on a far subnet registers it, with the VTEP MAC its daemon publishes."""
     body = {"metadata": {"name": name, "annotations": {VTEP_MAC: mac}},
@@ -181,58 +129,6 @@ def node_body(name, ip=None, cidr=None, mac="0a:58:0a:00:00:01", addresses=None)
     if cidr:
         body["spec"] = {"podCIDR": cidr, "podCIDRs": [cidr]}
     return body
-
-
-def delete_nodes(api, *names):
-    from kubernetes.client.exceptions import ApiException
-
-    for name in names:
-        try:
-            api.delete_node(name)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-
-
-class Pinger:
-    """Pings `ip` from pod `ns` every 50 ms until stop(), in back-to-back runs of
-    `ping -c 20`: each run waits for its last reply, so stopping never counts a packet that
-    is still in flight as lost (SIGINT to one long ping would)."""
-
-    def __init__(self, ns, ip):
-        self.ns, self.ip = ns, ip
-        self.sent = self.received = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            p = subprocess.run(nsexec(self.ns, "ping", "-n", "-q", "-c", "20", "-i", "0.05", "-W", "2", self.ip),
-                               capture_output=True, text=True, timeout=120)
-            m = re.search(r"(\d+) packets transmitted, (\d+) received", p.stdout)
-            if m is None:
-                self.failures.append(p.stdout + p.stderr)
-                time.sleep(0.05)
-                continue
-            self.sent += int(m[1])
-            self.received += int(m[2])
-
-    def stop(self) -> tuple[int, int]:
-        self._stop.set()
-        self._thread.join(150)
-        return self.sent, self.received
-
-
-def stop_pingers(pingers) -> dict:
-    results = {f"{p.ns}->{p.ip}": (*p.stop(), p.failures) for p in pingers}
-    return results
-
-
-def assert_no_loss(results):
-    for what, (sent, received, failures) in results.items():
-        assert not failures and sent > 0 and received == sent, f"{what}: {received}/{sent} {failures}"
 
 
 # ---- the acceptance tests ----------------------------------------------------------------
