@@ -97,8 +97,10 @@ def service_writes(obj: dict, outcome: Decision | Release, now: str) -> list:
             "lastTransitionTime": current.get("lastTransitionTime") if same_state and current else now,
             "observedGeneration": meta.get("generation") or 0}
     have = [{"ip": i.get("ip"), "ipMode": i.get("ipMode", "VIP")} for i in _ingress(obj) if isinstance(i, dict)]
-    if have != ingress or current is None or any(current.get(k) != cond[k] for k in ("status", "reason", "message",
-                                                                                      "observedGeneration")):
+    # Services carry no metadata.generation: the 0 written is dropped by the API server, so an absent
+    # observedGeneration reads as 0 (else every sync rewrote every Service's status)
+    if have != ingress or current is None or any(current.get(k) != cond[k] for k in ("status", "reason", "message")) \
+            or (current.get("observedGeneration") or 0) != cond["observedGeneration"]:
         body = copy.deepcopy(obj)
         # a PUT to a Service's status writes its metadata too: it must carry the finalizer just added
         body["metadata"]["finalizers"] = list(finalizers)

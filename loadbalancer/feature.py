@@ -191,8 +191,10 @@ def start(host) -> list:
     def synced() -> bool:
         return all(i.synced.is_set() for i in (*informers, host.nodes))
 
-    runners += [SyncRunner(alloc_sync, name="lb-allocator", min_interval=0.2, resync_interval=TICK, ready=synced),
-                SyncRunner(announce_sync, name="lb-announcer", min_interval=0.2, resync_interval=TICK,
+    # 50 ms between syncs at most: an event burst still comes in one sync, and a new Service's address is
+    # written and announced without waiting out two longer floors (allocator, then announcer)
+    runners += [SyncRunner(alloc_sync, name="lb-allocator", min_interval=0.05, resync_interval=TICK, ready=synced),
+                SyncRunner(announce_sync, name="lb-announcer", min_interval=0.05, resync_interval=TICK,
                            ready=synced)]
     for part in (*informers, *runners):
         part.start()

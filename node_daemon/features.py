@@ -87,21 +87,23 @@ def cleanup_feature(name: str, target: str, cfg) -> bool:
 
 
 def start_features(host: Host, features=FEATURES) -> list:
-    """Clean up after every disabled feature, then start every enabled one; returns what to stop.
+    """Clean up after every disabled feature, then start every enabled one; returns what to stop, in
+    the order to stop it: the last feature started first (the load balancer hands its addresses to
+    another node before the proxy winds down), each feature's parts in the order it gave them.
     Raises FeatureError when one fails to start (the ones already started are stopped first)."""
     features = [(*f, None)[:4] for f in features]  # the cleanup is optional
     for name, switch, _, cleanup in features:
         if cleanup and not enabled(host.cfg, switch):
             cleanup_feature(name, cleanup, host.cfg)
-    parts: list = []
+    groups: list[list] = []
     for name, switch, module, _ in features:
         if module is None or not enabled(host.cfg, switch):
             continue
         try:
-            parts += importlib.import_module(module).start(host)
+            groups.append(list(importlib.import_module(module).start(host)))
         except Exception as e:  # noqa: BLE001 - any start failure is fatal, with its cause
-            for part in reversed(parts):
+            for part in reversed([p for g in groups for p in g]):
                 part.stop()
             raise FeatureError(f"{name} is enabled but cannot start: {type(e).__name__}: {e}") from e
         log.info("%s started", name)
-    return parts
+    return [p for g in reversed(groups) for p in g]

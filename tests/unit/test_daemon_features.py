@@ -44,6 +44,22 @@ def test_enabled_features_start_disabled_ones_do_not():
     assert log == ["start pw_feat_a"] and len(parts) == 1
 
 
+def test_parts_stop_last_feature_first_each_in_its_own_order():
+    """The load balancer (last) releases its addresses before the proxy winds down; within a feature its
+    parts stop in the order it gave them (its runners before its lease releases)."""
+    log: list = []
+
+    def two_parts(name):
+        feature(name, log)
+        sys.modules[name].start = lambda host: [Part(log, f"{name}.1"), Part(log, f"{name}.2")]  # type: ignore
+        return name
+
+    feats = (("a", "a_on", two_parts("pw_feat_e")), ("b", "b_on", two_parts("pw_feat_f")))
+    for part in start_features(host(a_on=True, b_on=True), feats):
+        part.stop()
+    assert log == ["stop pw_feat_f.1", "stop pw_feat_f.2", "stop pw_feat_e.1", "stop pw_feat_e.2"]
+
+
 def test_a_feature_that_cannot_start_is_fatal_and_stops_the_started_ones():
     log: list = []
     feats = (("a", "a_on", feature("pw_feat_c", log)), ("broken", "b_on", feature("pw_feat_d", log, fail=True)))

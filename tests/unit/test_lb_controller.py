@@ -46,6 +46,19 @@ def test_nothing_to_write_when_the_object_shows_the_decision():
     assert service_writes(o, d, "2030-01-01T00:00:00Z") == []
 
 
+def test_a_service_without_generation_is_not_rewritten_every_sync():
+    """Services have no metadata.generation: the observedGeneration 0 we write is dropped by the API server
+    (omitempty), so the stored condition has none. That must read as unchanged, not as a difference (it
+    made every sync PUT every Service's status, found next to MetalLB: 1256 writes for 23 assignments)."""
+    d = Decision("d/web", (ip("10.0.0.1"),), True, "Assigned", "assigned 10.0.0.1")
+    o = obj(loadBalancer={"ingress": [{"ip": "10.0.0.1", "ipMode": "VIP"}]},
+            conditions=[{"type": CONDITION, "status": "True", "reason": "Assigned", "message": "assigned 10.0.0.1",
+                         "lastTransitionTime": NOW}])
+    del o["metadata"]["generation"]
+    o["metadata"]["finalizers"].append(FINALIZER)
+    assert service_writes(o, d, "2030-01-01T00:00:00Z") == []
+
+
 def test_failure_keeps_transition_time_while_reason_holds_and_warns_once():
     fail = Decision("d/web", (), False, "PoolExhausted", "no free IPv4 address in lan")
     o = obj(conditions=[{"type": CONDITION, "status": "False", "reason": "PoolExhausted",
