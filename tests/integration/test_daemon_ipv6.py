@@ -248,6 +248,9 @@ def test_nodes_and_pods_across_nodes_per_family(running, tmp_path):
         for a, b in ((n1, n2), (n2, n1), (n1, n3)):
             dst = running.pods[b.name].ip(v)
             assert eventually(lambda: ping(a.netns, dst), what=f"IPv{v} {a.name} -> pod on {b.name}")
+            if b is not n3:  # over VXLAN
+                vtep = next(x for x in a.pod_cidrs if x.version == v).network_address
+                assert f" src {vtep} " in sh("ip", "-n", a.netns, "route", "get", dst).stdout
         for a, b in ((n1, n2), (n2, n3)):
             pod = running.pods[a.name]
             node_ip = str(next(ip for ip in b.ips if ip.version == v))
