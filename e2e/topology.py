@@ -265,8 +265,9 @@ class Topology(UpDown):
         self.ledger.netns(name)  # recorded first: a half-made namespace is still removed
         ns.create_netns(name)
         if 6 in self.plan.versions:
-            # no duplicate address detection in this namespace: link-local addresses, which NDP
-            # answers come from, would be tentative for a second after every link comes up
+            # no duplicate address detection for the harness's own links: their link-local addresses,
+            # which NDP answers come from, would be tentative for a second after every link comes up.
+            # A node gets the real-host default back once its eth0 is wired (see up()).
             for scope in ("all", "default"):
                 ns.sysctl(name, f"net.ipv6.conf.{scope}.accept_dad", 0)
 
@@ -299,6 +300,8 @@ class Topology(UpDown):
             if isinstance(host, Node):
                 for v in p.versions:
                     ns.sysctl(host.netns, FORWARDING[v], 1)
+                if 6 in p.versions:  # links podwire makes later (bridge, VXLAN, veths) do DAD, as on a host
+                    ns.sysctl(host.netns, "net.ipv6.conf.default.accept_dad", 1)
         return self
 
     def _wire(self, netns: str, ifname: str, peer: str, subnet: int, address) -> None:
