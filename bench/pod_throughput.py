@@ -7,7 +7,12 @@ underlay). iperf3 measures node -> node (the baseline), pod -> pod direct and po
 interleaved, several rounds; the median per-round ratio is the result. Targets: direct >= 95 %,
 VXLAN >= 85 %.
 
-    sudo python3 bench/pod_throughput.py [--seconds 5] [--rounds 3] [--strict] [--json]
+    sudo python3 bench/pod_throughput.py [--family ipv4|ipv6] [--seconds 5] [--rounds 3] [--strict] [--json]
+
+--family ipv6: the same over IPv6 (issue 15): the underlay carries both families, but the Node objects
+name only their IPv6 address and podCIDR, so the daemon routes IPv6 pod CIDRs directly or over
+VXLAN with an IPv6 outer header (pod MTU 1500 - 70), and every path is measured between IPv6
+addresses.
 
 --json adds one JSON object (Gbit/s per round and path, median ratios) as the last line.
 
@@ -72,6 +77,13 @@ def iperf(server_ns: str, client_ns: str, ip: str, seconds: int, port: int = 520
         srv.wait()
 
 
+def ipv6_only(node: dict) -> dict:
+    """A Node object with only its IPv6 InternalIP and podCIDR: an IPv6-only node to the daemon."""
+    cidrs = [c for c in node["spec"]["podCIDRs"] if ":" in c]
+    addrs = [a for a in node["status"]["addresses"] if a["type"] != "InternalIP" or ":" in a["address"]]
+    return {**node, "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}, "status": {"addresses": addrs}}
+
+
 def set_pod_mtu(bed: Netbed, mtu: int) -> None:
     """What the CNI plugin does with the conflist's MTU: both ends of every pod veth."""
     for node in bed.nodes:
@@ -86,6 +98,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--family", choices=("ipv4", "ipv6"), default="ipv4")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -93,10 +106,14 @@ def main() -> int:
 
     from pyroute2 import IPRoute
 
-    bed, iprs = Netbed(), []
+    v6 = args.family == "ipv6"
+    bed, iprs = Netbed(dual_stack=v6), []
     try:
         n1, n2 = bed.add_node(), bed.add_node()
         (p1, _), (p2, ip2) = bed.add_pod(n1), bed.add_pod(n2)
+        node2_ip = n2.ip
+        if v6:
+            ip2, node2_ip = n2.pods6[0][1], n2.ip6
         tmp = tempfile.mkdtemp(prefix="podwire-bench-")
         cache, daemons = Cache([]), []
         for n in (n1, n2):
@@ -104,7 +121,7 @@ def main() -> int:
             iprs.append(ipr)
             d = Daemon(Config(node_name=n.name, cni=CniSettings(conf_dir=f"{tmp}/{n.name}")),
                        nodes=cache, dataplane=NetlinkDataplane(ipr), metrics=DaemonMetrics())
-            cache.objs[n.name] = n.api_object(mac=d.vtep_mac)
+            cache.objs[n.name] = ipv6_only(n.api_object(mac=d.vtep_mac)) if v6 else n.api_object(mac=d.vtep_mac)
             daemons.append(d)
 
         def program(mode: Mode) -> None:
@@ -112,11 +129,11 @@ def main() -> int:
                 daemons[i] = Daemon(dataclasses.replace(d.cfg, mode=mode), nodes=cache,
                                     dataplane=d.dataplane, metrics=DaemonMetrics())
                 daemons[i].sync()
-            set_pod_mtu(bed, bed.mtu - (VXLAN_OVERHEAD[4] if mode is Mode.VXLAN else 0))
+            set_pod_mtu(bed, bed.mtu - (VXLAN_OVERHEAD[6 if v6 else 4] if mode is Mode.VXLAN else 0))
 
         results = {"node": [], "direct": [], "vxlan": []}
         for r in range(args.rounds):
-            results["node"].append(iperf(n2.netns, n1.netns, n2.ip, args.seconds))
+            results["node"].append(iperf(n2.netns, n1.netns, node2_ip, args.seconds))
             program(Mode.DIRECT)
             results["direct"].append(iperf(p2, p1, ip2, args.seconds))
             program(Mode.VXLAN)
@@ -126,7 +143,8 @@ def main() -> int:
 
         med = {k: statistics.median(v) for k, v in results.items()}
         print(f"\nnode -> node (baseline): {med['node']:.2f} Gbit/s")
-        missed, summary = False, {"gbits": results, "median_gbits": med, "ratio": {}, "targets": TARGETS}
+        missed, summary = False, {"family": args.family, "gbits": results, "median_gbits": med, "ratio": {},
+                                  "targets": TARGETS}
         for path in ("direct", "vxlan"):
             # each round measures the three paths back to back: the median of per-round ratios
             # is less sensitive to other load on a shared machine than a ratio of medians

@@ -33,6 +33,15 @@ class DataplaneError(RuntimeError):
     """Some part of the dataplane could not be read or programmed; the message lists what."""
 
 
+def replaced_in_place(removed, added) -> set:
+    """The removed routes that a `replace` of the same destination supersedes (no gap in between).
+    Not an IPv6 route whose device changes (a peer going from direct to VXLAN): the kernel checks the
+    new onlink gateway against the table, where the old route to that destination still covers it
+    through another device, and refuses the replace (EINVAL); such a route is deleted first."""
+    new = {r.dst: r for r in added}
+    return {r for r in removed if r.dst in new and (r.dst.version == 4 or new[r.dst].dev == r.dev)}
+
+
 class NetlinkDataplane:
     def __init__(self, ipr, route_protocol: int = DEFAULT_ROUTE_PROTOCOL):
         self.ipr = ipr
@@ -120,10 +129,10 @@ class NetlinkDataplane:
         index = {n: i for i, n in names.items()}
         vx = index.get(vxlan_name)
         # Removals first, except those a replace below supersedes (same route dst, same neighbour IP).
-        new_dsts = {r.dst for r in changes.add["routes"]}
+        kept = replaced_in_place(changes.remove["routes"], changes.add["routes"])
         new_neigh = {n.ip for n in changes.add["neighbours"]}
         for r in changes.remove["routes"]:
-            if r.dst not in new_dsts:
+            if r not in kept:
                 self._try(failures, f"delete route {r}", self._route, "del", r, index)
         for n in changes.remove["neighbours"]:
             if n.ip not in new_neigh:
