@@ -14,7 +14,10 @@ latency is bimodal depending on where the softirq runs) hits every target alike.
 one TCP connect() (SYN -> SYN-ACK: the first packet of a flow is the one that walks the NAT
 rules).
 
-    python3 bench/proxy_latency.py [--sizes 10,10000] [--conns 5000]
+    python3 bench/proxy_latency.py [--sizes 10,10000] [--conns 5000] [--family ipv6]
+
+--family ipv6 (issue 15): the same with IPv6 everywhere (the client, nodes and pods on fd00:L:1::/64 and
+fd00:L:2::/64, ClusterIPs in fd00:172:(16+L)::/112, the proxy's ip6 table).
 
 Target: the ClusterIP's p50 at 10k within 10% of its p50 at 10 (lookup cost constant in N).
 
@@ -45,13 +48,13 @@ from proxy.plan import Planner  # noqa: E402
 from proxy.sync import NftRunner, TableSyncer  # noqa: E402
 
 NODE = NodeInfo("node-a")
-CONFIG = ProxyConfig(cluster_cidrs=(ipaddress.ip_network("10.0.0.0/8"),))
+CONFIG = ProxyConfig(cluster_cidrs=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/16")))
 PORT = 8080
 
 SERVER = r"""
 import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080)); s.listen(4096)
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 8080)); s.listen(4096)  # both families (dual-stack socket)
 print("ready", flush=True)
 while True:
     c, _ = s.accept(); c.close()
@@ -68,7 +71,8 @@ for line in sys.stdin:
     out = [[] for _ in targets]
     for _ in range(n):
         for i, (dst, port) in enumerate(targets):
-            s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+            fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+            s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
             # a fresh source port every time: reusing the last one would meet its conntrack
             # entry (CLOSE) and measure the kernel tearing that down, not the rule walk
             while True:
@@ -79,7 +83,7 @@ for line in sys.stdin:
                     break
                 except OSError:  # that port is still taken (e.g. TIME_WAIT of another tool): the next
                     s.close()
-                    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
+                    s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
             s.close()
     print(json.dumps(out), flush=True)
 """
@@ -104,11 +108,24 @@ def pinned(ns: str, *argv: str) -> list[str]:
     return nsexec(ns, "taskset", "-c", CPU, *argv)
 
 
-def objects(n: int, lane: int, pod: str):
-    """n ClusterIP Services x 2 endpoints in 172.(16+lane).0.0/16; the middle one's endpoint
+def lane_addresses(lane: int, family: int) -> dict:
+    """The lane's addresses: node side to the client, node side to the pod, the client, the pod, and the
+    ClusterIP range, in `family`."""
+    if family == 6:
+        return {"toc": f"fd00:{lane}:1::1/64", "tos": f"fd00:{lane}:2::1/64", "client": f"fd00:{lane}:1::2/64",
+                "pod": f"fd00:{lane}:2::2", "pod_len": 64, "pod_net": f"fd00:{lane}:2::/64",
+                "svc_net": f"fd00:172:{16 + lane}::/112", "ep_base": "fd00:128::"}
+    return {"toc": f"10.{lane}.1.1/24", "tos": f"10.{lane}.2.1/24", "client": f"10.{lane}.1.2/24",
+            "pod": f"10.{lane}.2.2", "pod_len": 24, "pod_net": f"10.{lane}.2.0/24",
+            "svc_net": f"172.{16 + lane}.0.0/16", "ep_base": "10.128.0.0"}
+
+
+def objects(n: int, lane: int, pod: str, family: int = 4):
+    """n ClusterIP Services x 2 endpoints in the lane's ClusterIP range; the middle one's endpoint
     is the lane's pod. Returns (services, slices by Service, the middle ClusterIP)."""
-    base_svc = int(ipaddress.ip_address(f"172.{16 + lane}.0.0"))
-    base_ep = int(ipaddress.ip_address("10.128.0.0"))
+    a = lane_addresses(lane, family)
+    base_svc = int(ipaddress.ip_network(a["svc_net"]).network_address)
+    base_ep = int(ipaddress.ip_address(a["ep_base"]))
     services, slices = {}, {}
     target = n // 2
     for i in range(n):
@@ -121,13 +138,13 @@ def objects(n: int, lane: int, pod: str):
             eps = tuple(Endpoint((ipaddress.ip_address(base_ep + 2 * i + k),), node_name=f"node-{k}")
                         for k in range(2))
         services[svc.key] = svc
-        slices[svc.key] = [EndpointSlice(ns, f"{name}-x", name, 4, eps, (EndpointPort("http", "TCP", PORT),))]
+        slices[svc.key] = [EndpointSlice(ns, f"{name}-x", name, family, eps, (EndpointPort("http", "TCP", PORT),))]
     return services, slices, str(ipaddress.ip_address(base_svc + target))
 
 
 class Bed:
-    def __init__(self, sizes: list[int]):
-        self.sfx = uuid.uuid4().hex[:6]
+    def __init__(self, sizes: list[int], family: int = 4):
+        self.sfx, self.family = uuid.uuid4().hex[:6], family
         self.made, self.procs = [], []
         self.client = self._netns("c")
         self.lanes = []  # (size, vip, pod, full sync seconds)
@@ -148,22 +165,24 @@ class Bed:
 
     def _lane(self, lane: int, n: int):
         node, podns = self._netns(f"n{lane}"), self._netns(f"p{lane}")
-        pod = f"10.{lane}.2.2"
+        a = lane_addresses(lane, self.family)
+        pod, nodad = a["pod"], ["nodad"] if self.family == 6 else []
         sh("ip", "-n", node, "link", "add", "toc", "type", "veth", "peer", "name", f"eth{lane}",
            "netns", self.client)
         sh("ip", "-n", node, "link", "add", "tos", "type", "veth", "peer", "name", "eth0", "netns", podns)
-        for ns, dev, addr in ((node, "toc", f"10.{lane}.1.1/24"), (node, "tos", f"10.{lane}.2.1/24"),
-                              (self.client, f"eth{lane}", f"10.{lane}.1.2/24"), (podns, "eth0", f"{pod}/24")):
-            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+        for ns, dev, addr in ((node, "toc", a["toc"]), (node, "tos", a["tos"]),
+                              (self.client, f"eth{lane}", a["client"]), (podns, "eth0", f"{pod}/{a['pod_len']}")):
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", dev, *nodad)
             sh("ip", "-n", ns, "link", "set", dev, "up")
-        for dst in (f"172.{16 + lane}.0.0/16", f"10.{lane}.2.0/24"):
-            sh("ip", "-n", self.client, "route", "add", dst, "via", f"10.{lane}.1.1")
-        sh("ip", "-n", podns, "route", "add", "default", "via", f"10.{lane}.2.1")
-        sh(*nsexec(node, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+        for dst in (a["svc_net"], a["pod_net"]):
+            sh("ip", "-n", self.client, "route", "add", dst, "via", a["toc"].split("/")[0])
+        sh("ip", "-n", podns, "route", "add", "default", "via", a["tos"].split("/")[0])
+        sh(*nsexec(node, "sysctl", "-qw", "net.ipv4.ip_forward=1" if self.family == 4 else
+                   "net.ipv6.conf.all.forwarding=1"))
         self._spawn(podns, SERVER)
-        services, slices, vip = objects(n, lane, pod)
+        services, slices, vip = objects(n, lane, pod, self.family)
         t0 = time.perf_counter()
-        TableSyncer(NftRunner(f"/run/netns/{node}")).sync(Planner(4).plan(services, slices, NODE, CONFIG))
+        TableSyncer(NftRunner(f"/run/netns/{node}")).sync(Planner(self.family).plan(services, slices, NODE, CONFIG))
         return n, vip, pod, time.perf_counter() - t0
 
     def _spawn(self, ns: str, code: str, *args: str, **kw) -> subprocess.Popen:
@@ -195,6 +214,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="10,10000")
     ap.add_argument("--conns", type=int, default=5000, help="connections per target")
     ap.add_argument("--cluster", action="store_true", help="kube-proxy vs podwire on the e2e harness")
+    ap.add_argument("--family", choices=("ipv4", "ipv6"), default="ipv4", help="the local lanes' family")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -202,7 +222,7 @@ def main() -> int:
     sizes = [int(s) for s in a.sizes.split(",")]
     if a.cluster:
         return run_cluster(sizes, a.conns)
-    bed = Bed(sizes)
+    bed = Bed(sizes, 6 if a.family == "ipv6" else 4)
     try:
         targets = [t for _, vip, pod, _ in bed.lanes for t in ((vip, 80), (pod, PORT))]
         bed.connects(targets, 100)  # warm up: ARP, caches, the client's code paths
