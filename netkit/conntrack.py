@@ -173,10 +173,15 @@ class Filter:
         return nla_nested(kind, ip, nla_nested(CTA_TUPLE_PROTO, *l4)), flags
 
     def request(self) -> bytes:
-        """The body of a filtered dump request."""
-        orig, oflags = self._tuple(CTA_TUPLE_ORIG, CTA_IP_V4_DST, self.dst, CTA_PROTO_DST_PORT, self.dport)
-        reply, rflags = self._tuple(CTA_TUPLE_REPLY, CTA_IP_V4_SRC, self.reply_src, CTA_PROTO_SRC_PORT,
-                                    self.reply_sport)
+        """The body of a filtered dump request. IPv6 addresses are left to `find`'s own check: the
+        kernel's IPv6 address filter is inverted (ctnetlink_filter_match_tuple tests
+        `!ipv6_addr_cmp()`, so it passes only entries whose address *differs*; seen on 6.18), and
+        sending it hid every stale IPv6 flow from the proxy's cleanup. The ports still narrow the dump."""
+        v4 = self.family == 4
+        orig, oflags = self._tuple(CTA_TUPLE_ORIG, CTA_IP_V4_DST, self.dst if v4 else None, CTA_PROTO_DST_PORT,
+                                   self.dport)
+        reply, rflags = self._tuple(CTA_TUPLE_REPLY, CTA_IP_V4_SRC, self.reply_src if v4 else None,
+                                    CTA_PROTO_SRC_PORT, self.reply_sport)
         flt = nla_nested(CTA_FILTER, nla(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", oflags)),
                          nla(CTA_FILTER_REPLY_FLAGS, struct.pack("=I", rflags)))
         return struct.pack("=BBH", _FAMILY[self.family], 0, 0) + orig + reply + flt
