@@ -83,8 +83,13 @@ def test_a_filter_asks_the_kernel_for_exactly_its_fields():
     any_dst = parse_attrs(ctnl.Filter(6, ctnl.UDP, None, 30053).request(), 4)
     assert struct.unpack("=I", parse_attrs(any_dst[ctnl.CTA_FILTER])[ctnl.CTA_FILTER_ORIG_FLAGS])[0] == \
         ctnl.F_PROTO_NUM | ctnl.F_PROTO_DST_PORT
-    v6 = parse_attrs(ctnl.Filter(6, ctnl.UDP, ip("fd00::1"), 1).request(), 4)
-    assert ctnl.CTA_IP_V6_DST in parse_attrs(parse_attrs(v6[ctnl.CTA_TUPLE_ORIG])[ctnl.CTA_TUPLE_IP])
+    # IPv6 addresses stay out of the kernel's filter (it inverts them): ports and protocol only
+    v6 = parse_attrs(ctnl.Filter(6, ctnl.UDP, ip("fd00::1"), 1, ip("fd00::2"), 2).request(), 4)
+    assert ctnl.CTA_TUPLE_IP not in parse_attrs(v6[ctnl.CTA_TUPLE_ORIG])
+    assert ctnl.CTA_TUPLE_IP not in parse_attrs(v6[ctnl.CTA_TUPLE_REPLY])
+    v6_flags = {k: struct.unpack("=I", v)[0] for k, v in parse_attrs(v6[ctnl.CTA_FILTER]).items()}
+    assert v6_flags == {ctnl.CTA_FILTER_ORIG_FLAGS: ctnl.F_PROTO_NUM | ctnl.F_PROTO_DST_PORT,
+                        ctnl.CTA_FILTER_REPLY_FLAGS: ctnl.F_PROTO_NUM | ctnl.F_PROTO_SRC_PORT}
 
 
 @pytest.mark.parametrize("args", [(5, ctnl.UDP), (4, ctnl.ICMP), (4, ctnl.UDP, ip("fd00::1")),
