@@ -30,7 +30,8 @@ def test_the_demo_builds_a_clusters_binaries_and_not_the_conformance_ones():
 
 def test_the_demo_plan_names_only_missing_work():
     warm = demo.plan(Path("dist/podwire-image.tar"), [], "routed")
-    assert [s.split(":")[0] for s in warm] == ["cluster", "install", "web server", "checks", "NetworkPolicy"]
+    assert [s.split(":")[0] for s in warm] == ["cluster", "install", "web server", "checks", "NetworkPolicy",
+                                               "Ingress and Gateway API"]
     cold = demo.plan(None, ["kubelet", "etcd"], "l2")
     assert cold[0].startswith("podwire image") and cold[1].startswith("Kubernetes binaries: 2 to build, kubelet, etcd")
     assert "shape l2" in cold[2] and len(cold) == len(warm) + 2
