@@ -160,19 +160,17 @@ def start(host) -> list:
     # the Service CIDRs (ServiceCIDR, GA in 1.33): pools must not overlap them. An API server that
     # does not serve the kind leaves only the nodes' and the configured pod CIDRs to check against.
     net = client.NetworkingV1Api(host.api)
-    service_cidrs = None
+    service_cidrs = host.watch(net.list_service_cidr, "lb-servicecidrs", trigger)
     try:
         net.list_service_cidr(limit=1, _request_timeout=10)
-        service_cidrs = host.watch(net.list_service_cidr, "lb-servicecidrs", trigger)
     except ApiException as e:
-        if e.status not in (403, 404):
-            service_cidrs = host.watch(net.list_service_cidr, "lb-servicecidrs", trigger)
-        else:  # an informer would retry forever and hold the allocator back: go on without
+        if e.status in (403, 404):  # its informer would retry forever and hold the allocator back
+            service_cidrs = None
             log.warning("ServiceCIDRs %s: pools are checked against pod CIDRs and node addresses only",
                         "not served by this API server" if e.status == 404 else
                         "not readable (the manifest's ClusterRole grants list, watch)")
     except Exception:  # noqa: BLE001 - unreachable now: assume it is served, the informer retries
-        service_cidrs = host.watch(net.list_service_cidr, "lb-servicecidrs", trigger)
+        pass
 
     def cluster():
         return cluster_addresses(host.nodes.list(), service_cidrs.list() if service_cidrs else (),
