@@ -31,6 +31,11 @@ class KindNode:
     name: str
     ip: ipaddress.IPv4Address
 
+    @property
+    def ips(self) -> tuple:
+        """Every family's address (Demo checks each): kind-config.yaml's cluster is IPv4."""
+        return (self.ip,)
+
 
 @dataclasses.dataclass(frozen=True)
 class DockerHost:
@@ -38,6 +43,10 @@ class DockerHost:
 
     kind: KindCluster
     ip: ipaddress.IPv4Address
+
+    @property
+    def ips(self) -> tuple:
+        return (self.ip,)
 
     def argv(self, argv) -> list[str]:
         return self.kind.engine.in_netns(argv)

@@ -139,3 +139,15 @@ def test_units_run_once_before_kubelet():
     text = kind_image.unit("x", "/kind/bin/x.sh", after="containerd.service")
     assert "Before=kubelet.service" in text and "Type=oneshot" in text and "WantedBy=multi-user.target" in text
     assert {"pwk-mask-sysctls.service", "pwk-preload-images.service", "kubelet.service"} <= set(kind_image.ENABLED)
+
+
+def test_kind_hosts_offer_what_the_demo_checks_read():
+    """Demo.run_checks reads every family's address of each node and of the outside host (`ips`): the kind
+    demo's stand-ins must have them too (a missing one failed make kind-e2e after the demo went dual-stack)."""
+    import ipaddress
+
+    from e2e.kind_demo import DockerHost, KindNode
+
+    ip = ipaddress.ip_address("172.18.0.2")
+    assert KindNode("n", ip).ips == (ip,)
+    assert DockerHost(None, ip).ips == (ip,)  # type: ignore[arg-type]
