@@ -160,6 +160,16 @@ class Cluster:
             raise
         return self
 
+    def keep_or_down(self, keep: bool) -> None:
+        """The end of a command's run: say how to reach and remove a kept cluster, or tear it down
+        (errors printed: the run's own outcome matters more)."""
+        if keep:
+            print(f"cluster kept: export KUBECONFIG={self.kubeconfig}; python3 -m e2e.cluster down --name {self.name}")
+            return
+        errors = self.down()
+        if errors:
+            print("teardown: " + "; ".join(errors))
+
     def down(self) -> list[str]:
         keep = os.environ.get("PODWIRE_E2E_KEEP_LOGS")
         if keep:  # for CI artifacts: the logs would go with the cluster's directory

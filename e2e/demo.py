@@ -606,13 +606,7 @@ def main(argv=None) -> int:
               f"in {elapsed(time.monotonic() - progress.started)}", flush=True)
         for label, _, detail in failed:
             print(f"  FAILED: {label}: {detail.splitlines()[0] if detail else ''}", flush=True)
-        if args.keep:
-            print(f"cluster kept: export KUBECONFIG={cluster.kubeconfig}; "
-                  f"python3 -m e2e.cluster down --name {args.name}")
-        else:
-            errors = cluster.down()
-            if errors:
-                print("teardown: " + "; ".join(errors))
+        cluster.keep_or_down(args.keep)
     return 1 if failed or not demo.results else 0
 
 

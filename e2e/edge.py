@@ -513,13 +513,7 @@ def main(argv=None) -> int:
                 print(f"== {passed} passed, {len(failed)} failed in {elapsed(time.monotonic() - progress.started)}")
             for label in failed:
                 print(f"  FAILED: {label.splitlines()[0]}")
-            if args.keep:
-                print(f"cluster kept: export KUBECONFIG={cluster.kubeconfig}; "
-                      f"python3 -m e2e.cluster down --name {args.name}")
-            else:
-                errors = cluster.down()
-                if errors:
-                    print("teardown: " + "; ".join(errors))
+            cluster.keep_or_down(args.keep)
     return 1 if failed or not edge or not edge.results else 0
 
 

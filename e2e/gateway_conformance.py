@@ -463,13 +463,7 @@ def main(argv=None) -> int:
             print(f"e2e.gateway_conformance: FAILED: {str(e)[:3000]}\n{diagnostics(cluster)[-3000:]}", flush=True)
             print(conf.traefik_logs()[-3000:])
         finally:
-            if args.keep:
-                print(f"cluster kept: export KUBECONFIG={cluster.kubeconfig}; "
-                      f"python3 -m e2e.cluster down --name {args.name}")
-            else:
-                errors = cluster.down()
-                if errors:
-                    print("teardown: " + "; ".join(errors))
+            cluster.keep_or_down(args.keep)
     return rc
 
 
